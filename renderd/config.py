@@ -1,0 +1,348 @@
+"""Configuration: TOML, every option declared once with default and check.
+
+Precedence is defaults < file < environment (``RENDERD_PY_<SECTION>_<KEY>``,
+for the scalar keys of ``[daemon]``, ``[store]`` and ``[http]``). A bad
+file is refused as a whole with a ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .tilemath import MAX_ZOOM
+
+DEFAULT_PATH = "/etc/renderd-py/renderd-py.toml"
+PRIORITIES = ("missing", "stale", "bulk", "expiry")
+
+
+# --- validators: each takes (value, key) and returns the clean value -----
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any, str], int]:
+    def check(v: Any, key: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"must be a whole number, not {v!r}", key)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{v} is outside {lo}..{hi}", key)
+        return v
+    return check
+
+
+def _float(lo: float = 0.0) -> Callable[[Any, str], float]:
+    def check(v: Any, key: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= lo:
+            raise ConfigError(f"must be a number above {lo}, not {v!r}", key)
+        return float(v)
+    return check
+
+
+def _str(pattern: str | None = None, choices: tuple[str, ...] | None = None) -> Callable[[Any, str], str]:
+    def check(v: Any, key: str) -> str:
+        if not isinstance(v, str):
+            raise ConfigError(f"must be a string, not {v!r}", key)
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{v!r} is not one of {', '.join(choices)}", key)
+        if pattern is not None and not re.fullmatch(pattern, v):
+            raise ConfigError(f"{v!r} is not valid", key)
+        return v
+    return check
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"must be true or false, not {v!r}", key)
+    return v
+
+
+def _endpoint(v: Any, key: str) -> str:
+    v = _str()(v, key)
+    if not re.fullmatch(r"(ipc://.+|tcp://[^:]+:\d+|tcp://\*:\d+|inproc://.+)", v):
+        raise ConfigError(f"{v!r} is not an ipc:// or tcp://host:port address", key)
+    return v
+
+
+def _hostport(v: Any, key: str) -> str:
+    v = _str()(v, key)
+    m = re.fullmatch(r"(?:(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):)?(\d+)", v)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError(f"{v!r} is not host:port", key)
+    return v
+
+
+def _size(v: Any, key: str) -> str:
+    v = _str()(v, key)
+    if not re.fullmatch(r"\d+[kKmMgG]?", v):
+        raise ConfigError(f"{v!r} is not a size such as 64m", key)
+    return v
+
+
+def _bounds(v: Any, key: str) -> tuple[float, float, float, float]:
+    if (not isinstance(v, (list, tuple)) or len(v) != 4
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v)):
+        raise ConfigError("must be [west, south, east, north]", key)
+    w, s, e, n = (float(c) for c in v)
+    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        raise ConfigError(f"{v!r} is not a valid lon/lat box", key)
+    return (w, s, e, n)
+
+
+def _params(v: Any, key: str) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(x, (str, int, float)) for x in v.values()):
+        raise ConfigError("must be a table of strings", key)
+    return {k: str(x) for k, x in v.items()}
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    check: Callable[[Any, str], Any]
+    help: str
+
+
+DAEMON = {
+    "broker": Option("ipc:///run/renderd-py/broker.sock", _endpoint,
+                     "ZeroMQ address the broker binds; clients and workers connect to it"),
+    "workers": Option(2, _int(0, 256), "worker processes started by serve"),
+    "reserved": Option(-1, _int(-1, 256),
+                       "workers kept for interactive requests while seeding (-1: 1 when workers > 1)"),
+    "queue_size": Option(1000, _int(1, 10_000_000), "jobs queued per priority before BUSY"),
+    "render_timeout": Option(60.0, _float(), "seconds a metatile may take before its worker is killed"),
+    "heartbeat": Option(1.0, _float(), "seconds between heartbeats"),
+    "liveness": Option(5, _int(2, 1000), "missed heartbeats before a peer counts as gone"),
+    "max_jobs": Option(1000, _int(0, 10_000_000), "jobs after which a worker is recycled (0: never)"),
+    "recent_seconds": Option(2.0, _float(-1.0),
+                             "a metatile finished this recently answers repeats without a render"),
+    "shutdown_timeout": Option(30.0, _float(), "seconds TERM waits for running renders"),
+    "log_level": Option("info", _str(choices=("debug", "info", "warning", "error")), "log level"),
+}
+
+STORE = {
+    "kind": Option("disk", _str(choices=("disk", "redis")), "where tiles are kept"),
+    "path": Option("/var/cache/renderd-py", _str(), "disk store directory"),
+    "url": Option("redis://127.0.0.1:6379/0", _str(r"(redis|unix)://.+"), "redis store URL"),
+    "prefix": Option("rpy", _str(r"[A-Za-z0-9_.\-]{1,32}"), "redis key prefix"),
+    "fsync": Option(False, _bool, "fsync blobs and indexes before they become visible"),
+}
+
+HTTP = {
+    "listen": Option("127.0.0.1:8080", _hostport, "address nginx listens on"),
+    "metrics": Option("127.0.0.1:9180", _hostport, "loopback address of status and metrics"),
+    "timeout": Option(30.0, _float(), "seconds a request waits for a missing tile"),
+    "cache_size": Option("64m", _size, "size of the shared dict of hot tiles"),
+    "cache_control": Option("public, max-age=3600", _str(), "Cache-Control of tiles"),
+    "workers": Option(2, _int(1, 256), "nginx worker processes"),
+    "prefix": Option("", _str(), "directory for nginx's runtime files (default: beside the store)"),
+}
+
+LAYER = {
+    "name": Option(None, _str(r"[A-Za-z0-9_\-]{1,64}"), "name in URLs"),
+    "kind": Option("mapnik", _str(choices=("mapnik", "raster")), "renderer"),
+    "style": Option(None, _str(), "Mapnik XML style (relative to the config file)"),
+    "minzoom": Option(0, _int(0, MAX_ZOOM), "lowest zoom served"),
+    "maxzoom": Option(18, _int(0, MAX_ZOOM), "highest zoom served"),
+    "format": Option("png256", _str(r"(png|png8|png32|png256|jpeg\d*)(:[a-z0-9=:]+)?"),
+                     "Mapnik encoding, e.g. png, png256, png8:z=1, jpeg80"),
+    "metatile": Option(8, _int(1, 16), "tiles along a metatile's side"),
+    "buffer": Option(128, _int(0, 4096), "pixels rendered around a metatile so labels are not cut"),
+    "tile_size": Option(256, _int(64, 1024), "pixels along a tile's side"),
+    "scale": Option(1.0, _float(), "Mapnik scale factor"),
+    "cache_control": Option(None, _str(), "Cache-Control of this layer's tiles (default: [http])"),
+    "description": Option("", _str(), "TileJSON description"),
+    "attribution": Option("", _str(), "TileJSON attribution"),
+    "bounds": Option((-180.0, -85.0511, 180.0, 85.0511), _bounds, "TileJSON bounds"),
+    "params": Option({}, _params, "values for ${name} placeholders in the style"),
+    "font_dir": Option("", _str(), "font directory (default: the fonts Mapnik ships)"),
+}
+
+
+def _section(raw: Any, schema: dict[str, Option], prefix: str, env: dict[str, str] | None) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a table", prefix)
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ConfigError("unknown key", f"{prefix}.{unknown[0]}")
+    out: dict[str, Any] = {}
+    for key, opt in schema.items():
+        full = f"{prefix}.{key}"
+        value = raw.get(key, opt.default)
+        if env is not None:
+            envkey = f"RENDERD_PY_{prefix.upper()}_{key.upper()}"
+            if envkey in env:
+                value = _from_env(env[envkey], opt.default)
+        if value is None:
+            if key == "name":
+                raise ConfigError("is required", full)
+            out[key] = None
+            continue
+        out[key] = opt.check(value, full)
+    return out
+
+
+def _from_env(text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    broker: str
+    workers: int
+    reserved: int
+    queue_size: int
+    render_timeout: float
+    heartbeat: float
+    liveness: int
+    max_jobs: int
+    recent_seconds: float
+    shutdown_timeout: float
+    log_level: str
+
+    @property
+    def interactive_reserve(self) -> int:
+        if self.reserved >= 0:
+            return min(self.reserved, max(self.workers - 1, 0))
+        return 1 if self.workers > 1 else 0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    kind: str
+    path: str
+    url: str
+    prefix: str
+    fsync: bool
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str
+    metrics: str
+    timeout: float
+    cache_size: str
+    cache_control: str
+    workers: int
+    prefix: str
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    name: str
+    kind: str
+    style: str | None
+    minzoom: int
+    maxzoom: int
+    format: str
+    metatile: int
+    buffer: int
+    tile_size: int
+    scale: float
+    cache_control: str | None
+    description: str
+    attribution: str
+    bounds: tuple[float, float, float, float]
+    params: dict[str, str] = field(default_factory=dict)
+    font_dir: str = ""
+
+    @property
+    def ext(self) -> str:
+        return "jpg" if self.format.startswith("jpeg") else "png"
+
+    @property
+    def content_type(self) -> str:
+        return "image/jpeg" if self.ext == "jpg" else "image/png"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None
+    daemon: DaemonConfig
+    store: StoreConfig
+    http: HttpConfig
+    layers: tuple[LayerConfig, ...]
+
+    def layer(self, name: str) -> LayerConfig:
+        for lyr in self.layers:
+            if lyr.name == name:
+                return lyr
+        from .errors import UsageError
+        raise UsageError(f"unknown layer {name!r}")
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(lyr.name for lyr in self.layers)
+
+
+def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | None = None,
+          check_files: bool = True) -> Config:
+    """Validate a decoded TOML document; relative paths are made absolute."""
+    base = Path(path).resolve().parent if path else Path.cwd()
+    unknown = sorted(set(data) - {"daemon", "store", "http", "layer"})
+    if unknown:
+        raise ConfigError("unknown section", unknown[0])
+    daemon = DaemonConfig(**_section(data.get("daemon"), DAEMON, "daemon", env))
+    store = _section(data.get("store"), STORE, "store", env)
+    if not os.path.isabs(store["path"]):
+        store["path"] = str(base / store["path"])
+    http = _section(data.get("http"), HTTP, "http", env)
+    if http["prefix"] and not os.path.isabs(http["prefix"]):
+        http["prefix"] = str(base / http["prefix"])
+    raw_layers = data.get("layer", [])
+    if not isinstance(raw_layers, list):
+        raise ConfigError("must be an array of tables ([[layer]])", "layer")
+    layers = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_layers):
+        prefix = f"layer[{i}]"
+        values = _section(raw, LAYER, prefix, None)
+        if values["name"] in seen:
+            raise ConfigError(f"duplicate layer name {values['name']!r}", f"{prefix}.name")
+        seen.add(values["name"])
+        if values["minzoom"] > values["maxzoom"]:
+            raise ConfigError(f"minzoom {values['minzoom']} is above maxzoom {values['maxzoom']}",
+                              f"{prefix}.minzoom")
+        if values["metatile"] & (values["metatile"] - 1):
+            raise ConfigError("must be a power of two", f"{prefix}.metatile")
+        if values["kind"] == "mapnik" and not values["style"]:
+            raise ConfigError("is required for a mapnik layer", f"{prefix}.style")
+        for key in ("style", "font_dir"):
+            if values[key] and not os.path.isabs(values[key]):
+                values[key] = str(base / values[key])
+        if check_files and values["style"] and not os.path.isfile(values["style"]):
+            raise ConfigError(f"file {values['style']} does not exist", f"{prefix}.style")
+        layers.append(LayerConfig(**values))
+    return Config(path=str(Path(path).resolve()) if path else None, daemon=daemon,
+                  store=StoreConfig(**store), http=HttpConfig(**http), layers=tuple(layers))
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+         check_files: bool = True) -> Config:
+    """Read and validate the configuration file at ``path``."""
+    path = os.fspath(path or os.environ.get("RENDERD_PY_CONFIG") or DEFAULT_PATH)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} not found") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return parse(data, path, os.environ if env is None else env, check_files)

@@ -1,0 +1,56 @@
+"""One error family for the whole package.
+
+The CLI turns a ``UsageError`` into exit status 2 and any other
+``RenderdError`` into exit status 1, each as one line on stderr.
+"""
+
+
+class RenderdError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class UsageError(RenderdError, ValueError):
+    """Bad input from the user: arguments, a request, an area file."""
+
+
+class ConfigError(UsageError):
+    """The configuration file is missing, unreadable or invalid.
+
+    ``key`` names the offending key (``layer[2].maxzoom``) when there is one.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class TileError(UsageError):
+    """A tile or metatile address outside the grid or the layer's zooms."""
+
+
+class StyleError(RenderdError):
+    """A style (Mapnik XML, raster source) could not be loaded."""
+
+
+class RenderError(RenderdError):
+    """Rendering a metatile failed."""
+
+
+class StoreError(RenderdError, OSError):
+    """The tile store could not be read or written."""
+
+
+class ProtocolError(RenderdError):
+    """A message on the wire is malformed or of an unknown version."""
+
+
+class DaemonError(RenderdError):
+    """The daemon answered with a failure, is busy, or did not answer."""
+
+
+class BusyError(DaemonError):
+    """The broker's queue for that priority is full."""
+
+
+class TimeoutError_(DaemonError, TimeoutError):
+    """No answer before the deadline."""

@@ -1,0 +1,14 @@
+"""Shared fixtures. Server fixtures (redis-server, PostgreSQL, nginx, the
+daemon) live in tests/fixtures/, one module each, and start the real
+programs on loopback random ports."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+]

@@ -297,7 +297,10 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
     unknown = sorted(set(data) - {"daemon", "store", "http", "layer"})
     if unknown:
         raise ConfigError("unknown section", unknown[0])
-    daemon = DaemonConfig(**_section(data.get("daemon"), DAEMON, "daemon", env))
+    dvals = _section(data.get("daemon"), DAEMON, "daemon", env)
+    if dvals["broker"].startswith("ipc://") and not dvals["broker"].startswith("ipc:///"):
+        dvals["broker"] = "ipc://" + str(base / dvals["broker"][len("ipc://"):])
+    daemon = DaemonConfig(**dvals)
     store = _section(data.get("store"), STORE, "store", env)
     if not os.path.isabs(store["path"]):
         store["path"] = str(base / store["path"])

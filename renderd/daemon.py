@@ -1,0 +1,313 @@
+"""``renderd-py serve``: the broker's socket loop and the local worker pool.
+
+One process runs the broker and supervises the workers (separate processes
+started with a fresh interpreter, so Mapnik and database connections are
+set up after the split, never shared). Signal handlers only note the
+signal; the loop dispatches ``handle_<signal>``: TERM and INT stop
+gracefully, HUP reloads the configuration and styles with a new generation
+of workers, CHLD reaps and replaces dead workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import zmq
+
+from . import config as _config
+from .broker import Broker, Worker
+from .errors import ConfigError, DaemonError
+from .sdnotify import notify
+
+log = logging.getLogger("renderd.daemon")
+
+EXIT_STYLE = 3
+SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup", signal.SIGCHLD: "chld"}
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen
+    generation: int
+    started: float
+    ready: bool = False
+
+
+class Pool:
+    """Worker processes of this machine, connected to ``endpoint``."""
+
+    def __init__(self, config_path: str, endpoint: str, size: int, token: str):
+        self.config_path = config_path
+        self.endpoint = endpoint
+        self.size = size
+        self.token = token
+        self.generation = 0
+        self.children: dict[int, Child] = {}
+        self.boot_error: str | None = None
+
+    def spawn(self, generation: int | None = None) -> Child:
+        gen = self.generation if generation is None else generation
+        cmd = [sys.executable, "-m", "renderd.worker", "-c", self.config_path, "--connect", self.endpoint,
+               "--generation", str(gen), "--pool", self.token]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=False)
+        child = Child(proc, gen, time.monotonic())
+        self.children[proc.pid] = child
+        return child
+
+    def fill(self) -> None:
+        have = sum(1 for c in self.children.values() if c.generation == self.generation)
+        for _ in range(self.size - have):
+            self.spawn()
+
+    def reap(self) -> list[tuple[int, Child, int]]:
+        """Children that have exited: (pid, child, status)."""
+        gone = []
+        for pid, child in list(self.children.items()):
+            code = child.proc.poll()
+            if code is not None:
+                del self.children[pid]
+                gone.append((pid, child, code))
+        return gone
+
+    def kill(self, pid: int) -> None:
+        if pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def terminate_all(self, timeout: float) -> None:
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                child.proc.terminate()
+        deadline = time.monotonic() + timeout
+        for child in self.children.values():
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self.children.clear()
+
+
+class Daemon:
+    def __init__(self, cfg: _config.Config):
+        if cfg.path is None:
+            raise ConfigError("serve needs a configuration file")
+        self.cfg = cfg
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.token = uuid.uuid4().hex
+        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token)
+        self.broker = Broker(cfg, self.sock.send_multipart, kill=self._kill_worker, pool=self.token)
+        self.pending: list[str] = []
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.notified_ready = False
+        self.reload_generation: int | None = None
+
+    # --- setup -----------------------------------------------------------
+    def bind(self) -> None:
+        endpoint = self.cfg.daemon.broker
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            if os.path.exists(path):
+                if self._ipc_alive(endpoint):
+                    raise DaemonError(f"another broker is serving {endpoint}")
+                os.unlink(path)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            raise DaemonError(f"cannot bind {endpoint}: {e}") from None
+
+    def _ipc_alive(self, endpoint: str) -> bool:
+        path = endpoint[len("ipc://"):]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(path)
+                return True
+            except OSError:
+                return False
+
+    def _install_signals(self) -> socket.socket:
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        for sig in SIGNALS:
+            signal.signal(sig, self._note_signal)
+        self._wsock = wsock
+        return rsock
+
+    def _note_signal(self, signum: int, frame: object) -> None:
+        self.pending.append(SIGNALS[signum])
+
+    # --- main loop -------------------------------------------------------
+    def run(self) -> int:
+        self.bind()
+        wake = self._install_signals()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        self.pool.fill()
+        log.info("broker on %s with %d workers", self.cfg.daemon.broker, self.pool.size)
+        if self.pool.size == 0:
+            self._ready()
+        try:
+            while True:
+                events = dict(poller.poll(50))
+                if self.sock in events:
+                    for _ in range(1000):
+                        try:
+                            frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.broker.handle(frames)
+                if wake.fileno() in events or wake in events:
+                    try:
+                        wake.recv(4096)
+                    except BlockingIOError:
+                        pass
+                while self.pending:
+                    getattr(self, f"handle_{self.pending.pop(0)}")()
+                self.handle_chld()
+                if self.pool.boot_error:
+                    log.error("%s", self.pool.boot_error)
+                    return EXIT_STYLE
+                self.broker.tick()
+                self._check_ready()
+                if self.stopping and self._stopped():
+                    return 0
+        finally:
+            notify("STOPPING=1")
+            self.pool.terminate_all(5.0)
+            self.sock.close(0)
+            if self.cfg.daemon.broker.startswith("ipc://"):
+                try:
+                    os.unlink(self.cfg.daemon.broker[len("ipc://"):])
+                except OSError:
+                    pass
+
+    def _check_ready(self) -> None:
+        ready_gens = {w.generation for w in self.broker.workers.values() if w.info.get("pool") == self.token}
+        if not self.notified_ready and self.pool.generation in ready_gens:
+            self._ready()
+        if self.reload_generation is not None and self.reload_generation in ready_gens:
+            old = [w for w in self.broker.workers.values()
+                   if w.info.get("pool") == self.token and w.generation < self.reload_generation]
+            for w in old:
+                if not w.stopping:
+                    w.stopping = True
+                    self.broker.send([w.ident, b"RPW1", b"STOP"])
+            log.info("reloaded: generation %d serving", self.reload_generation)
+            self.reload_generation = None
+            notify("READY=1")
+
+    def _ready(self) -> None:
+        self.notified_ready = True
+        notify("READY=1")
+        log.info("ready")
+
+    def _stopped(self) -> bool:
+        if not self.pool.children:
+            return True
+        return time.monotonic() > self.stop_deadline
+
+    # --- signals ---------------------------------------------------------
+    def handle_term(self) -> None:
+        if self.stopping:
+            return
+        log.info("stopping: %d renders to finish", self.broker.running)
+        notify("STOPPING=1")
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout
+        self.broker.shutdown()
+
+    handle_int = handle_term
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        try:
+            cfg = _config.load(self.cfg.path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        notify("RELOADING=1")
+        self.cfg = cfg
+        self.broker.layers = {lyr.name: lyr for lyr in cfg.layers}
+        self.pool.generation += 1
+        self.pool.size = cfg.daemon.workers
+        self.reload_generation = self.pool.generation
+        log.info("reloading: starting worker generation %d", self.pool.generation)
+        self.pool.fill()
+
+    def handle_chld(self) -> None:
+        for pid, child, code in self.pool.reap():
+            self.broker.worker_exited(pid)
+            if self.stopping:
+                continue
+            if code == EXIT_STYLE or code == 2:
+                what = "style" if code == EXIT_STYLE else "configuration"
+                if child.generation == self.reload_generation:
+                    log.error("reload failed: a new worker could not load its %s; keeping generation %d",
+                              what, child.generation - 1)
+                    self._abort_reload(child.generation)
+                    continue
+                self.pool.boot_error = f"a worker could not load its {what} (see the line above); stopping"
+                return
+            if code != 0 and code != -signal.SIGKILL:
+                log.warning("worker %d exited with status %s", pid, code)
+            if child.generation == self.pool.generation:
+                self.pool.spawn()
+
+    def _abort_reload(self, generation: int) -> None:
+        self.reload_generation = None
+        self.pool.generation = generation - 1
+        for pid, c in list(self.pool.children.items()):
+            if c.generation == generation:
+                self.pool.kill(pid)
+        notify("READY=1")
+
+    def _kill_worker(self, worker: Worker) -> None:
+        pid = worker.pid
+        if pid is not None and worker.info.get("pool") == self.token:
+            log.warning("killing worker %d", pid)
+            self.pool.kill(pid)
+
+
+def run_pool(cfg: _config.Config, endpoint: str, size: int) -> int:
+    """``renderd-py worker``: a pool of workers for a broker elsewhere."""
+    if cfg.path is None:
+        raise ConfigError("worker needs a configuration file")
+    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex)
+    pending: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: pending.append(s))
+    pool.fill()
+    notify("READY=1")
+    try:
+        while not pending:
+            time.sleep(0.2)
+            for pid, child, code in pool.reap():
+                if code in (EXIT_STYLE, 2):
+                    log.error("a worker could not load its style or configuration; stopping")
+                    return EXIT_STYLE
+                pool.spawn()
+    finally:
+        notify("STOPPING=1")
+        pool.terminate_all(cfg.daemon.shutdown_timeout)
+    return 0

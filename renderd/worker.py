@@ -1,0 +1,228 @@
+"""A render worker process: ``python -m renderd.worker``.
+
+The main thread renders; an I/O thread owns the socket to the broker, sends
+heartbeats while Mapnik draws, and reconnects when the broker goes silent.
+The two talk over an inproc pair, so no socket is shared between threads.
+
+A render that passes its timeout is ended by the kernel: the worker arms
+``SIGALRM`` with its default action (terminate) around each job, which works
+even if a C library holds the interpreter lock. The pool sees the death and
+the broker re-queues the job.
+
+Exit status 3 means a style could not load: the pool stops instead of
+restarting workers in a loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Iterator
+
+import zmq
+
+from . import config as _config
+from . import protocol as p
+from .errors import ConfigError, ProtocolError, RenderdError, StyleError
+from .store import MetaIndex, open_store
+
+log = logging.getLogger("renderd.worker")
+
+EXIT_STYLE = 3
+EXIT_CONFIG = 2
+
+
+class BrokerLink:
+    """The worker's side of the broker conversation (heartbeats, reconnects).
+
+    ``jobs()`` yields jobs to the main thread; ``done``/``failed`` send
+    results back. Everything on the broker socket happens in one I/O thread.
+    """
+
+    def __init__(self, endpoint: str, info: dict, heartbeat: float, liveness: int,
+                 context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.info = info
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.ctx = context or zmq.Context.instance()
+        addr = f"inproc://worker-{uuid.uuid4().hex}"
+        self._main = self.ctx.socket(zmq.PAIR)
+        self._main.bind(addr)
+        self._io_end = self.ctx.socket(zmq.PAIR)
+        self._io_end.connect(addr)
+        self._stop = threading.Event()
+        self.stopping = False
+        self._thread = threading.Thread(target=self._io_loop, name="broker-io", daemon=True)
+        self._thread.start()
+
+    # --- main thread -----------------------------------------------------
+    def jobs(self) -> Iterator[p.Job]:
+        while not self.stopping:
+            frames = self._main.recv_multipart()
+            if frames[0] == p.STOP:
+                self.stopping = True
+                return
+            try:
+                yield p.decode_job(frames[2:])
+            except ProtocolError as e:
+                log.warning("dropped a malformed job: %s", e)
+
+    def done(self, job: p.Job, raw_index: bytes, blobs: list[bytes]) -> None:
+        self._main.send_multipart([p.WORKER, p.DONE, job.job_id, raw_index] + blobs, copy=False)
+
+    def failed(self, job: p.Job, reason: str) -> None:
+        self._main.send_multipart([p.WORKER, p.FAILED, job.job_id, reason.encode()[:500]])
+
+    def close(self) -> None:
+        """Say BYE and stop the I/O thread."""
+        self._main.send_multipart([p.WORKER, p.BYE])
+        self._stop.set()
+        self._thread.join(5)
+        self._main.close(0)
+
+    # --- I/O thread ------------------------------------------------------
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(self.endpoint)
+        sock.send_multipart(p.ready_frames(self.info))
+        return sock
+
+    def _io_loop(self) -> None:
+        broker = self._connect()
+        poller = zmq.Poller()
+        poller.register(broker, zmq.POLLIN)
+        poller.register(self._io_end, zmq.POLLIN)
+        heard = time.monotonic()
+        next_beat = heard + self.heartbeat
+        while True:
+            events = dict(poller.poll(int(self.heartbeat * 1000 / 2)))
+            now = time.monotonic()
+            if self._io_end in events:
+                frames = self._io_end.recv_multipart(copy=False)
+                broker.send_multipart(frames, copy=False)
+                if frames[1].bytes == p.BYE:
+                    break
+            if broker in events:
+                frames = broker.recv_multipart()
+                heard = now
+                if len(frames) >= 2 and frames[0] == p.WORKER:
+                    cmd = frames[1]
+                    if cmd == p.JOB:
+                        self._io_end.send_multipart(frames)
+                    elif cmd == p.STOP:
+                        self._io_end.send_multipart([p.STOP])
+                    elif cmd == p.READY:
+                        broker.send_multipart(p.ready_frames(self.info))
+            if self._stop.is_set():
+                break
+            if now >= next_beat:
+                broker.send_multipart([p.WORKER, p.HEARTBEAT])
+                next_beat = now + self.heartbeat
+            if now - heard > self.heartbeat * self.liveness:
+                log.warning("broker at %s silent for %.0fs: reconnecting", self.endpoint, now - heard)
+                poller.unregister(broker)
+                broker.close(0)
+                broker = self._connect()
+                poller.register(broker, zmq.POLLIN)
+                heard = now
+        broker.close()
+        self._io_end.close(0)
+
+
+def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, max_jobs: int) -> int:
+    """Render jobs until told to stop or recycled; returns jobs done."""
+    done = 0
+    for job in link.jobs():
+        renderer = renderers.get(job.layer)
+        if renderer is None:
+            link.failed(job, f"unknown layer {job.layer}")
+            continue
+        layer = cfg.layer(job.layer)
+        signal.setitimer(signal.ITIMER_REAL, max(job.timeout_ms, 1) / 1000.0)
+        try:
+            result = renderer.render(job.meta)
+            now = int(time.time())
+            data_time = getattr(renderer, "data_time", None) or now
+            index = MetaIndex(job.meta, tuple(result.hashes), now, int(data_time), layer.ext)
+            store.put_metatile(job.layer, index, result.blobs)
+        except RenderdError as e:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            log.error("metatile %s %s failed: %s", job.layer, job.meta, e)
+            link.failed(job, str(e))
+        except Exception as e:  # a render must not kill the worker silently
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            log.exception("metatile %s %s failed", job.layer, job.meta)
+            link.failed(job, f"{type(e).__name__}: {e}")
+        else:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            link.done(job, index.encode(), [result.blobs[h] for h in index.unique()])
+        done += 1
+        if max_jobs and done >= max_jobs:
+            log.info("recycling after %d jobs", done)
+            break
+    return done
+
+
+def run(args: argparse.Namespace) -> int:
+    from .render import open_renderer
+
+    try:
+        cfg = _config.load(args.config)
+    except ConfigError as e:
+        print(f"renderd-py worker: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=getattr(logging, cfg.daemon.log_level.upper()),
+                        format=f"renderd-py worker[{os.getpid()}]: %(levelname)s %(message)s")
+    renderers = {}
+    try:
+        for layer in cfg.layers:
+            r = open_renderer(layer)
+            r.__enter__()
+            renderers[layer.name] = r
+    except StyleError as e:
+        print(f"renderd-py worker: error: {e}", file=sys.stderr)
+        return EXIT_STYLE
+    store = open_store(cfg.store)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "layers": list(renderers),
+            "generation": args.generation, "pool": args.pool}
+    link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness)
+    max_jobs = cfg.daemon.max_jobs if args.max_jobs is None else args.max_jobs
+    try:
+        serve_jobs(cfg, link, renderers, store, max_jobs)
+    finally:
+        link.close()
+        for r in renderers.values():
+            r.__exit__(None, None, None)
+        store.close()
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="renderd-py worker-process")
+    ap.add_argument("-c", "--config", required=True)
+    ap.add_argument("--connect", default=None, help="broker address (default: [daemon] broker)")
+    ap.add_argument("--generation", type=int, default=0)
+    ap.add_argument("--pool", default="")
+    ap.add_argument("--max-jobs", type=int, default=None)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # the pool handles Ctrl-C and reloads; a worker only obeys the broker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    sys.exit(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

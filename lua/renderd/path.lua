@@ -1,0 +1,88 @@
+-- renderd.path: parse and validate a tile request before any I/O. Pure
+-- functions, no ngx.* calls, so every rule is testable on strings.
+--
+--   local path = require "renderd.path"
+--   local t, status, msg = path.parse(raw_uri, layers)
+--   -- t = { layer = <layer table>, z =, x =, y =, ext =,
+--   --       n =, x0 =, y0 =, mx =, my =, i = <0-based x-major index> }
+--   -- or nil, 400|404, "short reason"
+--
+-- raw_uri is the request line's URI as the client sent it
+-- ($request_uri: not decoded, not normalised, with the query string).
+-- layers maps a layer name to its table (name, minzoom, maxzoom, metatile,
+-- ext). The query string is ignored (cache busters); percent signs, dots
+-- other than the one before the extension, empty or extra segments,
+-- non-digits, and numbers longer than the grid allows are 400.
+
+local find = string.find
+local sub = string.sub
+local match = string.match
+local tonumber = tonumber
+
+local _M = { _VERSION = "0.1.0" }
+
+--- Longest raw URI considered at all (anything longer is 400).
+_M.MAX_URI = 256
+--- Highest zoom the grid allows (tilemath.MAX_ZOOM).
+_M.MAX_ZOOM = 30
+
+local PREFIX = "/tiles/"
+
+--- The metatile of tile (z, x, y) for a layer metatile size `meta`.
+-- Returns n, x0, y0, mx, my, i (i: 0-based x-major position of the tile).
+function _M.metatile(z, x, y, meta)
+    local n = 2 ^ z
+    if meta < n then
+        n = meta
+    end
+    local x0 = x - x % n
+    local y0 = y - y % n
+    return n, x0, y0, x0 / n, y0 / n, (x - x0) * n + (y - y0)
+end
+
+--- Parse a raw request URI. See the module comment.
+function _M.parse(uri, layers)
+    if not uri or #uri > _M.MAX_URI then
+        return nil, 400, "URI too long"
+    end
+    local q = find(uri, "?", 1, true)
+    if q then
+        uri = sub(uri, 1, q - 1)
+    end
+    if sub(uri, 1, #PREFIX) ~= PREFIX then
+        return nil, 400, "not a tile path"
+    end
+    -- only these bytes may appear at all: no %, no NUL, no "..", no "//"
+    if find(uri, "[^A-Za-z0-9_%-%./]") or find(uri, "..", 1, true) or find(uri, "//", 1, true) then
+        return nil, 400, "malformed tile path"
+    end
+    local name, zs, xs, ys, ext = match(uri, "^/tiles/([A-Za-z0-9_%-]+)/(%d+)/(%d+)/(%d+)%.([a-z0-9]+)$")
+    if not name then
+        return nil, 400, "malformed tile path"
+    end
+    if #name > 64 or #zs > 2 or #xs > 10 or #ys > 10 or #ext > 8 then
+        return nil, 400, "malformed tile path"
+    end
+    local layer = layers[name]
+    if not layer then
+        return nil, 404, "unknown layer"
+    end
+    local z, x, y = tonumber(zs), tonumber(xs), tonumber(ys)
+    if z < layer.minzoom or z > layer.maxzoom or z > _M.MAX_ZOOM then
+        return nil, 404, "zoom outside the layer"
+    end
+    local size = 2 ^ z
+    if x >= size or y >= size then
+        return nil, 404, "tile outside the grid"
+    end
+    if ext ~= layer.ext then
+        return nil, 404, "wrong extension"
+    end
+    local n, x0, y0, mx, my, i = _M.metatile(z, x, y, layer.metatile)
+    return {
+        layer = layer, z = z, x = x, y = y, ext = ext,
+        n = n, x0 = x0, y0 = y0, mx = mx, my = my, i = i,
+    }
+end
+
+return _M

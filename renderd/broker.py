@@ -137,6 +137,7 @@ class Broker:
         self.counters: collections.Counter[str] = collections.Counter()
         self.render_seconds = [0.0] * len(p.PRIORITY_NAMES)
         self.render_count = [0] * len(p.PRIORITY_NAMES)
+        self.work: dict[str, float] = collections.defaultdict(float)
 
     # --- entry points ----------------------------------------------------
     def handle(self, frames: list[bytes]) -> None:
@@ -294,26 +295,40 @@ class Broker:
         return job
 
     def job_done(self, worker: Worker, rest: list[bytes], now: float) -> None:
-        if len(rest) < 2:
-            raise ProtocolError("DONE needs a job id and an index")
+        if len(rest) < 3:
+            raise ProtocolError("DONE needs a job id, stats and an index")
         job = self._take_job(worker, rest[0])
         if job is None:
             return
         try:
-            index = MetaIndex.decode(rest[1])
+            index = MetaIndex.decode(rest[2])
         except StoreError as e:
             self._fail_waiters(job, f"worker sent a bad index: {e}")
             return
+        self._count_stats(rest[1])
+        raw_index = rest[2]
         unique = index.unique()
-        blobs = dict(zip(unique, rest[2:]))
+        blobs = dict(zip(unique, rest[3:]))
         elapsed = now - job.started
         self.render_seconds[job.priority] += elapsed
         self.render_count[job.priority] += 1
         self.counters["rendered"] += 1
         for w in job.waiters:
             if w.deadline >= now:
-                self.answer(w, index, rest[1], blobs)
-        self._remember(job.key, index, rest[1], blobs, now)
+                self.answer(w, index, raw_index, blobs)
+        self._remember(job.key, index, raw_index, blobs, now)
+
+    def _count_stats(self, raw: bytes) -> None:
+        """Add a worker's per-job figures (draw and encode time, encodes
+        done and saved by deduplication) to the totals in STATUS."""
+        try:
+            stats = json.loads(raw)
+            self.work["draw_seconds"] += float(stats.get("draw", 0))
+            self.work["encode_seconds"] += float(stats.get("encode", 0))
+            self.work["encoded"] += int(stats.get("encoded", 0))
+            self.work["encodes_saved"] += int(stats.get("reused", 0))
+        except (ValueError, TypeError, AttributeError):
+            self._bad("stats", "worker sent unreadable stats")
 
     def job_failed(self, worker: Worker, rest: list[bytes]) -> None:
         if not rest:
@@ -466,6 +481,7 @@ class Broker:
             "counters": dict(self.counters),
             "render_seconds": dict(zip(p.PRIORITY_NAMES, self.render_seconds)),
             "render_count": dict(zip(p.PRIORITY_NAMES, self.render_count)),
+            "work": dict(self.work),
             "worker_list": [{"pid": w.pid, "host": w.info.get("host"), "jobs": w.jobs_done,
                              "busy": w.job is not None, "generation": w.generation}
                             for w in self.workers.values()],

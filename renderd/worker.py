@@ -16,6 +16,7 @@ restarting workers in a loop.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -75,8 +76,9 @@ class BrokerLink:
             except ProtocolError as e:
                 log.warning("dropped a malformed job: %s", e)
 
-    def done(self, job: p.Job, raw_index: bytes, blobs: list[bytes]) -> None:
-        self._main.send_multipart([p.WORKER, p.DONE, job.job_id, raw_index] + blobs, copy=False)
+    def done(self, job: p.Job, stats: dict, raw_index: bytes, blobs: list[bytes]) -> None:
+        frames = [p.WORKER, p.DONE, job.job_id, json.dumps(stats, separators=(",", ":")).encode(), raw_index]
+        self._main.send_multipart(frames + blobs, copy=False)
 
     def failed(self, job: p.Job, reason: str) -> None:
         self._main.send_multipart([p.WORKER, p.FAILED, job.job_id, reason.encode()[:500]])
@@ -164,7 +166,9 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
             link.failed(job, f"{type(e).__name__}: {e}")
         else:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            link.done(job, index.encode(), [result.blobs[h] for h in index.unique()])
+            stats = {"draw": round(result.draw_seconds, 6), "encode": round(result.encode_seconds, 6),
+                     "encoded": result.encoded, "reused": result.reused}
+            link.done(job, stats, index.encode(), [result.blobs[h] for h in index.unique()])
         done += 1
         if max_jobs and done >= max_jobs:
             log.info("recycling after %d jobs", done)

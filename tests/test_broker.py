@@ -59,7 +59,9 @@ class Harness:
             blobs[h] = data
             hashes.append(h)
         idx = MetaIndex(m, tuple(hashes), 100, 90, "png")
-        self.b.handle([ident, p.WORKER, p.DONE, job.job_id, idx.encode()] + [blobs[h] for h in idx.unique()])
+        stats = b'{"draw":0.01,"encode":0.02,"encoded":2,"reused":62}'
+        self.b.handle([ident, p.WORKER, p.DONE, job.job_id, stats, idx.encode()]
+                      + [blobs[h] for h in idx.unique()])
         return blobs
 
 
@@ -101,6 +103,7 @@ def test_duplicates_join_one_job_and_raise_its_priority():
     h.finish(b"w1", job)
     assert {r.rid for r in h.replies_to(b"c1") + h.replies_to(b"c2")} == {b"a", b"b"}
     assert h.b.counters["rendered"] == 1 and h.b.counters["coalesced"] == 1
+    assert h.b.status()["work"]["encodes_saved"] == 62
 
 
 def test_join_a_running_job():

@@ -1,0 +1,57 @@
+"""``renderd-py expire``: apply an osm2pgsql expiry list (``z/x/y`` lines)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import config_option, layer_option
+
+
+@click.command("expire")
+@config_option
+@layer_option()
+@click.argument("path", metavar="[FILE | -]", required=False, default="-")
+@click.option("--min-zoom", "min_zoom", type=int, default=None,
+              help="lowest zoom to expire (default: the layer's minzoom)")
+@click.option("--mode", type=click.Choice(["dirty", "delete", "render"]), default="dirty",
+              show_default=True, help="mark stale, delete, or mark stale and re-render at expiry priority")
+@click.option("--concurrency", "-n", type=click.IntRange(1, 10000), default=None,
+              help="renders in flight with --mode render (default: twice [daemon] workers)")
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=3600.0, show_default=True,
+              help="seconds to wait for one render with --mode render")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing unless something is wrong")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurrency: int | None,
+            timeout: float, quiet: bool, as_json: bool) -> None:
+    """Mark stale, delete or re-render the metatiles of changed tiles."""
+    from ..store import open_store
+    from ..tools.expire import expire, open_input
+    from .seed import Interrupts
+
+    lyr = cfg.layer(layer)
+    lo = lyr.minzoom if min_zoom is None else min_zoom
+    if not lyr.minzoom <= lo <= lyr.maxzoom:
+        raise click.BadParameter(f"{lo} is outside the layer's zooms {lyr.minzoom}-{lyr.maxzoom}",
+                                 param_hint="--min-zoom")
+    stream = open_input(path)
+    try:
+        with open_store(cfg.store) as store, Interrupts() as stop:
+            summary = expire(store, lyr.name, stream, (lo, lyr.maxzoom), mode, meta=lyr.metatile,
+                             endpoint=cfg.daemon.broker,
+                             concurrency=concurrency or max(4, 2 * cfg.daemon.workers),
+                             timeout=timeout, stop=stop)
+    finally:
+        if path not in (None, "-"):
+            stream.close()
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    elif not quiet:
+        for line in summary.lines_out():
+            click.echo(line)
+    if summary.malformed and quiet:
+        click.echo(f"renderd-py: expire: {summary.malformed} malformed lines ignored", err=True)
+    if summary.failed:
+        from ..errors import RenderdError
+        raise RenderdError(f"{summary.failed} re-renders failed")

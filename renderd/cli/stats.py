@@ -1,0 +1,31 @@
+"""``renderd-py stats``: duplicate statistics of a layer's stored tiles."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import config_option, layer_option, zoom_option
+
+
+@click.command("stats")
+@config_option
+@layer_option()
+@zoom_option(required=False)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def command(cfg, layer: str, zoom: str | None, as_json: bool) -> None:
+    """Tiles, unique tiles, duplicate share and bytes per zoom."""
+    from ..store import open_store
+    from ..tilemath import parse_zoom_range
+    from ..tools.stats import report, stats, table
+
+    lyr = cfg.layer(layer)
+    lo, hi = (lyr.minzoom, lyr.maxzoom) if zoom is None else parse_zoom_range(zoom, lyr.minzoom, lyr.maxzoom)
+    with open_store(cfg.store) as store:
+        rows, total = stats(store, lyr.name, range(lo, hi + 1))
+    if as_json:
+        click.echo(json.dumps(report(lyr.name, rows, total), indent=2))
+    else:
+        for line in table(lyr.name, rows, total):
+            click.echo(line)

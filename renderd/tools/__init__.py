@@ -1,0 +1,6 @@
+"""Tools around the cache: seed, expire, coverage, export and stats.
+
+Each module holds the logic as plain functions over a ``Store`` and a
+``Client``; the click commands in ``renderd/cli`` only parse options and
+print. See docs/tools.md.
+"""

@@ -1,0 +1,70 @@
+"""``renderd-py render LAYER Z X Y -o FILE``: one tile, in-process, no daemon."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import click
+
+from ..errors import RenderdError, TileError
+from ..tilemath import check_tile
+from .options import config_option
+
+
+@click.command("render", context_settings={"ignore_unknown_options": True})
+@click.argument("layer")
+@click.argument("z", type=int)
+@click.argument("x", type=int)
+@click.argument("y", type=int)
+@click.option("-o", "--output", "output", required=True, metavar="FILE",
+              help="where to write the tile ('-' for standard output)")
+@config_option
+def command(cfg, layer: str, z: int, x: int, y: int, output: str) -> None:
+    """Render tile Z/X/Y of LAYER in this process and write it to FILE.
+
+    The whole metatile holding the tile is rendered, with the layer's buffer,
+    exactly as the daemon renders it; nothing is stored. For style
+    development and debugging.
+    """
+    lyr = cfg.layer(layer)
+    try:
+        check_tile(z, x, y, lyr.minzoom, lyr.maxzoom)
+    except TileError as e:
+        raise TileError(f"layer {layer}: {e}") from None
+    from ..render import render_tile_png
+
+    data = render_tile_png(lyr, z, x, y)
+    if not data:
+        raise RenderdError(f"tile {z}/{x}/{y} of layer {layer} rendered empty")
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    _write(output, data)
+
+
+def _write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".render.", dir=folder)
+    except OSError as e:
+        raise RenderdError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise RenderdError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -216,3 +216,72 @@ def test_notify_from_a_child_process(notify_socket):
                        cwd=ROOT, env=dict(os.environ), timeout=30)
     assert r.returncode == 0
     assert notify_socket.recv(100) == b"READY=1\nSTATUS=child"
+
+
+# --- the daemon speaks Type=notify ------------------------------------------
+
+def _messages(sock: socket.socket, until: str, timeout: float = 60.0) -> list[str]:
+    """Datagrams received until one contains ``until``."""
+    import time
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            break
+        got.append(msg)
+        if until in msg.split("\n"):
+            return got
+    raise AssertionError(f"no {until} from the daemon; got {got}")
+
+
+def test_serve_notifies_ready_reloading_stopping(renderd_daemon, notify_socket):
+    """What systemd sees with Type=notify: READY=1 once the workers are up,
+    RELOADING=1 then READY=1 on HUP (ExecReload), STOPPING=1 on TERM."""
+    import signal
+    d = renderd_daemon(workers=1)  # inherits NOTIFY_SOCKET
+    _messages(notify_socket, "READY=1")
+    d.proc.send_signal(signal.SIGHUP)
+    after_hup = _messages(notify_socket, "READY=1")
+    assert any("RELOADING=1" in m.split("\n") for m in after_hup), after_hup
+    d.proc.send_signal(signal.SIGTERM)
+    _messages(notify_socket, "STOPPING=1")
+    assert d.proc.wait(60) == 0
+
+
+def test_serve_exits_3_when_a_style_cannot_load(tmp_path, notify_socket):
+    """The exit status the unit's RestartPreventExitStatus= names."""
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<Map><Layer name='x'><Datasource><Parameter name='type'>nosuchplugin"
+                      "</Parameter></Datasource></Layer></Map>")
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    addr = port.getsockname()[1]
+    port.close()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[daemon]\nbroker = "tcp://127.0.0.1:{addr}"\nworkers = 1\n'
+                   f'[store]\npath = "{tmp_path}/store"\n[[layer]]\nname = "b"\nstyle = "{broken}"\n')
+    r = subprocess.run([sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    want = directives(unit_text())["RestartPreventExitStatus"][-1].split()
+    assert str(r.returncode) in want and r.returncode == 3, r.stderr
+    assert "cannot load style" in r.stderr
+    notify_socket.settimeout(0.3)
+    sent: list[str] = []
+    while True:
+        try:
+            sent += notify_socket.recv(4096).decode().split("\n")
+        except socket.timeout:
+            break
+    assert "READY=1" not in sent, sent
+
+
+def test_serve_exits_2_on_a_bad_configuration(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[daemon]\nworkers = "many"\n')
+    r = subprocess.run([sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["renderd-py: error: daemon.workers: must be a whole number, not 'many'"]

@@ -1,0 +1,436 @@
+-- renderd.front: the tile handler of the nginx front.
+--
+-- Interface with `renderd-py nginx-conf` (renderd/nginx.py):
+--
+--   init_by_lua_block { require("renderd.front").init("/path/runtime.json") }
+--   location /tiles/ { content_by_lua_block { require("renderd.front").serve() } }
+--   location /_blob/ {             # disk stores only
+--       internal;
+--       alias {store.path}/blobs/;
+--       log_not_found off;
+--       header_filter_by_lua_block { require("renderd.front").blob_header_filter() }
+--   }
+--   # loopback-only server:
+--   location = /metrics { content_by_lua_block { require("renderd.metrics").serve() } }
+--
+-- The runtime config JSON (written by nginx-conf):
+--   {"broker": "tcp://127.0.0.1:5555" | "ipc:///path/broker.sock",
+--    "timeout": 30,                       -- seconds a missing tile waits
+--    "store": {"kind": "disk", "path": "/var/cache/renderd-py"}
+--           | {"kind": "redis", "host": "127.0.0.1", "port": 6379, "db": 0,
+--              "password": null, "prefix": "rpy", "socket": null},
+--    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
+--                "ext": "png", "content_type": "image/png",
+--                "cache_control": "public, max-age=3600", "tile_size": 256}],
+--    "blob_location": "/_blob/",
+--    "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
+-- Optional keys (defaults): "hot_ttl" 300 (seconds a hot-cache entry counts
+-- as fresh; afterwards it is only a fallback when store and broker fail),
+-- "retry_after" 5 (the 503's Retry-After), "log_interval" 10 (seconds
+-- between two error-log lines of one cause), store "timeout" 1 (seconds per
+-- Redis operation), store "retry" 2 (seconds Redis is skipped after a
+-- failure), "broker_retry" 1 (the same for the broker's connect).
+--
+-- Request path: validate (renderd.path; 400/404/405 before any I/O) ->
+-- hot cache (X-Cache: HIT) -> store (STORE, or STALE plus a background
+-- re-render at priority 1) -> one RENDER per metatile (RENDER) -> on BUSY,
+-- FAIL, timeout or errors: an expired hot-cache copy (STALE) or 503 with
+-- Retry-After. Disk hits: the .idx is read here and the blob is sent by
+-- nginx (ngx.exec to blob_location); the tile's headers travel in the
+-- internal redirect's query string and blob_header_filter() sets them, since
+-- ngx.ctx and the static module's own headers do not survive the redirect.
+
+local json = require "renderd.json"
+local path = require "renderd.path"
+local index = require "renderd.index"
+local cache = require "renderd.cache"
+local store = require "renderd.store"
+local client = require "renderd.client"
+local render = require "renderd.render"
+local metrics = require "renderd.metrics"
+local log = require "renderd.log"
+
+local ngx_var = ngx.var
+local ngx_header = ngx.header
+local ngx_print = ngx.print
+local ngx_exit = ngx.exit
+local ngx_exec = ngx.exec
+local send_headers = ngx.send_headers
+local HTTP_OK = ngx.HTTP_OK
+local get_method = ngx.req.get_method
+local get_headers = ngx.req.get_headers
+local clear_header = ngx.req.clear_header
+local req_start = ngx.req.start_time
+local http_time = ngx.http_time
+local parse_http_time = ngx.parse_http_time
+local timer_at = ngx.timer.at
+local ngx_shared = ngx.shared
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local io_open = io.open
+local find = string.find
+local type = type
+local tostring = tostring
+local tonumber = tonumber
+local ipairs = ipairs
+local error = error
+local pcall = pcall
+local pairs = pairs
+
+local _M = { _VERSION = "0.1.0" }
+
+local cfg
+local layers = {}
+local locks
+
+local CONTENT_TYPES = { png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", webp = "image/webp" }
+
+-- config ------------------------------------------------------------------------
+
+local function need(cond, msg)
+    if not cond then
+        error("renderd.front: runtime config: " .. msg, 3)
+    end
+end
+
+local function shared(name, what)
+    local d = ngx_shared[name]
+    if not d then
+        error("renderd.front: lua_shared_dict " .. tostring(name) .. " (" .. what .. ") is not declared", 3)
+    end
+    return d
+end
+
+--- Validate a decoded runtime config and set every module up.
+function _M.setup(c)
+    need(type(c) == "table", "not a JSON object")
+    need(type(c.broker) == "string", "broker missing")
+    local ok, err = pcall(client.configure, c.broker, nil)
+    need(ok, "broker: " .. tostring(err))
+    c.timeout = tonumber(json.value(c.timeout)) or 30
+    need(c.timeout > 0, "timeout must be positive")
+    c.hot_ttl = tonumber(json.value(c.hot_ttl)) or 300
+    c.retry_after = tonumber(json.value(c.retry_after)) or 5
+    c.log_interval = tonumber(json.value(c.log_interval)) or 10
+    c.blob_location = json.value(c.blob_location) or "/_blob/"
+    if not find(c.blob_location, "/$") then
+        c.blob_location = c.blob_location .. "/"
+    end
+    local d = json.value(c.dicts) or {}
+    c.dicts = { tiles = d.tiles or "rpy_tiles", locks = d.locks or "rpy_locks",
+                metrics = d.metrics or "rpy_metrics" }
+    need(type(c.store) == "table", "store missing")
+    for k, v in pairs(c.store) do
+        c.store[k] = json.value(v)
+    end
+    need(type(c.layers) == "table" and #c.layers > 0, "layers missing")
+    local by_name = {}
+    for i, l in ipairs(c.layers) do
+        local where = "layers[" .. i .. "]"
+        need(type(l) == "table", where .. " is not an object")
+        need(type(l.name) == "string" and find(l.name, "^[A-Za-z0-9_%-]+$") and #l.name <= 64,
+             where .. ".name must be letters, digits, _ or -")
+        l.minzoom = tonumber(json.value(l.minzoom)) or 0
+        l.maxzoom = tonumber(json.value(l.maxzoom)) or 19
+        need(l.minzoom >= 0 and l.maxzoom <= path.MAX_ZOOM and l.minzoom <= l.maxzoom, where .. " zooms")
+        l.metatile = tonumber(json.value(l.metatile)) or 8
+        need(l.metatile >= 1 and l.metatile <= 64, where .. ".metatile")
+        l.ext = json.value(l.ext) or "png"
+        l.content_type = json.value(l.content_type) or CONTENT_TYPES[l.ext] or "application/octet-stream"
+        l.cache_control = json.value(l.cache_control)
+        need(not by_name[l.name], "layer " .. l.name .. " twice")
+        by_name[l.name] = l
+    end
+    local tiles = shared(c.dicts.tiles, "tiles")
+    locks = shared(c.dicts.locks, "locks")
+    local m = shared(c.dicts.metrics, "metrics")
+    log.configure(locks, c.log_interval)
+    cache.configure(tiles, c.hot_ttl)
+    store.configure(c.store, locks)
+    client.configure(c.broker, locks, { retry = tonumber(json.value(c.broker_retry)) or 1 })
+    metrics.configure(m, c.dicts)
+    render.configure({
+        locks = locks, timeout = c.timeout,
+        on_render = metrics.observe_render,
+        on_evict = function(n) metrics.incr("renderd_cache_evictions_total", nil, n) end,
+    })
+    cfg, layers = c, by_name
+    return true
+end
+
+--- init_by_lua: read and apply the runtime config JSON at `file`.
+function _M.init(file)
+    local f, err = io_open(file, "rb")
+    if not f then
+        error("renderd.front: cannot read runtime config: " .. tostring(err), 2)
+    end
+    local text = f:read("*a")
+    f:close()
+    local c
+    c, err = json.decode(text)
+    if not c then
+        error("renderd.front: runtime config " .. file .. ": " .. err, 2)
+    end
+    return _M.setup(c)
+end
+
+function _M.config()
+    return cfg, layers
+end
+
+-- responses -------------------------------------------------------------------
+
+-- send status and body (none for HEAD and 304) with the headers set so far;
+-- never ngx.exit(status >= 300), which would replace them with nginx's own
+local function finish(status, body)
+    ngx.status = status
+    if body and status ~= 304 then
+        ngx_header["Content-Length"] = #body
+        if get_method() ~= "HEAD" then
+            ngx_print(body)
+            return ngx_exit(HTTP_OK)
+        end
+    end
+    send_headers()
+    return ngx_exit(HTTP_OK)
+end
+
+local function plain(status, msg, xcache)
+    metrics.request(status, xcache)
+    ngx_header["Content-Type"] = "text/plain; charset=utf-8"
+    ngx_header["Cache-Control"] = "no-store"
+    if xcache then
+        ngx_header["X-Cache"] = xcache
+    end
+    return finish(status, msg .. "\n")
+end
+
+local function tile_headers(layer, hash, rendered, xcache)
+    ngx_header["Content-Type"] = layer.content_type
+    if layer.cache_control then
+        ngx_header["Cache-Control"] = layer.cache_control
+    end
+    if hash then
+        ngx_header["ETag"] = '"' .. hash .. '"'
+    end
+    if rendered and rendered > 0 then
+        ngx_header["Last-Modified"] = http_time(rendered)
+    end
+    ngx_header["X-Cache"] = xcache
+end
+
+-- the request's validators match this tile?
+local function not_modified(hash, rendered)
+    local h = get_headers()
+    local inm = h["if-none-match"]
+    if inm then
+        if type(inm) == "table" then
+            inm = table.concat(inm, ",")
+        end
+        return inm == "*" or (hash ~= nil and find(inm, '"' .. hash .. '"', 1, true) ~= nil)
+    end
+    local ims = h["if-modified-since"]
+    if type(ims) == "string" and rendered and rendered > 0 then
+        local t = parse_http_time(ims)
+        return t ~= nil and t >= rendered
+    end
+    return false
+end
+
+local function empty(t, rendered, xcache)
+    -- the renderer stored no tile here (an "EMPTY" index entry)
+    local l = t.layer
+    metrics.request(404, xcache)
+    ngx_header["Content-Type"] = "text/plain; charset=utf-8"
+    if l.cache_control then
+        ngx_header["Cache-Control"] = l.cache_control
+    end
+    ngx_header["X-Cache"] = xcache
+    if rendered and rendered > 0 then
+        ngx_header["Last-Modified"] = http_time(rendered)
+    end
+    return finish(404, "no tile\n")
+end
+
+local function send(t, hash, body, rendered, xcache)
+    if not hash then
+        return empty(t, rendered, xcache)
+    end
+    tile_headers(t.layer, hash, rendered, xcache)
+    if not_modified(hash, rendered) then
+        metrics.request(304, xcache)
+        return finish(304)
+    end
+    metrics.request(200, xcache)
+    return finish(200, body)
+end
+
+local function unavailable(t, why)
+    ngx_header["Retry-After"] = tostring(cfg.retry_after)
+    return plain(503, "tile " .. t.z .. "/" .. t.x .. "/" .. t.y .. " unavailable: " .. why)
+end
+
+-- store -----------------------------------------------------------------------
+
+local function fill_from_disk(premature, layer_name, raw, h)
+    if premature then
+        return
+    end
+    local blobs = store.read_blobs(index.unique(raw, h.n))
+    local evicted = cache.put_metatile(layer_name, raw, h, blobs)
+    if evicted > 0 then
+        metrics.incr("renderd_cache_evictions_total", nil, evicted)
+    end
+end
+
+-- read t from the store and answer; returns only if nothing was sent:
+-- false (not stored) or false, err (store failed)
+local function from_store(t, xcache)
+    local name = t.layer.name
+    if store.kind == "disk" then
+        local raw, err = store.read_index(name, t.z, t.mx, t.my)
+        if not raw then
+            return false, err
+        end
+        local h
+        h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
+        if not h then
+            return false, "disk index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+        end
+        if h.stale then
+            xcache = "STALE"
+            render.refresh(t)
+        end
+        -- the whole metatile into the hot cache, after this response
+        if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
+            timer_at(0, fill_from_disk, name, raw, h)
+        end
+        local hash = index.entry(raw, t.i)
+        if not hash then
+            return empty(t, h.rendered, xcache)
+        end
+        if not_modified(hash, h.rendered) then
+            tile_headers(t.layer, hash, h.rendered, xcache)
+            metrics.request(304, xcache)
+            return finish(304)
+        end
+        -- the static module must not answer validators of its own
+        clear_header("If-None-Match")
+        clear_header("If-Modified-Since")
+        clear_header("If-Match")
+        clear_header("If-Unmodified-Since")
+        return ngx_exec(cfg.blob_location .. store.blob_uri(hash),
+                        { l = name, h = hash, r = h.rendered, c = xcache })
+    end
+    local raw, blobs, err = store.read_metatile(name, t.z, t.mx, t.my)
+    if not raw then
+        return false, err
+    end
+    local h
+    h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
+    if not h then
+        return false, "redis index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+    end
+    local evicted = cache.put_metatile(name, raw, h, blobs)
+    if evicted > 0 then
+        metrics.incr("renderd_cache_evictions_total", nil, evicted)
+    end
+    if h.stale then
+        xcache = "STALE"
+        render.refresh(t)
+    end
+    local hash = index.entry(raw, t.i)
+    if not hash then
+        return empty(t, h.rendered, xcache)
+    end
+    local body = blobs[hash]
+    if not body then
+        return false, "redis: blob " .. hash .. " of " .. name .. "/" .. t.z .. "/" .. t.x .. "/" .. t.y
+            .. " is missing"
+    end
+    return send(t, hash, body, h.rendered, xcache)
+end
+
+local function serve_expired(t)
+    local e = cache.get(t.layer.name, t.z, t.x, t.y, true)
+    if e then
+        return send(t, e.hash, e.body, e.rendered, "STALE")
+    end
+end
+
+-- handlers --------------------------------------------------------------------
+
+--- content_by_lua of `location /tiles/`.
+function _M.serve()
+    if not cfg then
+        error("renderd.front.init() was not called (init_by_lua)", 2)
+    end
+    local method = get_method()
+    if method ~= "GET" and method ~= "HEAD" then
+        ngx_header["Allow"] = "GET, HEAD"
+        return plain(405, "method not allowed")
+    end
+    local t, status, msg = path.parse(ngx_var.request_uri, layers)
+    if not t then
+        return plain(status, msg)
+    end
+    local name = t.layer.name
+
+    -- 1. hot cache
+    local e = cache.get(name, t.z, t.x, t.y)
+    if e then
+        metrics.incr("renderd_cache_hits_total")
+        if e.stale then
+            render.refresh(t)
+            return send(t, e.hash, e.body, e.rendered, "STALE")
+        end
+        return send(t, e.hash, e.body, e.rendered, "HIT")
+    end
+    metrics.incr("renderd_cache_misses_total")
+
+    -- 2. store
+    local _, err = from_store(t, "STORE")
+    if err then
+        metrics.incr("renderd_store_errors_total")
+        log.once(ERR, "store", "tile store unavailable, serving stale or rendering: ", err)
+        serve_expired(t)
+    end
+
+    -- 3. render (one RENDER per metatile across all workers)
+    local res = render.fetch(t, req_start() + cfg.timeout)
+    if res.status == "OK" then
+        local tile = render.tile(res, t)
+        if tile then
+            return send(t, tile.hash, tile.body, tile.rendered, "RENDER")
+        end
+        -- rendered by another worker and already gone from the hot cache
+        _, err = from_store(t, "RENDER")
+        res = { status = "ERROR", reason = err or "rendered tile not found in the store" }
+    end
+    local level = (res.status == "BUSY" or res.status == "TIMEOUT") and WARN or ERR
+    log.once(level, "render-" .. res.status, "render of ", name, "/", t.z, "/", t.x, "/", t.y,
+             " failed: ", res.status, " ", tostring(res.reason))
+    serve_expired(t)
+    return unavailable(t, res.status == "BUSY" and "render queue full" or "render failed or timed out")
+end
+
+--- header_filter_by_lua of the blob location: the tile's headers, passed
+-- through the internal redirect's query string (l, h, r, c).
+function _M.blob_header_filter()
+    local status = ngx.status
+    local xcache = ngx_var.arg_c
+    metrics.request(status, xcache)
+    if status ~= 200 and status ~= 206 then
+        if status == 404 then
+            log.once(ERR, "blob-missing", "blob ", tostring(ngx_var.arg_h), " named by an index is missing")
+        end
+        return
+    end
+    local layer = layers[ngx_var.arg_l or ""]
+    if not layer then
+        return
+    end
+    tile_headers(layer, ngx_var.arg_h, tonumber(ngx_var.arg_r), xcache)
+end
+
+return _M

@@ -1,0 +1,613 @@
+"""The Lua tile handler (lua/renderd/front.lua) in a real nginx, with a real
+disk store directory or redis-server, and a pyzmq ROUTER playing the broker
+(docs/protocol.md)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import re
+import threading
+import time
+import hashlib
+import os
+import signal
+
+import pytest
+import zmq
+
+from renderd.store.index import EMPTY, MetaIndex, content_hash
+from renderd.tilemath import Meta, meta_tiles, metatile_of
+from tests.fixtures.servers import RedisServer, free_port
+
+LAYER = {"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8, "ext": "png",
+         "content_type": "image/png", "cache_control": "public, max-age=3600", "tile_size": 256}
+RENDERED = 1763745600
+
+
+def tile_bytes(layer: str, z: int, x: int, y: int) -> bytes:
+    """Synthetic tile contents: every third column is 'ocean' (one shared blob)."""
+    if x % 3 == 0:
+        return b"\x89PNG ocean " + layer.encode() + b" %d" % z
+    return b"\x89PNG " + f"{layer}/{z}/{x}/{y} ".encode() + hashlib.sha256(f"{x},{y}".encode()).digest() * 20
+
+
+def make_meta(layer: str, meta: Meta, stale: bool = False, empty: set | None = None,
+              rendered: int = RENDERED) -> tuple[MetaIndex, dict[str, bytes]]:
+    hashes, blobs = [], {}
+    for t in meta_tiles(meta):
+        if empty and (t.x, t.y) in empty:
+            hashes.append(EMPTY)
+            continue
+        data = tile_bytes(layer, t.z, t.x, t.y)
+        h = content_hash(data)
+        hashes.append(h)
+        blobs[h] = data
+    return MetaIndex(meta, tuple(hashes), rendered, rendered - 100, "png", stale), blobs
+
+
+class FakeBroker:
+    """A ROUTER speaking protocol v1 to clients. ``mode``: ok, busy, fail,
+    silent. ``delay``: seconds before answering a RENDER. In ``ok`` mode the
+    metatile is written to ``store`` (if any), as a worker would."""
+
+    def __init__(self, endpoint: str | None = None, store=None):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
+        self.sock.bind(self.endpoint)
+        self.store = store
+        self.mode = "ok"
+        self.delay = 0.0
+        self.messages: list[list[bytes]] = []
+        self.pending: list[tuple[float, list[bytes]]] = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def renders(self) -> list[list[bytes]]:
+        with self.lock:
+            return [m for m in self.messages if m[1:2] == [b"RENDER"]]
+
+    def wait_renders(self, n: int, timeout: float = 5.0) -> list[list[bytes]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.renders()) < n:
+            time.sleep(0.02)
+        return self.renders()
+
+    def run(self):
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self.stopping:
+            if poller.poll(10):
+                ident, *frames = self.sock.recv_multipart()
+                with self.lock:
+                    self.messages.append(frames)
+                self.handle(ident, frames)
+            now = time.monotonic()
+            due = [p for p in self.pending if p[0] <= now]
+            self.pending = [p for p in self.pending if p[0] > now]
+            for _, msg, before in due:
+                if before:
+                    before()
+                self.sock.send_multipart(msg)
+
+    def handle(self, ident: bytes, frames: list[bytes]):
+        if len(frames) < 3 or frames[0] != b"RPY1":
+            return
+        cmd, rid = frames[1], frames[2]
+        if cmd == b"PING":
+            self.sock.send_multipart([ident, b"RPY1", b"PONG", rid])
+        elif cmd == b"STATUS":
+            body = (b'{"queues":{"missing":2,"stale":1,"bulk":0,"expiry":0},"running":1,'
+                    b'"workers":{"idle":1,"busy":1,"total":2},"counters":{"rendered":7,"busy":1},'
+                    b'"render_seconds":{"missing":1.5},"render_count":{"missing":3},"worker_list":[]}')
+            self.sock.send_multipart([ident, b"RPY1", b"OK", rid, body])
+        elif cmd == b"RENDER":
+            reply, before = self.render_reply(frames)
+            if reply is not None:
+                self.pending.append((time.monotonic() + self.delay, [ident, *reply], before))
+
+    def render_reply(self, frames):
+        rid, layer, tile = frames[2], frames[3].decode(), frames[4].decode()
+        if self.mode == "silent":
+            return None, None
+        if self.mode == "busy":
+            return [b"RPY1", b"BUSY", rid, b"queue full"], None
+        if self.mode == "fail":
+            return [b"RPY1", b"FAIL", rid, b"style error"], None
+        z, x, y = (int(v) for v in tile.split("/"))
+        meta = metatile_of(z, x, y, 8)
+        idx, blobs = make_meta(layer, meta, rendered=int(time.time()))
+        store = self.store
+
+        def write():  # as a worker does, just before the reply
+            if store is not None:
+                store.put_metatile(layer, idx, blobs)
+        h = idx.tile_hash(x, y)
+        info = f"{h or EMPTY} {idx.rendered} {idx.data} 0 png".encode()
+        out = [b"RPY1", b"OK", rid, info, blobs.get(h, b"")]
+        if b"meta" in frames[7].split(b","):
+            out.append(idx.encode())
+            out.extend(blobs[d] for d in idx.unique())
+        return out, write
+
+    def close(self):
+        if self.stopping:
+            return
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+        self.ctx.term()
+
+
+# --- HTTP helpers ----------------------------------------------------------------
+
+class Resp:
+    def __init__(self, status, headers, body, elapsed):
+        self.status, self.headers, self.body, self.elapsed = status, headers, body, elapsed
+
+    def h(self, name):
+        return self.headers.get(name.lower())
+
+
+def request(port: int, path: str, method: str = "GET", headers: dict | None = None,
+            timeout: float = 30) -> Resp:
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            c.putheader(k, v)
+        c.endheaders()
+        r = c.getresponse()
+        body = r.read()
+        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, body, time.monotonic() - t0)
+    finally:
+        c.close()
+
+
+def tile_path(z, x, y, layer="world", ext="png"):
+    return f"/tiles/{layer}/{z}/{x}/{y}.{ext}"
+
+
+def runtime(store: dict, broker: str, **kw) -> dict:
+    rt = {"broker": broker, "timeout": 3, "store": store, "layers": [LAYER],
+          "blob_location": "/_blob/",
+          "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
+    rt.update(kw)
+    return rt
+
+
+def assert_tile(r: Resp, z, x, y, xcache: str, layer="world"):
+    data = tile_bytes(layer, z, x, y)
+    assert r.status == 200, (r.status, r.body[:200], r.headers)
+    assert r.body == data
+    assert r.h("content-type") == "image/png"
+    assert r.h("etag") == f'"{content_hash(data)}"'
+    assert r.h("cache-control") == "public, max-age=3600"
+    assert r.h("x-cache") == xcache
+    assert r.h("last-modified")
+
+
+# --- fixtures ----------------------------------------------------------------------
+
+@pytest.fixture
+def broker():
+    b = FakeBroker()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def disk_store(tmp_path):
+    from renderd.store.disk import DiskStore
+    return DiskStore(tmp_path / "store")
+
+
+@pytest.fixture
+def redis_store(redis_url):
+    from renderd.store.redis import RedisStore
+    s = RedisStore(redis_url, prefix="rpy")
+    yield s
+    s.close()
+
+
+def redis_store_cfg(url: str) -> dict:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    return {"kind": "redis", "host": "127.0.0.1", "port": port, "db": 0, "password": None,
+            "prefix": "rpy", "socket": None}
+
+
+@pytest.fixture
+def disk_front(nginx_factory, disk_store, broker):
+    broker.store = disk_store
+    return nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, broker.endpoint))
+
+
+@pytest.fixture
+def redis_front(nginx_factory, redis_store, redis_url, broker):
+    broker.store = redis_store
+    return nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint))
+
+
+@pytest.fixture(params=["disk", "redis"])
+def front(request):
+    """(nginx, store, broker) for each store kind."""
+    ng = request.getfixturevalue(f"{request.param}_front")
+    store = request.getfixturevalue(f"{request.param}_store")
+    return ng, store, request.getfixturevalue("broker")
+
+
+# --- the X-Cache paths ------------------------------------------------------------------
+
+def wait_xcache(port, path, want, timeout=3.0, method="GET") -> Resp:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = request(port, path, method=method)
+        if r.h("x-cache") == want or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
+def test_store_then_hit(front):
+    ng, store, broker = front
+    meta = Meta(5, 8, 16, 8)
+    store.put_metatile("world", *make_meta("world", meta))
+    r = request(ng.port, tile_path(5, 9, 17))
+    assert_tile(r, 5, 9, 17, "STORE")
+    assert r.h("last-modified") == "Fri, 21 Nov 2025 17:20:00 GMT"
+    # the whole metatile went into the hot cache (disk: right after the response)
+    r = wait_xcache(ng.port, tile_path(5, 15, 23), "HIT")
+    assert_tile(r, 5, 15, 23, "HIT")
+    assert_tile(request(ng.port, tile_path(5, 9, 17)), 5, 9, 17, "HIT")
+    assert broker.renders() == []
+
+
+def test_render_then_hit(front):
+    ng, store, broker = front
+    r = request(ng.port, tile_path(7, 100, 50))
+    assert_tile(r, 7, 100, 50, "RENDER")
+    (msg,) = broker.renders()
+    assert msg[0:2] == [b"RPY1", b"RENDER"]
+    assert msg[3:6] == [b"world", b"7/100/50", b"0"]
+    assert 2000 < int(msg[6]) <= 3100
+    assert msg[7] == b"meta"
+    for x, y in [(96, 48), (103, 55), (100, 51)]:
+        assert_tile(request(ng.port, tile_path(7, x, y)), 7, x, y, "HIT")
+    assert len(broker.renders()) == 1
+
+
+def test_small_zoom_metatiles(front):
+    ng, store, broker = front
+    for z, x, y in [(0, 0, 0), (1, 1, 0), (2, 3, 3)]:
+        assert_tile(request(ng.port, tile_path(z, x, y)), z, x, y, "RENDER")
+    assert_tile(request(ng.port, tile_path(2, 0, 1)), 2, 0, 1, "HIT")
+    assert len(broker.renders()) == 3
+
+
+def test_stale_served_and_rerender_queued(front):
+    ng, store, broker = front
+    meta = Meta(6, 0, 8, 8)
+    idx, blobs = make_meta("world", meta, stale=True)
+    store.put_metatile("world", idx, blobs)
+    t0 = time.monotonic()
+    r = request(ng.port, tile_path(6, 1, 9))
+    assert_tile(r, 6, 1, 9, "STALE")
+    assert r.elapsed < 1.0
+    (msg,) = broker.wait_renders(1)
+    assert msg[3:6] == [b"world", b"6/1/9", b"1"]
+    assert msg[7] == b"meta"
+    # the background re-render refreshed the hot cache
+    r = wait_xcache(ng.port, tile_path(6, 2, 10), "HIT")
+    assert_tile(r, 6, 2, 10, "HIT")
+    assert time.monotonic() - t0 < 5
+    assert len(broker.renders()) == 1
+
+
+def test_stale_rerender_once_per_metatile(front):
+    ng, store, broker = front
+    broker.delay = 1.0
+    meta = Meta(6, 8, 8, 8)
+    store.put_metatile("world", *make_meta("world", meta, stale=True))
+    for x in range(8, 16):
+        r = request(ng.port, tile_path(6, x, 8))
+        assert r.h("x-cache") == "STALE" and r.elapsed < 0.9
+    time.sleep(1.5)
+    assert len(broker.renders()) == 1
+
+
+def test_empty_tile_is_404(front):
+    ng, store, broker = front
+    meta = Meta(5, 0, 0, 8)
+    store.put_metatile("world", *make_meta("world", meta, empty={(1, 1)}))
+    r = request(ng.port, tile_path(5, 1, 1))
+    assert r.status == 404 and r.h("x-cache") == "STORE" and r.body == b"no tile\n"
+    assert r.h("cache-control") == "public, max-age=3600"
+    r = request(ng.port, tile_path(5, 1, 2))
+    assert_tile(r, 5, 1, 2, r.h("x-cache"))
+    assert r.h("x-cache") in ("STORE", "HIT")
+    r = wait_xcache(ng.port, tile_path(5, 1, 1), "HIT", method="HEAD")
+    assert r.status == 404 and r.body == b"" and r.h("content-length") == "8"
+
+
+# --- validators and HEAD --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["STORE", "HIT", "RENDER"])
+def test_if_none_match_304(front, kind):
+    ng, store, broker = front
+    z, x, y = 8, 40, 41
+    if kind != "RENDER":
+        store.put_metatile("world", *make_meta("world", metatile_of(z, x, y)))
+    if kind == "HIT":
+        wait_xcache(ng.port, tile_path(z, x, y), "HIT")
+    etag = f'"{content_hash(tile_bytes("world", z, x, y))}"'
+    r = request(ng.port, tile_path(z, x, y), headers={"If-None-Match": etag})
+    assert r.status == 304, (r.status, r.headers)
+    assert r.body == b""
+    assert r.h("etag") == etag and r.h("x-cache") == kind
+    assert r.h("cache-control") == "public, max-age=3600"
+    r = request(ng.port, tile_path(z, x, y), headers={"If-None-Match": '"0123"'})
+    assert r.status == 200 and r.body == tile_bytes("world", z, x, y)
+
+
+def test_if_modified_since(front):
+    ng, store, broker = front
+    store.put_metatile("world", *make_meta("world", Meta(5, 0, 0, 8)))
+    r = request(ng.port, tile_path(5, 2, 2), headers={"If-Modified-Since": "Fri, 21 Nov 2025 17:20:00 GMT"})
+    assert r.status == 304
+    r = request(ng.port, tile_path(5, 2, 2), headers={"If-Modified-Since": "Fri, 21 Nov 2025 17:19:59 GMT"})
+    assert r.status == 200
+
+
+@pytest.mark.parametrize("kind", ["STORE", "HIT"])
+def test_head(front, kind):
+    ng, store, broker = front
+    z, x, y = 9, 100, 200
+    store.put_metatile("world", *make_meta("world", metatile_of(z, x, y)))
+    if kind == "HIT":
+        wait_xcache(ng.port, tile_path(z, x, y), "HIT")
+    r = request(ng.port, tile_path(z, x, y), method="HEAD")
+    data = tile_bytes("world", z, x, y)
+    assert r.status == 200 and r.body == b""
+    assert r.h("content-length") == str(len(data))
+    assert r.h("content-type") == "image/png"
+    assert r.h("etag") == f'"{content_hash(data)}"'
+    assert r.h("x-cache") == kind
+
+
+# --- invalid input --------------------------------------------------------------
+
+INVALID = [
+    ("/tiles/world/-1/0/0.png", 400),
+    ("/tiles/world/1/-1/0.png", 400),
+    ("/tiles/world/1/0/-1.png", 400),
+    ("/tiles/world/1/0/99999999999.png", 400),
+    ("/tiles/world/123/0/0.png", 400),
+    ("/tiles/world/1/" + "9" * 40 + "/0.png", 400),
+    ("/tiles/world/a/0/0.png", 400),
+    ("/tiles/world/1/0x1/0.png", 400),
+    ("/tiles/world/1/1.5/0.png", 400),
+    ("/tiles/world/1/0/0", 400),
+    ("/tiles/world/1/0/0.png/", 400),
+    ("/tiles/world/1/0/0/0.png", 400),
+    ("/tiles/world//1/0/0.png", 400),
+    ("/tiles/world/1/0/%30.png", 400),
+    ("/tiles/world/1/0/0.png%00", 400),
+    ("/tiles/world/1/0/0%00.png", 400),
+    ("/tiles/world/1/../1/0/0.png", 400),
+    ("/tiles/world/1/0/..%2f..%2f0.png", 400),
+    ("/tiles/..%2f..%2fetc/1/0/0.png", 400),
+    ("/tiles/wor ld/1/0/0.png", 400),
+    ("/tiles/" + "a" * 300 + "/1/0/0.png", 400),
+    ("/tiles/world/1/0/0.png?" + "x" * 3000, 400),
+    ("/tiles/world/1/0/0." + "p" * 20, 400),
+    ("/tiles/nope/1/0/0.png", 404),
+    ("/tiles/world/13/0/0.png", 404),
+    ("/tiles/world/1/2/0.png", 404),
+    ("/tiles/world/1/0/2.png", 404),
+    ("/tiles/world/0/1/0.png", 404),
+    ("/tiles/world/12/4096/0.png", 404),
+    ("/tiles/world/12/0/4096.png", 404),
+    ("/tiles/world/1/0/0.jpg", 404),
+    ("/tiles/world/1/0/0.PNG", 400),
+]
+
+
+def raw_request(port: int, line: bytes) -> tuple[int, bytes]:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data
+
+
+def test_invalid_requests(front, redis_url):
+    import redis
+    ng, store, broker = front
+    r = redis.Redis.from_url(redis_url)
+    before = r.info("commandstats")
+    for p, want in INVALID:
+        status, data = raw_request(ng.port, b"GET " + p.encode() + b" HTTP/1.1")
+        assert status == want, (p, status, data[:300])
+        if b"\r\n\r\n" in data and status in (400, 404) and b"X-Cache" in data:
+            raise AssertionError(f"{p}: validation failure carries X-Cache")
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        res = request(ng.port, tile_path(1, 0, 0), method=method)
+        assert res.status == 405 and res.h("allow") == "GET, HEAD", method
+    # a request that nginx itself refuses still never reaches anything
+    status, _ = raw_request(ng.port, b"GET /tiles/world/1/0/0.png\x00 HTTP/1.1")
+    assert status == 400
+    time.sleep(0.2)
+    assert broker.messages == []
+    after = r.info("commandstats")
+    for cmd in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_get"):
+        assert before.get(cmd) == after.get(cmd), cmd
+    r.close()
+
+
+# --- failures ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["busy", "fail"])
+def test_busy_or_fail_is_503(front, mode):
+    ng, store, broker = front
+    broker.mode = mode
+    ng.expect_errors = True
+    for _ in range(3):
+        r = request(ng.port, tile_path(10, 500, 500))
+        assert r.status == 503 and r.body.startswith(b"tile 10/500/500 unavailable")
+        assert r.h("retry-after") == "5"
+        assert r.elapsed < 1.0
+    assert len(broker.renders()) == 3
+    # FAIL is an error of the daemon, BUSY only a warning; either is logged once
+    assert len(ng.errors()) == (1 if mode == "fail" else 0), ng.errors()
+    assert ng.log_text().count("render of world/10/500/500 failed") == 1
+
+
+def test_silent_broker_times_out(front):
+    ng, store, broker = front
+    broker.mode = "silent"
+    r = request(ng.port, tile_path(10, 500, 500))
+    assert r.status == 503 and r.h("retry-after")
+    assert 2.5 < r.elapsed < 4.0
+
+
+def test_expired_hot_copy_served_when_render_fails(nginx_factory, tmp_path, broker):
+    # no store content at all: the tile only ever lived in the hot cache
+    ng = nginx_factory(runtime({"kind": "disk", "path": str(tmp_path / "empty")}, broker.endpoint,
+                               hot_ttl=1))
+    assert_tile(request(ng.port, tile_path(4, 3, 3)), 4, 3, 3, "RENDER")
+    time.sleep(1.5)
+    broker.mode = "busy"
+    r = request(ng.port, tile_path(4, 3, 3))
+    assert_tile(r, 4, 3, 3, "STALE")
+
+
+# --- concurrency -------------------------------------------------------------------
+
+def _concurrent(ng, broker, n=500):
+    broker.delay = 1.0
+    meta = Meta(12, 1000, 2000, 8)
+    tiles = [(12, t.x, t.y) for t in meta_tiles(meta)]
+    work = [tiles[i % len(tiles)] for i in range(n)]
+
+    def one(t):
+        return t, request(ng.port, tile_path(*t), timeout=20)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(one, work))
+    for (z, x, y), r in results:
+        assert r.status == 200, (z, x, y, r.status, r.body[:200])
+        assert r.body == tile_bytes("world", z, x, y)
+        assert r.h("x-cache") in ("RENDER", "HIT")
+    time.sleep(0.3)
+    assert len(broker.renders()) == 1
+    return results
+
+
+@pytest.mark.slow
+def test_concurrent_misses_one_render(front):
+    ng, store, broker = front
+    results = _concurrent(ng, broker)
+    assert sum(1 for _, r in results if r.h("x-cache") == "RENDER") >= 100
+
+
+# --- outages -------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_redis_down_and_broker_silent(nginx_factory, tmp_path, broker, how):
+    srv = RedisServer(tmp_path)
+    srv.start()
+    url = srv.url
+    ng = nginx_factory(runtime(redis_store_cfg(url), broker.endpoint, timeout=2), expect_errors=True)
+    from renderd.store.redis import RedisStore
+    st = RedisStore(url, prefix="rpy")
+    st.put_metatile("world", *make_meta("world", Meta(5, 0, 0, 8)))
+    st.close()
+    assert_tile(request(ng.port, tile_path(5, 0, 0)), 5, 0, 0, "STORE")
+    if how == "killed":
+        srv.stop()
+    else:  # accepts connections, never answers
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+    broker.mode = "silent"
+
+    def one(i):
+        return request(ng.port, tile_path(9, i, i), timeout=20)
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        results = list(pool.map(one, range(40)))
+    assert time.monotonic() - t0 < 2 + 2.5
+    for r in results:
+        assert r.status == 503 and r.elapsed < 2 + 1.5, (r.status, r.elapsed)
+    # a tile in the hot cache is still served
+    assert request(ng.port, tile_path(5, 1, 1)).h("x-cache") == "HIT"
+    # broker down too (connection refused): fast 503s
+    broker.close()
+    results = [request(ng.port, tile_path(10, i, 7)) for i in range(20)]
+    assert all(r.status == 503 and r.elapsed < 1.0 for r in results)
+    errors = ng.errors()
+    assert 1 <= len(errors) <= 6, "\n".join(errors)
+    # the whole outage (80 requests) fits in a few lines of any level
+    lines = ng.log_text().splitlines()
+    assert len(lines) <= 10, "\n".join(lines[:40])
+    if how == "frozen":
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+# --- metrics --------------------------------------------------------------------------
+
+def test_metrics(front):
+    ng, store, broker = front
+    store.put_metatile("world", *make_meta("world", Meta(5, 0, 0, 8)))
+    request(ng.port, tile_path(5, 0, 0))
+    wait_xcache(ng.port, tile_path(5, 0, 1), "HIT")
+    request(ng.port, tile_path(6, 40, 40))
+    request(ng.port, "/tiles/nope/1/0/0.png")
+    import urllib.request
+    text = urllib.request.urlopen(ng.metrics_url, timeout=10).read().decode()
+    assert 'renderd_http_requests_total{cache="STORE",status="200"} 1' in text
+    assert re.search(r'renderd_http_requests_total\{cache="HIT",status="200"\} \d+', text)
+    assert 'renderd_http_requests_total{cache="RENDER",status="200"} 1' in text
+    assert 'renderd_http_requests_total{cache="NONE",status="404"} 1' in text
+    assert re.search(r'renderd_shared_dict_capacity_bytes\{dict="rpy_tiles"\} \d+', text)
+    assert re.search(r'renderd_shared_dict_free_bytes\{dict="rpy_tiles"\} \d+', text)
+    assert 'renderd_render_requests_total{status="OK"} 1' in text
+    assert 'renderd_render_seconds_count 1' in text
+    assert 'renderd_render_seconds_bucket{le="+Inf"} 1' in text
+    assert "renderd_cache_hits_total" in text and "renderd_cache_misses_total" in text
+    assert "renderd_daemon_up 1" in text
+    assert 'renderd_daemon_queue_depth{priority="missing"} 2' in text
+    assert 'renderd_daemon_workers{state="busy"} 1' in text
+    assert 'renderd_daemon_events_total{event="rendered"} 7' in text
+    assert "renderd_daemon_running 1" in text
+    assert "# TYPE renderd_render_seconds histogram" in text
+
+
+def test_metrics_without_daemon(nginx_factory, tmp_path):
+    ng = nginx_factory(runtime({"kind": "disk", "path": str(tmp_path / "s")},
+                               f"tcp://127.0.0.1:{free_port()}"))
+    import urllib.request
+    text = urllib.request.urlopen(ng.metrics_url, timeout=10).read().decode()
+    assert "renderd_daemon_up 0" in text
+
+
+def test_redis_script_matches_python(nginx_factory, tmp_path):
+    from renderd.store.redis import LUA_DISTINCT, META_SCRIPT
+    ng = nginx_factory(extra_server="""
+        location = /t/sha { content_by_lua_block { ngx.print(require("renderd.store").META_SHA) } }
+    """)
+    sha = hashlib.sha1(META_SCRIPT.encode()).hexdigest()
+    r = request(ng.port, "/t/sha")
+    assert r.body.decode() == sha, "lua/renderd/store.lua META_SCRIPT differs from renderd/store/redis.py"
+    assert LUA_DISTINCT in META_SCRIPT

@@ -403,6 +403,7 @@ INVALID = [
     ("/tiles/wor ld/1/0/0.png", 400),
     ("/tiles/" + "a" * 300 + "/1/0/0.png", 400),
     ("/tiles/world/1/0/0.png?" + "x" * 3000, 400),
+    ("/tiles/world/1/0/0." + "p" * 300, 400),
     ("/tiles/world/1/0/0." + "p" * 20, 400),
     ("/tiles/nope/1/0/0.png", 404),
     ("/tiles/world/13/0/0.png", 404),
@@ -443,6 +444,10 @@ def test_invalid_requests(front, redis_url):
     for method in ("POST", "PUT", "DELETE", "OPTIONS"):
         res = request(ng.port, tile_path(1, 0, 0), method=method)
         assert res.status == 405 and res.h("allow") == "GET, HEAD", method
+    # absolute-form request target and a cache-busting query string are fine
+    for line in (b"GET http://x/tiles/world/1/2/0.png HTTP/1.1", b"GET /tiles/world/1/2/0.png?v=3 HTTP/1.1"):
+        status, _ = raw_request(ng.port, line)
+        assert status == 404
     # a request that nginx itself refuses still never reaches anything
     status, _ = raw_request(ng.port, b"GET /tiles/world/1/0/0.png\x00 HTTP/1.1")
     assert status == 400
@@ -611,3 +616,68 @@ def test_redis_script_matches_python(nginx_factory, tmp_path):
     r = request(ng.port, "/t/sha")
     assert r.body.decode() == sha, "lua/renderd/store.lua META_SCRIPT differs from renderd/store/redis.py"
     assert LUA_DISTINCT in META_SCRIPT
+
+
+def test_cache_buster_and_absolute_uri(front):
+    ng, store, broker = front
+    store.put_metatile("world", *make_meta("world", Meta(3, 0, 0, 8)))
+    status, data = raw_request(ng.port, b"GET http://example.org/tiles/world/3/1/2.png?v=7 HTTP/1.1")
+    assert status == 200 and data.endswith(tile_bytes("world", 3, 1, 2))
+
+
+# --- configuration ----------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": []}, "layers missing"),
+    ({"broker": "udp://1.2.3.4:5"}, "broker"),
+    ({"store": {"kind": "s3"}}, "unknown store kind"),
+    ({"layers": [dict(LAYER, name="a/b")]}, "layers[1].name"),
+    ({"layers": [dict(LAYER, maxzoom=31)]}, "zooms"),
+    ({"dicts": {"tiles": "nope"}}, "lua_shared_dict nope"),
+])
+def test_bad_runtime_config_stops_nginx(nginx_factory, tmp_path, change, message):
+    rt = runtime({"kind": "disk", "path": str(tmp_path / "s")}, "tcp://127.0.0.1:5555")
+    rt.update(change)
+    with pytest.raises(RuntimeError) as e:
+        nginx_factory(rt)
+    assert message in str(e.value)
+
+
+def test_runtime_config_not_json(nginx_factory, tmp_path):
+    from tests.fixtures.nginx import Nginx
+    d = tmp_path / "bad"
+    d.mkdir()
+    ng = Nginx(d, runtime({"kind": "disk", "path": str(tmp_path)}, "tcp://127.0.0.1:1"))
+    (d / "runtime.json").write_text('{"broker": "tcp://127.0.0.1:1", ')
+    with pytest.raises(RuntimeError) as e:
+        ng.start()
+    assert "runtime.json: expected a key at byte" in str(e.value) or "at byte" in str(e.value)
+
+
+def test_redis_unix_socket_password_db(nginx_factory, tmp_path, broker):
+    import shutil
+    import subprocess
+    from renderd.store.redis import RedisStore
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+                             "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        st = RedisStore(f"unix://:s3cret@{sock}?db=3", prefix="tp")
+        st.put_metatile("world", *make_meta("world", Meta(4, 8, 0, 8)))
+        st.close()
+        ng = nginx_factory(runtime({"kind": "redis", "socket": str(sock), "password": "s3cret",
+                                    "db": 3, "prefix": "tp", "host": None, "port": None},
+                                   broker.endpoint))
+        assert_tile(request(ng.port, tile_path(4, 9, 3)), 4, 9, 3, "STORE")
+        assert_tile(request(ng.port, tile_path(4, 10, 3)), 4, 10, 3, "HIT")
+        assert broker.renders() == []
+    finally:
+        proc.terminate()
+        proc.wait(10)

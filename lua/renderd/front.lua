@@ -69,6 +69,7 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local io_open = io.open
 local find = string.find
+local concat = table.concat
 local type = type
 local tostring = tostring
 local tonumber = tonumber
@@ -225,7 +226,7 @@ local function not_modified(hash, rendered)
     local inm = h["if-none-match"]
     if inm then
         if type(inm) == "table" then
-            inm = table.concat(inm, ",")
+            inm = concat(inm, ",")
         end
         return inm == "*" or (hash ~= nil and find(inm, '"' .. hash .. '"', 1, true) ~= nil)
     end

@@ -11,6 +11,7 @@
 local sub = string.sub
 local find = string.find
 local tonumber = tonumber
+local type = type
 
 local _M = { _VERSION = "0.1.0" }
 

@@ -12,7 +12,8 @@
 -- layers maps a layer name to its table (name, minzoom, maxzoom, metatile,
 -- ext). The query string is ignored (cache busters); percent signs, dots
 -- other than the one before the extension, empty or extra segments,
--- non-digits, and numbers longer than the grid allows are 400.
+-- non-digits, numbers longer than the grid allows, and paths over 256
+-- bytes (URIs over 2048 with the query) are 400.
 
 local find = string.find
 local sub = string.sub
@@ -21,8 +22,10 @@ local tonumber = tonumber
 
 local _M = { _VERSION = "0.1.0" }
 
---- Longest raw URI considered at all (anything longer is 400).
+--- Longest path (without the query string), and longest request URI
+-- with it; anything longer is 400.
 _M.MAX_URI = 256
+_M.MAX_REQUEST_URI = 2048
 --- Highest zoom the grid allows (tilemath.MAX_ZOOM).
 _M.MAX_ZOOM = 30
 
@@ -42,12 +45,17 @@ end
 
 --- Parse a raw request URI. See the module comment.
 function _M.parse(uri, layers)
-    if not uri or #uri > _M.MAX_URI then
+    if not uri or #uri > _M.MAX_REQUEST_URI then
         return nil, 400, "URI too long"
     end
     local q = find(uri, "?", 1, true)
     if q then
         uri = sub(uri, 1, q - 1)
+    end
+    -- absolute-form request target: "GET http://host/tiles/... HTTP/1.1"
+    uri = match(uri, "^[hH][tT][tT][pP][sS]?://[^/]*(/.*)$") or uri
+    if #uri > _M.MAX_URI then
+        return nil, 400, "URI too long"
     end
     if sub(uri, 1, #PREFIX) ~= PREFIX then
         return nil, 400, "not a tile path"

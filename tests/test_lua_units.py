@@ -1,0 +1,167 @@
+"""The pure Lua modules (renderd.json, renderd.path, renderd.index) run
+under the plain Lua 5.1 interpreter, with Python as the oracle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from renderd.store.index import EMPTY, MetaIndex
+from renderd.tilemath import Meta, metatile_of, tile_index
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA = shutil.which("lua5.1") or shutil.which("luajit")
+
+pytestmark = pytest.mark.skipif(LUA is None, reason="no Lua 5.1 interpreter")
+
+
+def run_lua(code: str) -> str:
+    r = subprocess.run([LUA, "-e", f'package.path = "{ROOT}/lua/?.lua;" .. package.path', "-"],
+                       input=code, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def lua_str(s: str) -> str:
+    return "'" + "".join(f"\\{b}" for b in s.encode()) + "'"
+
+
+# --- json ------------------------------------------------------------------------
+
+DUMP = r"""
+local json = require "renderd.json"
+local function dump(v)
+  local t = type(v)
+  if v == json.null then return "null" end
+  if t == "table" then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    local out = {}
+    for _, k in ipairs(keys) do out[#out + 1] = tostring(k) .. "=" .. dump(v[k]) end
+    return "{" .. table.concat(out, ",") .. "}"
+  elseif t == "string" then
+    return string.format("%q", v)
+  end
+  return tostring(v)
+end
+"""
+
+
+@pytest.mark.parametrize("text, want", [
+    ('{"a": 1, "b": [true, false, null], "c": "x\\ny\\u00e9\\ud83d\\ude00"}',
+     '{a=1,b={1=true,2=false,3=null},c="x\\\ny\u00e9\U0001F600"}'),
+    ('  [1.5, -2, 3e2, "\\"\\\\/"]  ', '{1=1.5,2=-2,3=300,4="\\"\\\\/"}'),
+    ("{}", "{}"),
+])
+def test_json_decode(text, want):
+    out = run_lua(DUMP + f"print(dump(json.decode({lua_str(text)})))")
+    assert out.strip() == want
+
+
+@pytest.mark.parametrize("text", ['{"a": 1', '{"a" 1}', "[1,]", '"abc', "tru", "{} x", "", '{"a":01x}'])
+def test_json_rejects(text):
+    out = run_lua(DUMP + f"local v, err = json.decode({lua_str(text)}) print(v == nil, err)")
+    ok, _, err = out.strip().partition("\t")
+    assert ok == "true" and "byte" in err, out
+
+
+def test_json_real_config_roundtrip():
+    cfg = {"broker": "ipc:///run/x.sock", "timeout": 30, "store": {"kind": "redis", "password": None},
+           "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8}]}
+    out = run_lua(DUMP + f"print(dump(json.decode({lua_str(json.dumps(cfg))})))")
+    assert out.strip() == ('{broker="ipc:///run/x.sock",layers={1={maxzoom=12,metatile=8,minzoom=0,'
+                           'name="world"}},store={kind="redis",password=null},timeout=30}')
+
+
+# --- path ---------------------------------------------------------------------------
+
+PATH = r"""
+local path = require "renderd.path"
+local layers = { world = { name = "world", minzoom = 0, maxzoom = 20, metatile = 8, ext = "png" },
+                 small = { name = "small", minzoom = 3, maxzoom = 5, metatile = 4, ext = "jpg" } }
+for line in io.lines() do
+  local t, status, msg = path.parse(line, layers)
+  if t then
+    print(table.concat({t.layer.name, t.z, t.x, t.y, t.n, t.x0, t.y0, t.mx, t.my, t.i}, " "))
+  else
+    print(status .. " " .. msg)
+  end
+end
+"""
+
+
+def parse_many(uris: list[str]) -> list[str]:
+    r = subprocess.run([LUA, "-e", f'package.path = "{ROOT}/lua/?.lua;" .. package.path', "-e", PATH],
+                       input="\n".join(uris) + "\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_path_metatile_math_matches_python():
+    cases = [("world", z, x, y) for z, x, y in [(0, 0, 0), (1, 1, 1), (2, 3, 1), (3, 7, 7), (4, 9, 15),
+                                                 (12, 4095, 0), (20, 1048575, 524287), (13, 4100, 8191)]]
+    cases += [("small", 3, 5, 6), ("small", 5, 31, 2)]
+    exts = {"world": "png", "small": "jpg"}
+    got = parse_many([f"/tiles/{l}/{z}/{x}/{y}.{exts[l]}" for l, z, x, y in cases])
+    for (layer, z, x, y), line in zip(cases, got):
+        m = metatile_of(z, x, y, 8 if layer == "world" else 4)
+        want = f"{layer} {z} {x} {y} {m.n} {m.x0} {m.y0} {m.mx} {m.my} {tile_index(m, x, y)}"
+        assert line == want
+
+
+def test_path_statuses():
+    uris = {
+        "/tiles/world/1/0/0.png?x=1": "world 1 0 0",
+        "/tiles/small/2/0/0.jpg": "404 zoom outside the layer",
+        "/tiles/small/3/0/0.png": "404 wrong extension",
+        "/tiles/world/21/0/0.png": "404 zoom outside the layer",
+        "/tiles/world/3/8/0.png": "404 tile outside the grid",
+        "/tiles/world/3/0/8.png": "404 tile outside the grid",
+        "/tiles/World/3/0/0.png": "404 unknown layer",
+        "/tiles/world/3/0/0.png.png": "400 malformed tile path",
+        "/tiles/world/3/0/ 0.png": "400 malformed tile path",
+        "/tiles/world/3/0/0.png#x": "400 malformed tile path",
+        "/tiles/world/003/0/0.png": "400 malformed tile path",
+        "/tiles/world/03/0/0.png": "world 3 0 0",
+        "/tiles/world/3/00000000000/0.png": "400 malformed tile path",
+        "/tile/world/3/0/0.png": "400 not a tile path",
+        "/tiles/world/3/0/0.png" + "?" + "a" * 2100: "400 URI too long",
+        "/tiles/world/3/0/" + "1" * 250 + ".png": "400 URI too long",
+    }
+    got = parse_many(list(uris))
+    for (uri, want), line in zip(uris.items(), got):
+        assert line.startswith(want), (uri, line)
+
+
+# --- index ----------------------------------------------------------------------------
+
+def test_index_reader_matches_python():
+    meta = Meta(9, 16, 504, 8)
+    hashes = tuple(EMPTY if i % 5 == 0 else f"{i % 7:032x}" for i in range(64))
+    idx = MetaIndex(meta, hashes, 1763745600, 1763745000, "jpg", stale=True)
+    raw = idx.encode().decode()
+    code = f"""
+local index = require "renderd.index"
+local raw = {lua_str(raw)}
+local h = assert(index.check(raw, 9, 16, 504, 8))
+print(h.stale, h.z, h.x0, h.y0, h.n, h.rendered, h.data, h.ext)
+local e = {{}}
+for i = 0, 63 do e[#e + 1] = index.entry(raw, i) or "-" end
+print(table.concat(e, ","))
+print(table.concat(index.unique(raw, 8), ","))
+print(index.check(raw, 9, 16, 496, 8))
+print(index.header(raw:sub(1, -2)))
+print(index.header("garbage"))
+"""
+    lines = run_lua(code).splitlines()
+    assert lines[0].split("\t") == ["true", "9", "16", "504", "8", "1763745600", "1763745000", "jpg"]
+    assert lines[1].split(",") == [h if h != EMPTY else "-" for h in hashes]
+    assert lines[2].split(",") == idx.unique()
+    assert lines[3] == "nil\tindex is for metatile 9/16/504"
+    assert lines[4] == "nil\ttruncated metatile index"
+    assert lines[5] == "nil\tnot a metatile index"

@@ -102,13 +102,17 @@ def _subdirs(path: Path) -> list[str]:
         return []
 
 
-def iter_meta_files(base: Path, zooms: tuple[int, int] | None = None) -> Iterator[Path]:
+def iter_meta_files(base: Path, zooms: tuple[int, int] | None = None,
+                    on_error: Callable[[str, str], None] | None = None) -> Iterator[Path]:
     """Every ``*.meta`` below ``base`` in a stable order, zoom directories
-    outside ``zooms`` left out when the layout shows them."""
+    outside ``zooms`` left out when the layout shows them. Directories that
+    cannot be listed go to ``on_error``."""
     def walk(d: Path, top: bool) -> Iterator[Path]:
         try:
             entries = sorted(os.scandir(d), key=lambda e: (not e.name.isdigit(), len(e.name), e.name))
-        except OSError:
+        except OSError as e:
+            if on_error:
+                on_error(str(d), f"cannot list: {e.strerror or e}")
             return
         for e in entries:
             if e.is_dir(follow_symlinks=False):
@@ -286,7 +290,7 @@ def import_dir(store: Store, layer: LayerConfig, root: str | os.PathLike[str], s
     base = style_dir(root, style)
     imp = Importer(store, layer, zooms, planet_time(base), on_error)
     last = time.monotonic()
-    for path in iter_meta_files(base, imp.zooms):
+    for path in iter_meta_files(base, imp.zooms, imp.fail):
         imp.import_file(path)
         if on_progress and time.monotonic() - last >= progress_every:
             on_progress(imp.stats)

@@ -305,3 +305,25 @@ def test_bad_arguments_exit_2(tmp_path, cache, args, message):
     r = run_cli("import-meta", *[a.format(root=root) for a in args], "-c", str(cfgpath))
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+def test_an_empty_directory_is_a_runtime_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfgpath = write_config(tmp_path, f'path = "{tmp_path / "store"}"')
+    r = run_cli("import-meta", "--layer", "osm", str(tmp_path / "empty"), "-c", str(cfgpath))
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"renderd-py: error: no .meta files found below {tmp_path / 'empty'}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable directories")
+def test_unreadable_directory_is_reported(tmp_path, cache):
+    root, _ = cache
+    locked = root / "default" / "5"
+    locked.chmod(0)
+    try:
+        cfg = config.load(write_config(tmp_path, f'path = "{tmp_path / "store"}"'))
+        with open_store(cfg.store) as store:
+            st = importmeta.import_dir(store, cfg.layer("osm"), root)
+        assert st.failures == [(str(locked), "cannot list: Permission denied")]
+    finally:
+        locked.chmod(0o755)

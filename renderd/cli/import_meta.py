@@ -57,6 +57,8 @@ def command(cfg, layer: str, directory: str, style: str | None, zoom: str | None
         click.echo(summary(stats))
     if stats.failed:
         raise RenderdError(f"{stats.failed} of {stats.files} files could not be imported")
+    if not stats.files:
+        raise RenderdError(f"no .meta files found below {directory}")
 
 
 def _clear(progress: bool) -> None:

@@ -1,0 +1,50 @@
+"""``renderd-py nginx-conf``: the nginx configuration for a CONFIG."""
+
+from __future__ import annotations
+
+import click
+
+from .. import nginx
+from .options import config_option
+
+
+@click.command("nginx-conf")
+@config_option
+@click.option("-o", "--output-dir", "outdir", metavar="DIR", default=None,
+              type=click.Path(file_okay=False),
+              help="write nginx.conf (or renderd-py.site), the runtime JSON and the "
+                   "TileJSON files into DIR instead of printing the configuration")
+@click.option("--site", is_flag=True,
+              help="a site file for Debian's nginx (/etc/nginx/sites-enabled) instead of "
+                   "a whole nginx.conf")
+@click.option("--prefix", metavar="DIR", default=None,
+              help="nginx's runtime directory (logs, pid, temp files); default: DIR of -o, "
+                   "else [http] prefix, else beside the store")
+@click.option("--user", metavar="USER", default=None,
+              help="user of nginx's worker processes when started as root (default: root)")
+def command(cfg, outdir, site, prefix, user):
+    """Print the nginx configuration for CONFIG, or write it with -o DIR.
+
+    A whole nginx.conf runs our own nginx in the foreground:
+    `nginx -p PREFIX -c PREFIX/nginx.conf` (what `renderd-py up` does).
+    With --site, a file for Debian's stock nginx to include instead.
+    """
+    if site:
+        if prefix or user:
+            raise click.UsageError("--prefix and --user apply to a whole nginx.conf, not --site")
+        if outdir:
+            path = nginx.write_site(cfg, outdir)
+            click.echo(f"wrote {path} and the runtime files beside it; enable it with "
+                       f"ln -s {path} /etc/nginx/sites-enabled/renderd-py", err=True)
+        else:
+            click.echo(nginx.render_site(cfg), nl=False)
+        return
+    if outdir:
+        where = prefix or outdir
+        if prefix and click.format_filename(prefix) != click.format_filename(outdir):
+            raise click.UsageError("with -o, a whole nginx.conf keeps everything in DIR; "
+                                   "leave out --prefix or give the same directory")
+        path = nginx.write_conf(cfg, where, user=user)
+        click.echo(f"wrote {path}; run: nginx -p {path.parent} -c {path}", err=True)
+    else:
+        click.echo(nginx.render_conf(cfg, prefix or nginx.default_prefix(cfg), user=user), nl=False)

@@ -1,0 +1,163 @@
+// The renderd-py demo map: every layer of /layers.json on a Leaflet map,
+// with a layer switcher. The view is kept in the URL: #layer/zoom/lat/lon.
+(function () {
+  "use strict";
+
+  var mapEl = document.getElementById("map");
+  var layerName = document.getElementById("layer-name");
+  var layerInfo = document.getElementById("layer-info");
+  var tileInfo = document.getElementById("tile-info");
+  var message = document.getElementById("message");
+  var stats = { loaded: 0, errors: 0 };
+
+  function showMessage(text) {
+    message.textContent = text;
+    message.hidden = false;
+  }
+
+  function getJSON(url) {
+    return fetch(url, { cache: "no-cache" }).then(function (r) {
+      if (!r.ok) {
+        throw new Error(url + ": HTTP " + r.status);
+      }
+      return r.json();
+    });
+  }
+
+  function parseHash() {
+    var parts = window.location.hash.replace(/^#/, "").split("/");
+    if (parts.length !== 4) {
+      return null;
+    }
+    var z = parseInt(parts[1], 10), lat = parseFloat(parts[2]), lon = parseFloat(parts[3]);
+    if (isNaN(z) || isNaN(lat) || isNaN(lon)) {
+      return null;
+    }
+    return { layer: decodeURIComponent(parts[0]), zoom: z, center: [lat, lon] };
+  }
+
+  function clampBounds(b) {
+    // TileJSON bounds are [w, s, e, n]; Web Mercator stops near 85.05 degrees.
+    var s = Math.max(b[1], -85.0511), n = Math.min(b[3], 85.0511);
+    return L.latLngBounds([s, b[0]], [n, b[2]]);
+  }
+
+  function makeLayer(entry, tj) {
+    var size = entry.tile_size || 256;
+    var options = {
+      minZoom: tj.minzoom,
+      maxZoom: tj.maxzoom,
+      attribution: tj.attribution || "",
+      bounds: tj.bounds ? clampBounds(tj.bounds) : undefined,
+      tileSize: size,
+      zoomOffset: size === 512 ? -1 : 0,
+      minNativeZoom: tj.minzoom,
+      maxNativeZoom: tj.maxzoom,
+      noWrap: true,
+      crossOrigin: true
+    };
+    var layer = L.tileLayer(tj.tiles[0], options);
+    layer.on("tileload", function () {
+      stats.loaded += 1;
+      document.body.setAttribute("data-tiles-loaded", String(stats.loaded));
+    });
+    layer.on("tileerror", function () {
+      stats.errors += 1;
+      document.body.setAttribute("data-tile-errors", String(stats.errors));
+    });
+    layer.tilejson = tj;
+    return layer;
+  }
+
+  function start(entries, tilejsons) {
+    var layers = {};
+    var order = [];
+    var maxZoom = 0, minZoom = 30;
+    entries.forEach(function (entry, i) {
+      var tj = tilejsons[i];
+      layers[entry.name] = makeLayer(entry, tj);
+      order.push(entry.name);
+      maxZoom = Math.max(maxZoom, tj.maxzoom);
+      minZoom = Math.min(minZoom, tj.minzoom);
+    });
+
+    var map = L.map(mapEl, {
+      minZoom: minZoom,
+      maxZoom: maxZoom,
+      worldCopyJump: false,
+      maxBounds: L.latLngBounds([-89, -220], [89, 220])
+    });
+    L.control.scale().addTo(map);
+    if (order.length > 1) {
+      L.control.layers(layers, null, { collapsed: false }).addTo(map);
+    }
+
+    var view = parseHash();
+    var current = view && layers[view.layer] ? view.layer : order[0];
+    layers[current].addTo(map);
+    if (view) {
+      map.setView(view.center, view.zoom);
+    } else {
+      // TileJSON's center is [lon, lat, zoom]; without one, fit the bounds
+      var tj = layers[current].tilejson;
+      if (tj.center) {
+        map.setView([tj.center[1], tj.center[0]], tj.center[2]);
+      } else {
+        map.fitBounds(clampBounds(tj.bounds || [-180, -85.0511, 180, 85.0511]));
+      }
+      if (map.getZoom() < tj.minzoom) {
+        map.setZoom(tj.minzoom);
+      }
+    }
+
+    function describe() {
+      var tj = layers[current].tilejson;
+      layerName.textContent = "· " + current;
+      layerInfo.textContent = (tj.description ? tj.description + " · " : "") +
+        "zoom " + tj.minzoom + "–" + tj.maxzoom;
+    }
+
+    function keepHash() {
+      var c = map.getCenter();
+      var hash = "#" + encodeURIComponent(current) + "/" + map.getZoom() + "/" +
+        c.lat.toFixed(4) + "/" + c.lng.toFixed(4);
+      if (window.location.hash !== hash) {
+        window.history.replaceState(null, "", hash);
+      }
+    }
+
+    map.on("baselayerchange", function (e) {
+      order.forEach(function (name) {
+        if (layers[name] === e.layer) {
+          current = name;
+        }
+      });
+      describe();
+      keepHash();
+    });
+    map.on("moveend", keepHash);
+    map.on("mousemove", function (e) {
+      var opts = layers[current].options;
+      var z = map.getZoom();
+      var p = map.project(e.latlng, z).divideBy(opts.tileSize).floor();
+      tileInfo.textContent = "tile " + (z + opts.zoomOffset) + "/" + p.x + "/" + p.y + " · " +
+        e.latlng.lat.toFixed(4) + ", " + e.latlng.lng.toFixed(4);
+    });
+    describe();
+    window.renderdMap = { map: map, layers: layers, stats: stats };
+  }
+
+  getJSON("layers.json")
+    .then(function (index) {
+      var entries = index.layers || [];
+      if (entries.length === 0) {
+        throw new Error("the configuration has no [[layer]]");
+      }
+      return Promise.all(entries.map(function (e) { return getJSON(e.tilejson); }))
+        .then(function (tilejsons) { start(entries, tilejsons); });
+    })
+    .catch(function (err) {
+      showMessage("Cannot show the map: " + err.message);
+      document.body.setAttribute("data-error", err.message);
+    });
+})();

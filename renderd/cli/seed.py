@@ -58,8 +58,7 @@ class Interrupts:
               help="seconds Ctrl-C waits for renders in flight")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-@click.pass_context
-def command(ctx: click.Context, cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
+def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
             mode: str, older_than: str | None, concurrency: int | None, timeout: float,
             max_failures: str, grace: float, quiet: bool, as_json: bool) -> None:
     """Ask the daemon for every metatile of an area (resumable)."""
@@ -92,4 +91,4 @@ def command(ctx: click.Context, cfg, layer: str, zoom: str, bbox: str | None, ar
         raise RenderdError(f"{summary.failed} metatiles failed (more than --max-failures {max_failures})")
     if summary.interrupted:
         click.echo("renderd-py: seed stopped; run the same command again to continue", err=True)
-        ctx.exit(130)
+        raise SystemExit(130)

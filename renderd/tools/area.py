@@ -156,7 +156,7 @@ class Area:
 
     def center(self) -> tuple[float, float]:
         c = self.geometry.representative_point() if not self.is_box else self.geometry.centroid
-        return (c.x, c.y)
+        return (c.x + 0.0, c.y + 0.0)  # no "-0.0"
 
 
 def _meta_box(m: Meta) -> tuple[float, float, float, float]:

@@ -14,7 +14,7 @@ import pytest
 
 from renderd import config
 from renderd.store import EMPTY, MetaIndex, content_hash, open_store
-from renderd.tilemath import Meta
+from renderd.tilemath import Meta, Tile
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLE = ROOT / "tests" / "data" / "meta_style.xml"
@@ -178,7 +178,7 @@ def test_status_bad_timeout_exits_2(cfgfile):
 def test_status_of_a_running_daemon(renderd_daemon):
     d = renderd_daemon(workers=1)
     with d.client() as c:
-        c.render("shapes", __import__("renderd.tilemath", fromlist=["Tile"]).Tile(2, 1, 1))
+        c.render("shapes", Tile(2, 1, 1))
     r = d.run("status", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)

@@ -17,7 +17,7 @@ from renderd.errors import RenderdError
 def pack_meta(z, x, y, tiles, count=64, magic=b"META", order="<"):
     """A .meta file packed by hand from the format description (not by the
     module under test): tiles is {index: bytes}."""
-    head = HEAD = 20 + 8 * count
+    head = 20 + 8 * count
     index, body = [], b""
     for i in range(count):
         data = tiles.get(i, b"")
@@ -26,7 +26,7 @@ def pack_meta(z, x, y, tiles, count=64, magic=b"META", order="<"):
     out = magic + struct.pack(f"{order}4i", count, x, y, z)
     for off, size in index:
         out += struct.pack(f"{order}2i", off, size)
-    assert len(out) == HEAD
+    assert len(out) == head
     return out + body
 
 

@@ -319,6 +319,20 @@ def test_stale_rerender_once_per_metatile(front):
     assert len(broker.renders()) == 1
 
 
+def test_missing_blob_rendered_again(disk_front, disk_store, broker):
+    ng = disk_front
+    meta = Meta(5, 0, 8, 8)
+    idx, blobs = make_meta("world", meta)
+    disk_store.put_metatile("world", idx, blobs)
+    # the collector removed the blob between our index read and the open()
+    os.unlink(disk_store.blob_path(idx.tile_hash(1, 9)))
+    r = request(ng.port, tile_path(5, 1, 9))
+    assert_tile(r, 5, 1, 9, "RENDER")
+    assert len(broker.renders()) == 1
+    assert not ng.errors()
+    assert ng.log_text().count("is missing") == 1
+
+
 def test_empty_tile_is_404(front):
     ng, store, broker = front
     meta = Meta(5, 0, 0, 8)
@@ -681,3 +695,14 @@ def test_redis_unix_socket_password_db(nginx_factory, tmp_path, broker):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_render_over_ipc(nginx_factory, tmp_path, disk_store):
+    b = FakeBroker(endpoint=f"ipc://{tmp_path}/broker.sock", store=disk_store)
+    try:
+        ng = nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, b.endpoint))
+        assert_tile(request(ng.port, tile_path(6, 10, 20)), 6, 10, 20, "RENDER")
+        assert_tile(request(ng.port, tile_path(6, 11, 21)), 6, 11, 21, "HIT")
+        assert len(b.renders()) == 1
+    finally:
+        b.close()

@@ -4,9 +4,11 @@ against a pyzmq ROUTER and against a hand-written ZMTP peer that misbehaves."""
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -317,3 +319,93 @@ def test_silent_peer_times_out(zmtp_nginx):
         done.set()
         p.close()
     assert st == 502 and "timeout" in body, body
+
+
+# --- renderd.client over the ZMTP client ------------------------------------------------
+
+CLIENT_LOCATION = r"""
+        location = /t/ping {
+            content_by_lua_block {
+                local client = require "renderd.client"
+                client.configure(ngx.var.arg_ep, nil)
+                local ok, err = client.ping(tonumber(ngx.var.arg_ms) or 1000)
+                ngx.say(ok and "PONG" or ("ERR " .. tostring(err)))
+            }
+        }
+"""
+
+
+@pytest.fixture
+def client_nginx(nginx_factory):
+    return nginx_factory(extra_server=ZMTP_LOCATION + CLIENT_LOCATION, workers=1)
+
+
+def test_client_discards_stale_replies(client_nginx):
+    done = threading.Event()
+
+    def script(peer, conn):
+        f1, proto = read_frame(conn)
+        f2, cmd = read_frame(conn)
+        f3, rid = read_frame(conn)
+        peer.seen["request"] = (proto, cmd, rid)
+        # a late reply to an earlier request, then this request's
+        conn.sendall(frame(b"RPY1", 1) + frame(b"PONG", 1) + frame(b"999-1"))
+        conn.sendall(frame(b"RPY1", 1) + frame(b"PONG", 1) + frame(rid))
+        peer.seen["second"] = [read_frame(conn) for _ in range(3)]
+        done.wait(5)
+
+    p = RawPeer(script)
+    try:
+        st, body = get(f"{client_nginx.url}/t/ping?ep={p.endpoint}")
+        assert (st, body) == (200, "PONG\n")
+        # the connection went back to the pool: the next ping reuses it (the
+        # peer accepts one connection only) and times out waiting
+        st, body = get(f"{client_nginx.url}/t/ping?ep={p.endpoint}&ms=300")
+        assert body.startswith("ERR timeout"), body
+    finally:
+        done.set()
+        p.close()
+    proto, cmd, rid = p.seen["request"]
+    assert (proto, cmd) == (b"RPY1", b"PING") and re.fullmatch(rb"\d+-\d+", rid)
+    assert [f[1] for f in p.seen["second"]][:2] == [b"RPY1", b"PING"]
+    assert p.seen["second"][2][1] != rid
+
+
+def test_client_pooled_connection_closed_by_broker(client_nginx):
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    router.bind(ep)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            if router.poll(50):
+                ident, proto, cmd, rid = router.recv_multipart()
+                router.send_multipart([ident, proto, b"PONG", rid])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert get(f"{client_nginx.url}/t/ping?ep={ep}") == (200, "PONG\n")
+        stop.set()
+        t.join(5)
+        router.close()          # the broker restarts: pooled connection dies
+        router = ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        for _ in range(100):    # zmq unbinds asynchronously
+            try:
+                router.bind(ep)
+                break
+            except zmq.ZMQError:
+                time.sleep(0.05)
+        stop.clear()
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        assert get(f"{client_nginx.url}/t/ping?ep={ep}") == (200, "PONG\n")
+    finally:
+        stop.set()
+        t.join(5)
+        router.close()
+        ctx.term()

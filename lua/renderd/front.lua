@@ -8,7 +8,11 @@
 --       internal;
 --       alias {store.path}/blobs/;
 --       log_not_found off;
+--       error_page 404 = @rpy_blob_missing;
 --       header_filter_by_lua_block { require("renderd.front").blob_header_filter() }
+--   }
+--   location @rpy_blob_missing {
+--       content_by_lua_block { require("renderd.front").blob_missing() }
 --   }
 --   # loopback-only server:
 --   location = /metrics { content_by_lua_block { require("renderd.metrics").serve() } }
@@ -286,7 +290,7 @@ end
 
 -- read t from the store and answer; returns only if nothing was sent:
 -- false (not stored) or false, err (store failed)
-local function from_store(t, xcache)
+local function from_store(t, xcache, missing)
     local name = t.layer.name
     if store.kind == "disk" then
         local raw, err = store.read_index(name, t.z, t.mx, t.my)
@@ -297,6 +301,9 @@ local function from_store(t, xcache)
         h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
         if not h then
             return false, "disk index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+        end
+        if missing and index.entry(raw, t.i) == missing then
+            return false -- its blob is gone: render it again
         end
         if h.stale then
             xcache = "STALE"
@@ -361,8 +368,9 @@ end
 
 -- handlers --------------------------------------------------------------------
 
---- content_by_lua of `location /tiles/`.
-function _M.serve()
+--- content_by_lua of `location /tiles/`. (`missing`: a blob hash the
+-- blob location did not find, see blob_missing.)
+function _M.serve(missing)
     if not cfg then
         error("renderd.front.init() was not called (init_by_lua)", 2)
     end
@@ -390,7 +398,7 @@ function _M.serve()
     metrics.incr("renderd_cache_misses_total")
 
     -- 2. store
-    local _, err = from_store(t, "STORE")
+    local _, err = from_store(t, "STORE", missing)
     if err then
         metrics.incr("renderd_store_errors_total")
         log.once(ERR, "store", "tile store unavailable, serving stale or rendering: ", err)
@@ -415,6 +423,16 @@ function _M.serve()
     return unavailable(t, res.status == "BUSY" and "render queue full" or "render failed or timed out")
 end
 
+--- content_by_lua of the named location the blob location sends its 404s
+-- to (`error_page 404 = @rpy_blob_missing;`): the blob an index named is
+-- gone (it was replaced and collected between reading the index and
+-- opening the file). Reads the index again, or renders the tile.
+function _M.blob_missing()
+    log.once(WARN, "blob-missing", "blob ", tostring(ngx_var.arg_h),
+             " named by a metatile index is missing; reading the store again")
+    return _M.serve(ngx_var.arg_h)
+end
+
 --- header_filter_by_lua of the blob location: the tile's headers, passed
 -- through the internal redirect's query string (l, h, r, c).
 function _M.blob_header_filter()
@@ -422,9 +440,6 @@ function _M.blob_header_filter()
     local xcache = ngx_var.arg_c
     metrics.request(status, xcache)
     if status ~= 200 and status ~= 206 then
-        if status == 404 then
-            log.once(ERR, "blob-missing", "blob ", tostring(ngx_var.arg_h), " named by an index is missing")
-        end
         return
     end
     local layer = layers[ngx_var.arg_l or ""]

@@ -87,6 +87,9 @@ function _M.observe_render(seconds, status)
         return
     end
     _M.incr("renderd_render_requests_total", 'status="' .. status .. '"')
+    if status == "ERROR" then
+        return -- no reply at all (connect refused...): not a render time
+    end
     for _, le in ipairs(_M.BUCKETS) do
         if seconds <= le then
             dict:incr("c|renderd_render_seconds_bucket|le=\"" .. le .. "\"", 1, 0)

@@ -231,3 +231,43 @@ def test_interactive_requests_are_served_while_a_long_seed_runs(renderd_daemon, 
         out, err = proc.communicate(timeout=60)
     s = summary_of(out)
     assert s["interrupted"] and s["failed"] == 0
+
+
+def test_seed_modes_stale_older_than_and_failure_threshold(renderd_daemon, tmp_path):
+    d = renderd_daemon()
+    bbox = "20,55,30,65"
+    args = ["--layer", "shapes", "--zoom", "4-7", "--bbox", bbox, "--json"]
+    first = summary_of(d.run("seed", *args).stdout)
+    n = first["metatiles"]
+    assert first["rendered"] == n == d.rendered()
+    # --older-than a time before the renders skips them; after them, renders them again
+    past = summary_of(d.run("seed", *args, "--older-than", "2001-01-01T00:00:00Z").stdout)
+    assert (past["rendered"], past["skipped"]) == (0, n)
+    time.sleep(1.1)  # index times are whole seconds
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    again = summary_of(d.run("seed", *args, "--older-than", now).stdout)
+    assert again["rendered"] == n and d.rendered() == 2 * n
+    # stale metatiles are rendered by a plain (--missing) seed
+    assert d.run("expire", "--layer", "shapes", "--min-zoom", "4", input="7/69/37\n").returncode == 0
+    stale = [idx.meta for idx in d.store().iter_indexes("shapes") if idx.stale]
+    assert len(stale) == 4
+    fresh = summary_of(d.run("seed", *args).stdout)
+    assert (fresh["rendered"], fresh["skipped"]) == (4, n - 4)
+    assert not any(idx.stale for idx in d.store().iter_indexes("shapes"))
+    # failures: a configuration that believes the layer goes one zoom further
+    # than the daemon's; the broker answers INVALID for zoom 15
+    other = tmp_path / "other.toml"
+    other.write_text(d.config.read_text().replace("maxzoom = 14", "maxzoom = 15"))
+    cmd = ["seed", "-c", str(other), "--layer", "shapes", "--zoom", "15", "--bbox", "24.9,60.1,25.0,60.2",
+           "--json", "-q"]
+    import subprocess
+    from tests.fixtures.daemon import RENDERD
+    r = subprocess.run(RENDERD + cmd, capture_output=True, text=True, timeout=60)
+    s = summary_of(r.stdout)
+    assert s["failed"] == s["metatiles"] >= 2 and s["rendered"] == 0
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "more than --max-failures 0" in r.stderr
+    r = subprocess.run(RENDERD + cmd + ["--max-failures", "100%"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(RENDERD + cmd + ["--max-failures", str(s["failed"] - 1)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1

@@ -143,3 +143,9 @@ def test_exactly_one_of_bbox_and_area():
         Area.from_options(None, None)
     with pytest.raises(UsageError, match="exactly one"):
         Area.from_options("0,0,1,1", str(AREA))
+
+
+@pytest.mark.parametrize("text", ["5,45,45,70", "-179.9,-85,179.9,85", "24.9,60.1,25.0,60.2"])
+def test_count_metatiles_of_a_box_matches_the_listing(text):
+    a = Area.from_bbox(text)
+    assert a.count_metatiles((0, 11)) == sum(1 for z in range(12) for _ in a.metatiles(z))

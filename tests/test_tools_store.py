@@ -15,7 +15,7 @@ from pmtiles.reader import MmapSource, Reader, all_tiles
 from renderd.config import parse
 from renderd.errors import RenderdError, UsageError
 from renderd.store.index import EMPTY, MetaIndex, content_hash
-from renderd.tilemath import Meta, index_tile, meta_at, meta_tiles
+from renderd.tilemath import Meta, meta_tiles
 from renderd.tools.area import Area
 from renderd.tools.coverage import coverage
 from renderd.tools.expire import ExpireSummary, expand, expire, read_tiles

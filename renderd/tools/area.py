@@ -146,7 +146,15 @@ class Area:
         return [bool(v) for v in self._interiors_meet(boxes)]
 
     def count_metatiles(self, zooms: tuple[int, int], meta: int = 8) -> int:
-        return sum(sum(1 for _ in self.metatiles(z, meta)) for z in range(zooms[0], zooms[1] + 1))
+        total = 0
+        for z in range(zooms[0], zooms[1] + 1):
+            if self.is_box:
+                n = metatile_size(z, meta)
+                xmin, ymin, xmax, ymax = tile_range(self.bbox, z)
+                total += (xmax // n - xmin // n + 1) * (ymax // n - ymin // n + 1)
+            else:
+                total += sum(1 for _ in self.metatiles(z, meta))
+        return total
 
     def _interiors_meet(self, boxes: np.ndarray) -> np.ndarray:
         return shapely.intersects(self.geometry, boxes) & ~shapely.touches(self.geometry, boxes)

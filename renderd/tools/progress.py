@@ -81,11 +81,11 @@ class Progress:
         r = self.rate
         return (self.total - self.done) / r if r > 0 else float("nan")
 
-    def text(self) -> str:
+    def text(self, extra: bool = True) -> str:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         parts = [f"{self.done}/{self.total} {self.label}", f"{pct:5.1f}%",
                  f"{self.rate:.1f}/s", f"ETA {fmt_duration(self.eta())}"]
-        if self.extra:
+        if self.extra and extra:
             parts.append(self.extra)
         return "  ".join(parts)
 
@@ -95,6 +95,8 @@ class Progress:
         text = self.text()
         if self.tty:
             width = shutil.get_terminal_size((80, 20)).columns
+            if len(text) + 14 > width:  # a narrow terminal: the counts, not the details
+                text = self.text(extra=False)
             barw = max(10, min(40, width - len(text) - 4))
             frac = self.done / self.total if self.total else 1.0
             fill = int(barw * min(1.0, frac))

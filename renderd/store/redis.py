@@ -1,0 +1,504 @@
+"""The Redis store: indexes, blobs and reference counts as Redis strings.
+
+Keys (docs/storage.md)::
+
+    {prefix}:idx:{layer}:{z}:{mx}:{my}   MetaIndex.encode() bytes
+    {prefix}:blob:{hash}                 encoded tile bytes
+    {prefix}:ref:{hash}                  how many indexes name the blob (integer)
+
+Every change of an index is one server-side Lua script that also moves the
+reference counts and creates or deletes blobs, so counts are exact at every
+moment and a blob goes exactly when the last index naming it goes. The reader
+scripts (``TILE_SCRIPT``, ``META_SCRIPT``) are what nginx calls with EVALSHA.
+Single Redis instance only (scripts touch keys they compute); the server must
+not evict keys (``maxmemory-policy noeviction``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..errors import StoreError
+from ..tilemath import Meta, Tile, metatile_of, tile_index
+from .base import GCStats, Store
+from .disk import HASH_RE, StoredTile, check_layer, check_put
+from .index import MetaIndex
+
+log = logging.getLogger(__name__)
+
+#: Shared by every script: the distinct non-empty hashes of an index value.
+LUA_DISTINCT = """\
+local EMPTY = string.rep('0', 32)
+local function distinct(raw)
+  if type(raw) ~= 'string' or #raw < 64 or string.sub(raw, 1, 6) ~= 'RPYI1 ' then return nil end
+  local n = tonumber(string.sub(raw, 28, 29))
+  if not n or #raw ~= 64 + n * n * 33 then return nil end
+  local out, seen = {}, {}
+  for i = 0, n * n - 1 do
+    local p = 65 + i * 33
+    local h = string.sub(raw, p, p + 31)
+    if h ~= EMPTY and not seen[h] then
+      seen[h] = true
+      out[#out + 1] = h
+    end
+  end
+  return out
+end
+"""
+
+#: Writers' scripts keep a running collection's reference count in step.
+LUA_TRACK = """\
+local P = ARGV[1]
+local function release(h)
+  if redis.call('DECR', P .. ':ref:' .. h) <= 0 then
+    redis.call('DEL', P .. ':ref:' .. h, P .. ':blob:' .. h)
+  end
+end
+local function gc_track(key, old, new)
+  if redis.call('EXISTS', P .. ':gc:active') == 0 then return end
+  local count = P .. ':gc:count'
+  if redis.call('SADD', P .. ':gc:seen', key) == 0 then
+    for _, h in ipairs(old) do
+      if redis.call('HINCRBY', count, h, -1) <= 0 then redis.call('HDEL', count, h) end
+    end
+  end
+  for _, h in ipairs(new) do redis.call('HINCRBY', count, h, 1) end
+end
+"""
+
+#: KEYS[1] index key; ARGV[1] prefix, ARGV[2] new index, ARGV[3..] hash, blob pairs.
+#: Returns how many blobs were created.
+PUT_SCRIPT = LUA_DISTINCT + LUA_TRACK + """\
+local new = distinct(ARGV[2])
+if not new then return redis.error_reply('ERR not a metatile index') end
+local given = {}
+for i = 3, #ARGV, 2 do given[ARGV[i]] = ARGV[i + 1] end
+for _, h in ipairs(new) do
+  if not given[h] and redis.call('EXISTS', P .. ':blob:' .. h) == 0 then
+    return redis.error_reply('ERR blob ' .. h .. ' is neither stored nor given')
+  end
+end
+local old = distinct(redis.call('GET', KEYS[1])) or {}
+local written = 0
+for _, h in ipairs(new) do
+  redis.call('INCR', P .. ':ref:' .. h)
+  if given[h] and redis.call('SET', P .. ':blob:' .. h, given[h], 'NX') then
+    written = written + 1
+  end
+end
+for _, h in ipairs(old) do release(h) end
+redis.call('SET', KEYS[1], ARGV[2])
+gc_track(KEYS[1], old, new)
+return written
+"""
+
+#: KEYS[1] index key; ARGV[1] prefix. Returns 1 if the index existed.
+DELETE_SCRIPT = LUA_DISTINCT + LUA_TRACK + """\
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local old = distinct(raw) or {}
+for _, h in ipairs(old) do release(h) end
+redis.call('DEL', KEYS[1])
+gc_track(KEYS[1], old, {})
+return 1
+"""
+
+#: KEYS[1] index key. Returns 1 if an index was there and is now stale.
+STALE_SCRIPT = """\
+if redis.call('GETRANGE', KEYS[1], 0, 5) ~= 'RPYI1 ' then return 0 end
+redis.call('SETRANGE', KEYS[1], 6, '1')
+return 1
+"""
+
+#: Reader. KEYS[1] index key; ARGV[1] prefix; ARGV[2] entry (x-major, from 0).
+#: nil if no index, else {stale, rendered, data, ext, hash, blob};
+#: hash is '' for an empty tile, blob is '' if the tile is empty or missing.
+TILE_SCRIPT = LUA_DISTINCT + """\
+local raw = redis.call('GET', KEYS[1])
+if not distinct(raw) then return nil end
+local n = tonumber(string.sub(raw, 28, 29))
+local i = tonumber(ARGV[2])
+if not i or i < 0 or i >= n * n or i % 1 ~= 0 then
+  return redis.error_reply('ERR entry ' .. tostring(ARGV[2]) .. ' is outside the index')
+end
+local p = 65 + i * 33
+local h = string.sub(raw, p, p + 31)
+local blob = ''
+if h == EMPTY then h = '' else blob = redis.call('GET', ARGV[1] .. ':blob:' .. h) or '' end
+return {tonumber(string.sub(raw, 7, 7)), tonumber(string.sub(raw, 31, 40)),
+        tonumber(string.sub(raw, 42, 51)), string.match(string.sub(raw, 53, 56), '%S+') or '',
+        h, blob}
+"""
+
+#: Reader. KEYS[1] index key; ARGV[1] prefix. nil if no index, else
+#: {index, blob...}: one blob per distinct non-empty hash in order of first
+#: appearance ('' if missing), the order of the wire protocol's meta reply.
+META_SCRIPT = LUA_DISTINCT + """\
+local raw = redis.call('GET', KEYS[1])
+local hashes = distinct(raw)
+if not hashes then return nil end
+local out = {raw}
+for _, h in ipairs(hashes) do out[#out + 1] = redis.call('GET', ARGV[1] .. ':blob:' .. h) or '' end
+return out
+"""
+
+#: Collector scripts: ARGV[1] prefix, ARGV[2] run token, ARGV[3] lease in ms.
+LUA_GC_OWNED = """\
+local P = ARGV[1]
+if redis.call('GET', P .. ':gc:active') ~= ARGV[2] then
+  return redis.error_reply('ERR garbage collection lost its lease')
+end
+redis.call('PEXPIRE', P .. ':gc:active', ARGV[3])
+"""
+
+GC_BEGIN_SCRIPT = """\
+local P = ARGV[1]
+if not redis.call('SET', P .. ':gc:active', ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('DEL', P .. ':gc:seen', P .. ':gc:count')
+return 1
+"""
+
+#: KEYS: index keys to count (each once per run).
+GC_COUNT_SCRIPT = LUA_DISTINCT + LUA_GC_OWNED + """\
+for _, k in ipairs(KEYS) do
+  if redis.call('SADD', P .. ':gc:seen', k) == 1 then
+    for _, h in ipairs(distinct(redis.call('GET', k)) or {}) do
+      redis.call('HINCRBY', P .. ':gc:count', h, 1)
+    end
+  end
+end
+return #KEYS
+"""
+
+#: ARGV[4..]: hashes to settle. Returns {present, deleted, bytes freed, refs fixed, missing}.
+GC_FIX_SCRIPT = LUA_GC_OWNED + """\
+local present, deleted, freed, fixed, missing = 0, 0, 0, 0, 0
+for i = 4, #ARGV do
+  local h = ARGV[i]
+  local bk, rk = P .. ':blob:' .. h, P .. ':ref:' .. h
+  local want = tonumber(redis.call('HGET', P .. ':gc:count', h) or '0')
+  local size = -1
+  if redis.call('EXISTS', bk) == 1 then
+    size = redis.call('STRLEN', bk)
+    present = present + 1
+  end
+  if want <= 0 then
+    redis.call('DEL', bk, rk)
+    if size >= 0 then
+      deleted = deleted + 1
+      freed = freed + size
+    end
+  else
+    if tonumber(redis.call('GET', rk) or '0') ~= want then
+      redis.call('SET', rk, want)
+      fixed = fixed + 1
+    end
+    if size < 0 then missing = missing + 1 end
+  end
+end
+return {present, deleted, freed, fixed, missing}
+"""
+
+GC_END_SCRIPT = """\
+local P = ARGV[1]
+if redis.call('GET', P .. ':gc:active') ~= ARGV[2] then return 0 end
+redis.call('DEL', P .. ':gc:active', P .. ':gc:seen', P .. ':gc:count')
+return 1
+"""
+
+#: Keys per SCAN step and per collector script call.
+BATCH = 500
+#: A collection that stops renewing its lease for this long is abandoned.
+GC_LEASE_MS = 60_000
+
+
+class RedisStore(Store):
+    """Deduplicated tiles in one Redis database; see the module docstring."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, prefix: str = "rpy", timeout: float = 5.0):
+        self.prefix = prefix
+        try:
+            self._pool = redis.ConnectionPool.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0),
+                health_check_interval=30, max_connections=64)
+        except ValueError as e:
+            raise StoreError(f"bad redis url {url!r}: {e}") from None
+        self.where = _describe(self._pool)
+        self._r = redis.Redis(connection_pool=self._pool,
+                              retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+        script = self._r.register_script
+        self._put, self._delete, self._stale = script(PUT_SCRIPT), script(DELETE_SCRIPT), script(STALE_SCRIPT)
+        self._tile, self._meta = script(TILE_SCRIPT), script(META_SCRIPT)
+        self._gc_begin, self._gc_count = script(GC_BEGIN_SCRIPT), script(GC_COUNT_SCRIPT)
+        self._gc_fix, self._gc_end = script(GC_FIX_SCRIPT), script(GC_END_SCRIPT)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.where!r}, prefix={self.prefix!r})"
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn redis-py errors into one-line ``StoreError``s."""
+        try:
+            yield
+        except redis.exceptions.AuthenticationError:
+            raise StoreError(f"redis at {self.where} refused the credentials") from None
+        except redis.exceptions.TimeoutError:
+            raise StoreError(f"redis at {self.where} did not answer in time") from None
+        except redis.exceptions.ConnectionError:
+            raise StoreError(f"redis at {self.where} is not reachable") from None
+        except redis.exceptions.RedisError as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StoreError(f"redis at {self.where}: {msg}") from None
+
+    # --- keys ------------------------------------------------------------
+    def index_key(self, layer: str, meta: Meta) -> str:
+        return f"{self.prefix}:idx:{check_layer(layer)}:{meta.z}:{meta.mx}:{meta.my}"
+
+    def blob_key(self, digest: str) -> str:
+        return f"{self.prefix}:blob:{digest}"
+
+    def ping(self) -> None:
+        """Raise ``StoreError`` unless the server answers."""
+        with self._errors():
+            self._r.ping()
+
+    # --- reading ---------------------------------------------------------
+    def get_index(self, layer: str, meta: Meta) -> MetaIndex | None:
+        """The index, or None if absent or corrupt (logged)."""
+        key = self.index_key(layer, meta)
+        with self._errors():
+            raw = self._r.get(key)
+        idx = None if raw is None else _decode(key, raw)
+        if idx is not None and idx.meta != meta:
+            log.warning("skipping %s: it holds metatile %s of size %d", key, idx.meta, idx.meta.n)
+            return None
+        return idx
+
+    def get_blob(self, digest: str) -> bytes | None:
+        with self._errors():
+            return self._r.get(self.blob_key(digest))
+
+    def get_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(digests))
+        if not wanted:
+            return {}
+        with self._errors():
+            values = self._r.mget([self.blob_key(d) for d in wanted])
+        return {d: v for d, v in zip(wanted, values) if v is not None}
+
+    def blob_size(self, digest: str) -> int | None:
+        with self._errors():
+            pipe = self._r.pipeline(transaction=False)
+            pipe.exists(self.blob_key(digest))
+            pipe.strlen(self.blob_key(digest))
+            exists, size = pipe.execute()
+        return size if exists else None
+
+    def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
+        """A tile and its metatile's header fields in one round trip (``TILE_SCRIPT``)."""
+        m = metatile_of(tile.z, tile.x, tile.y, meta)
+        with self._errors():
+            got = self._tile(keys=[self.index_key(layer, m)],
+                             args=[self.prefix, tile_index(m, tile.x, tile.y)])
+        if got is None:
+            return None
+        stale, rendered, data_time, ext, digest, blob = got
+        return StoredTile(blob or None, digest.decode() or None, bool(stale), rendered, data_time,
+                          ext.decode())
+
+    def get_metatile(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
+        """A metatile's index and its distinct tiles' bytes in one round trip (``META_SCRIPT``)."""
+        key = self.index_key(layer, meta)
+        with self._errors():
+            got = self._meta(keys=[key], args=[self.prefix])
+        if got is None:
+            return None
+        idx = _decode(key, got[0])
+        if idx is None or idx.meta != meta:
+            return None
+        return idx, {h: b for h, b in zip(idx.unique(), got[1:]) if b}
+
+    def iter_indexes(self, layer: str, zoom: int | None = None) -> Iterator[MetaIndex]:
+        """Every readable index of ``layer`` (SCAN; corrupt values logged and skipped)."""
+        head = f"{self.prefix}:idx:{check_layer(layer)}:"
+        pattern = head + ("*" if zoom is None else f"{int(zoom)}:*")
+        for keys in self._scan(pattern):
+            with self._errors():
+                values = self._r.mget(keys)
+            for key, raw in zip(keys, values):
+                idx = None if raw is None else _decode(key, raw)
+                if idx is not None and _key_matches(key, head, idx.meta):
+                    yield idx
+
+    def layer_usage(self, layer: str) -> tuple[int, int, int]:
+        """(indexes, distinct stored blobs they use, bytes of those blobs)."""
+        count, hashes = 0, set()
+        for idx in self.iter_indexes(layer):
+            count += 1
+            hashes.update(idx.unique())
+        sizes = self._sizes(list(hashes))
+        return count, len(sizes), sum(sizes)
+
+    def blob_totals(self) -> tuple[int, int]:
+        """(blob count, bytes) over the whole prefix: SCANs every blob key."""
+        count = size = 0
+        start = len(self.prefix) + len(":blob:")
+        for keys in self._scan(f"{self.prefix}:blob:*"):
+            sizes = self._sizes([k[start:] for k in keys])
+            count += len(sizes)
+            size += sum(sizes)
+        return count, size
+
+    def _sizes(self, digests: list[str]) -> list[int]:
+        """Sizes of the stored blobs among ``digests`` (missing ones left out)."""
+        out = []
+        for i in range(0, len(digests), BATCH):
+            with self._errors():
+                pipe = self._r.pipeline(transaction=False)
+                for d in digests[i:i + BATCH]:
+                    pipe.exists(self.blob_key(d))
+                    pipe.strlen(self.blob_key(d))
+                got = pipe.execute()
+            out.extend(size for exists, size in zip(got[::2], got[1::2]) if exists)
+        return out
+
+    def _scan(self, pattern: str, unique: bool = True) -> Iterator[list[str]]:
+        """Batches of keys matching ``pattern``.
+
+        SCAN may return a key twice; ``unique`` filters repeats at the cost
+        of remembering every key (the collector's steps do not need it).
+        """
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            with self._errors():
+                cursor, raw = self._r.scan(cursor, match=pattern, count=BATCH)
+            keys = [k.decode() for k in raw]
+            if unique:
+                keys = [k for k in keys if k not in seen]
+                seen.update(keys)
+            if keys:
+                yield keys
+            if cursor == 0:
+                return
+
+    # --- writing ---------------------------------------------------------
+    def put_metatile(self, layer: str, index: MetaIndex, blobs: dict[str, bytes]) -> int:
+        """One script: move reference counts, add missing blobs, switch the index."""
+        key = self.index_key(layer, index.meta)
+        given = check_put(index, blobs)
+        args: list[str | bytes] = [self.prefix, index.encode()]
+        for h, data in given.items():
+            args += [h, data]
+        with self._errors():
+            return int(self._put(keys=[key], args=args))
+
+    def mark_stale(self, layer: str, meta: Meta) -> bool:
+        with self._errors():
+            return bool(self._stale(keys=[self.index_key(layer, meta)]))
+
+    def delete_metatile(self, layer: str, meta: Meta) -> bool:
+        with self._errors():
+            return bool(self._delete(keys=[self.index_key(layer, meta)], args=[self.prefix]))
+
+    # --- consistency pass ------------------------------------------------
+    def collect_garbage(self) -> GCStats:
+        """Recount references from every index; fix counts, delete unused blobs.
+
+        While the pass runs (``{prefix}:gc:active`` holds its token), every
+        writer script also keeps ``{prefix}:gc:count`` in step for the indexes
+        already counted (``{prefix}:gc:seen``) and counts the ones it writes.
+        Once the SCAN of index keys is over, the count is therefore exact and
+        stays exact, and each batch of hashes is settled in one script. See
+        docs/storage.md.
+        """
+        token = secrets.token_hex(8)
+        lease = [self.prefix, token, GC_LEASE_MS]
+        with self._errors():
+            if not self._gc_begin(args=lease):
+                raise StoreError(f"redis at {self.where}: another garbage collection is running")
+        try:
+            for keys in self._scan(f"{self.prefix}:idx:*", unique=False):
+                with self._errors():
+                    self._gc_count(keys=keys, args=lease)
+            return self._settle(lease)
+        finally:
+            with self._errors():
+                self._gc_end(args=lease)
+
+    def _settle(self, lease: list) -> GCStats:
+        """Settle every hash that has a blob, a count or a reference."""
+        stats, fixed, missing = GCStats(), 0, 0
+        sources = [(f"{self.prefix}:blob:", True), (f"{self.prefix}:ref:", False)]
+        for head, blobs in sources:
+            for keys in self._scan(head + "*", unique=False):
+                present, deleted, freed, fx, _ = self._fix(lease, [k[len(head):] for k in keys])
+                stats.blobs_seen += present if blobs else 0
+                stats.blobs_deleted += deleted
+                stats.bytes_freed += freed
+                fixed += fx
+        for digests in self._counted():
+            _, _, _, fx, miss = self._fix(lease, digests)
+            fixed += fx
+            missing += miss
+        if fixed or missing:
+            log.warning("redis store %s: fixed %d reference counts, %d referenced blobs are missing",
+                        self.where, fixed, missing)
+        return stats
+
+    def _fix(self, lease: list, digests: list[str]) -> list[int]:
+        digests = [d for d in digests if HASH_RE.fullmatch(d)]
+        if not digests:
+            return [0, 0, 0, 0, 0]
+        with self._errors():
+            return [int(v) for v in self._gc_fix(args=lease + digests)]
+
+    def _counted(self) -> Iterator[list[str]]:
+        """Batches of the hashes in the running collection's count."""
+        cursor = 0
+        while True:
+            with self._errors():
+                cursor, fields = self._r.hscan(f"{self.prefix}:gc:count", cursor, count=BATCH)
+            if fields:
+                yield [f.decode() for f in fields]
+            if cursor == 0:
+                return
+
+
+def _decode(key: str, raw: bytes) -> MetaIndex | None:
+    try:
+        idx = MetaIndex.decode(raw)
+        if not all(HASH_RE.fullmatch(h) for h in idx.hashes):
+            raise StoreError("malformed hash entry")
+        return idx
+    except StoreError as e:
+        log.warning("skipping %s: %s", key, e)
+        return None
+
+
+def _key_matches(key: str, head: str, meta: Meta) -> bool:
+    """True if ``key`` is where ``meta``'s index belongs (logged if not)."""
+    if key == f"{head}{meta.z}:{meta.mx}:{meta.my}":
+        return True
+    log.warning("skipping %s: it holds metatile %s", key, meta)
+    return False
+
+
+def _describe(pool: redis.ConnectionPool) -> str:
+    kw = pool.connection_kwargs
+    if "path" in kw:
+        return f"unix:{kw['path']}"
+    return f"{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}"
+

@@ -1,0 +1,497 @@
+"""Both tile stores against the same contract, on real files and a real Redis."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from renderd.config import StoreConfig
+from renderd.errors import StoreError
+from renderd.store import open_store
+from renderd.store.disk import DiskStore
+from renderd.store.index import EMPTY, MetaIndex, content_hash
+from renderd.store.redis import META_SCRIPT, TILE_SCRIPT, RedisStore
+from renderd.tilemath import Meta, Tile
+from tests.fixtures.store import (all_indexes, check_store, fill_background, make_index, open_kind,
+                                  python_cmd, ref_counts, stored_blobs, tile_bytes)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "storage.md"
+M1 = Meta(12, 2048, 1360, 8)
+M2 = Meta(12, 2056, 1360, 8)
+
+
+def picks_of(*runs: tuple[int, int]) -> list[int]:
+    """64 picks from (content, count) runs."""
+    out = [c for c, k in runs for _ in range(k)]
+    assert len(out) == 64
+    return out
+
+
+# --- the contract, on both stores ----------------------------------------
+
+def test_round_trip(store):
+    idx, blobs = make_index(M1, picks_of((0, 32), (1, 31), (-1, 1)))
+    assert store.get_index("osm", M1) is None
+    assert store.put_metatile("osm", idx, blobs) == 2
+    assert store.get_index("osm", M1) == idx
+    assert store.get_blob(content_hash(tile_bytes(1))) == tile_bytes(1)
+    assert store.get_blob("f" * 32) is None
+    assert store.blob_size(content_hash(tile_bytes(0))) == len(tile_bytes(0))
+    assert store.blob_size("f" * 32) is None
+    got = store.get_metatile("osm", M1)
+    assert got == (idx, blobs)
+    check_store(store)
+
+
+def test_identical_tiles_are_stored_once(store):
+    a, blobs_a = make_index(M1, picks_of((0, 60), (1, 4)))
+    b, blobs_b = make_index(M2, picks_of((0, 10), (2, 54)))
+    assert store.put_metatile("osm", a, blobs_a) == 2
+    assert store.put_metatile("osm", b, blobs_b) == 1
+    assert len(stored_blobs(store)) == 3
+    assert store.layer_usage("osm") == (2, 3, sum(len(tile_bytes(i)) for i in range(3)))
+    assert store.blob_totals() == (3, sum(len(tile_bytes(i)) for i in range(3)))
+    if store.kind == "redis":
+        assert ref_counts(store)[content_hash(tile_bytes(0))] == 2
+    check_store(store)
+
+
+def test_rerender_keeps_blobs_other_metatiles_use(store):
+    a, blobs_a = make_index(M1, picks_of((0, 32), (1, 32)))
+    b, blobs_b = make_index(M2, picks_of((0, 64)))
+    store.put_metatile("osm", a, blobs_a)
+    store.put_metatile("osm", b, blobs_b)
+    again, blobs = make_index(M1, picks_of((3, 64)))
+    assert store.put_metatile("osm", again, blobs) == 1
+    store.collect_garbage()
+    assert store.get_blob(content_hash(tile_bytes(0))) == tile_bytes(0)
+    assert store.get_blob(content_hash(tile_bytes(1))) is None
+    check_store(store, collected=True)
+
+
+def test_rerender_with_same_tiles_changes_nothing_but_the_index(store):
+    a, blobs = make_index(M1, picks_of((0, 64)), rendered=1_700_000_000)
+    b, _ = make_index(M1, picks_of((0, 64)), rendered=1_700_000_500)
+    store.put_metatile("osm", a, blobs)
+    assert store.put_metatile("osm", b, {}) == 0
+    assert store.get_index("osm", M1).rendered == 1_700_000_500
+    check_store(store)
+
+
+def test_stale_flag(store):
+    idx, blobs = make_index(M1, picks_of((0, 64)))
+    assert store.mark_stale("osm", M1) is False
+    store.put_metatile("osm", idx, blobs)
+    assert store.mark_stale("osm", M1) is True
+    assert store.get_index("osm", M1) == idx.with_stale()
+    assert store.read_tile("osm", Tile(12, 2048, 1360)).stale is True
+    fresh, _ = make_index(M1, picks_of((0, 64)))
+    store.put_metatile("osm", fresh, {})
+    assert store.get_index("osm", M1).stale is False
+
+
+def test_delete(store):
+    a, blobs_a = make_index(M1, picks_of((0, 32), (1, 32)))
+    b, blobs_b = make_index(M2, picks_of((1, 64)))
+    store.put_metatile("osm", a, blobs_a)
+    store.put_metatile("osm", b, blobs_b)
+    assert store.delete_metatile("osm", M1) is True
+    assert store.delete_metatile("osm", M1) is False
+    assert store.get_index("osm", M1) is None
+    store.collect_garbage()
+    assert store.get_blob(content_hash(tile_bytes(0))) is None
+    assert store.get_blob(content_hash(tile_bytes(1))) == tile_bytes(1)
+    check_store(store, collected=True)
+
+
+def test_iter_indexes_by_layer_and_zoom(store):
+    metas = [Meta(12, 2048, 1360, 8), Meta(12, 0, 0, 8), Meta(3, 0, 0, 8), Meta(1, 0, 0, 2)]
+    for m in metas:
+        store.put_metatile("osm", *make_index(m, [0] * m.n ** 2))
+    store.put_metatile("other_layer-2", *make_index(M2, [1] * 64))
+    assert sorted(i.meta for i in store.iter_indexes("osm")) == sorted(metas)
+    assert sorted(i.meta for i in store.iter_indexes("osm", zoom=12)) == sorted(metas[:2])
+    assert [i.meta for i in store.iter_indexes("osm", zoom=5)] == []
+    assert [i.meta for i in store.iter_indexes("other_layer-2")] == [M2]
+    assert list(store.iter_indexes("nothing")) == []
+
+
+def test_get_tile_and_read_tile(store):
+    picks = picks_of((0, 8), (1, 55), (-1, 1))
+    idx, blobs = make_index(M1, picks)
+    store.put_metatile("osm", idx, blobs)
+    # entry 8 is the first tile of the second column: x0 + 1, y0
+    assert store.get_tile("osm", Tile(12, 2049, 1360)) == (tile_bytes(1), idx)
+    assert store.get_tile("osm", Tile(12, 2048, 1367)) == (tile_bytes(0), idx)
+    assert store.get_tile("osm", Tile(12, 2055, 1367)) is None  # empty entry
+    assert store.get_tile("osm", Tile(12, 0, 0)) is None
+    got = store.read_tile("osm", Tile(12, 2049, 1360))
+    assert got.data == tile_bytes(1) and got.digest == content_hash(tile_bytes(1))
+    assert (got.stale, got.rendered, got.data_time, got.ext) == (False, idx.rendered, idx.data, "png")
+    empty = store.read_tile("osm", Tile(12, 2055, 1367))
+    assert (empty.data, empty.digest) == (None, None)
+    assert store.read_tile("osm", Tile(12, 0, 0)) is None
+
+
+def test_put_checks_its_input(store):
+    idx, blobs = make_index(M1, picks_of((0, 64)))
+    with pytest.raises(StoreError, match="neither stored nor given"):
+        store.put_metatile("osm", idx, {})
+    with pytest.raises(StoreError, match="another content hash"):
+        store.put_metatile("osm", idx, {content_hash(tile_bytes(0)): b"other"})
+    with pytest.raises(StoreError, match="invalid layer name"):
+        store.put_metatile("../etc", idx, blobs)
+    bad = MetaIndex(M1, ("X" * 32,) * 64, 1, 1)
+    with pytest.raises(StoreError, match="malformed hash"):
+        store.put_metatile("osm", bad, blobs)
+    assert store.get_index("osm", M1) is None
+    assert stored_blobs(store) == {}
+
+
+def test_corrupt_index_counts_as_absent_and_is_replaced(store, caplog):
+    good, blobs = make_index(M2, picks_of((0, 64)))
+    store.put_metatile("osm", good, blobs)
+    _write_raw_index(store, M1, b"RPYI1 0 12 0002048 garbage")
+    assert store.get_index("osm", M1) is None
+    assert store.read_tile("osm", Tile(12, 2048, 1360)) is None
+    assert [i.meta for i in store.iter_indexes("osm")] == [M2]
+    assert store.mark_stale("osm", M1) is True  # only the magic is checked
+    assert "skipping" in caplog.text
+    idx, blobs = make_index(M1, picks_of((1, 64)))
+    store.put_metatile("osm", idx, blobs)
+    assert store.get_index("osm", M1) == idx
+    _write_raw_index(store, M2, b"garbage")
+    assert store.mark_stale("osm", M2) is False
+    assert store.get_index("osm", M2) is None
+    store.collect_garbage()  # the corrupt index names nothing: tile 0's blob goes
+    assert store.get_blob(content_hash(tile_bytes(0))) is None
+    assert store.delete_metatile("osm", M2) is True
+    check_store(store, collected=True)
+
+
+def _write_raw_index(store, meta: Meta, raw: bytes) -> None:
+    if store.kind == "disk":
+        path = store.index_path("osm", meta)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Path(path).write_bytes(raw)
+    else:
+        store._r.set(store.index_key("osm", meta), raw)
+
+
+def test_collect_garbage_removes_only_unreferenced_blobs(store):
+    a, blobs_a = make_index(M1, picks_of((0, 32), (1, 32)))
+    store.put_metatile("osm", a, blobs_a)
+    b, blobs_b = make_index(M1, picks_of((1, 32), (2, 32)))
+    store.put_metatile("osm", b, blobs_b)
+    if store.kind == "disk":
+        stats = store.collect_garbage()
+        assert (stats.blobs_seen, stats.blobs_deleted, stats.bytes_freed) == (3, 1, len(tile_bytes(0)))
+    else:  # the script already deleted the blob whose count fell to 0
+        assert store.collect_garbage().blobs_deleted == 0
+    assert store.collect_garbage().blobs_deleted == 0
+    check_store(store, collected=True)
+
+
+def test_open_store_gives_both_kinds(tmp_path, redis_url):
+    disk = open_store(StoreConfig("disk", str(tmp_path), "redis://x", "rpy", True))
+    assert isinstance(disk, DiskStore) and disk.fsync
+    with open_store(StoreConfig("redis", "", redis_url, "other", False)) as r:
+        assert isinstance(r, RedisStore) and r.prefix == "other"
+        r.put_metatile("osm", *make_index(M1, [0] * 64))
+        assert r._r.exists("other:idx:osm:12:256:170")
+
+
+# --- disk specifics -------------------------------------------------------
+
+def test_disk_layout_is_the_documented_one(tmp_path):
+    store = DiskStore(tmp_path, fsync=True)
+    idx, blobs = make_index(M1, picks_of((0, 64)))
+    store.put_metatile("osm", idx, blobs)
+    h = content_hash(tile_bytes(0))
+    assert (tmp_path / "tiles/osm/12/256/170.idx").read_bytes() == idx.encode()
+    assert (tmp_path / "blobs" / h[:2] / h[2:4] / h).read_bytes() == tile_bytes(0)
+    assert (tmp_path / "gc.lock").exists()
+    assert store.mark_stale("osm", M1)
+    assert (tmp_path / "tiles/osm/12/256/170.idx").read_bytes()[6:7] == b"1"
+
+
+def test_disk_skips_temporary_and_stray_files(tmp_path):
+    store = DiskStore(tmp_path)
+    store.put_metatile("osm", *make_index(M1, [0] * 64))
+    folder = tmp_path / "tiles/osm/12/256"
+    (folder / ".171.idx.abc.tmp").write_bytes(b"half")
+    (folder / "notes.txt").write_bytes(b"x")
+    assert [i.meta for i in store.iter_indexes("osm")] == [M1]
+    stray = tmp_path / "blobs/aa/bb/.x.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half")
+    store.collect_garbage()
+    assert stray.exists()  # younger than an hour
+    old = time.time() - 7200
+    os.utime(stray, (old, old))
+    os.utime(folder / ".171.idx.abc.tmp", (old, old))
+    store.collect_garbage()
+    assert not stray.exists() and not (folder / ".171.idx.abc.tmp").exists()
+    assert (folder / "notes.txt").exists()
+
+
+def test_disk_index_in_the_wrong_place_is_skipped(tmp_path, caplog):
+    store = DiskStore(tmp_path)
+    store.put_metatile("osm", *make_index(M1, [0] * 64))
+    os.makedirs(os.path.dirname(store.index_path("osm", M2)))
+    shutil.copy(store.index_path("osm", M1), store.index_path("osm", M2))
+    assert store.get_index("osm", M2) is None
+    assert [i.meta for i in store.iter_indexes("osm")] == [M1]
+    assert "holds metatile" in caplog.text
+
+
+def test_disk_errors_are_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match=r"^cannot create store directory .*file"):
+        DiskStore(tmp_path / "file" / "store")
+
+
+def test_disk_survives_sigkill_at_any_moment(tmp_path):
+    """Writers killed mid-put leave only whole indexes whose blobs all exist."""
+    target = str(tmp_path / "store")
+    rnd = random.Random(7)
+    for round_ in range(10):
+        fsync = round_ % 3 == 2
+        proc = subprocess.Popen(python_cmd(f"run_writer('disk', {target!r}, 30, {round_}, 40, {fsync})"),
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rnd.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        check_store(DiskStore(target))
+    store = DiskStore(target)
+    store.collect_garbage()
+    check_store(store)
+
+
+# --- redis specifics ------------------------------------------------------
+
+def test_redis_keys_are_the_documented_ones(redis_url):
+    with RedisStore(redis_url, prefix="t1") as store:
+        idx, blobs = make_index(M1, picks_of((0, 63), (1, 1)))
+        store.put_metatile("osm", idx, blobs)
+        h0, h1 = content_hash(tile_bytes(0)), content_hash(tile_bytes(1))
+        r = store._r
+        assert sorted(r.keys("*")) == sorted(
+            [b"t1:idx:osm:12:256:170", f"t1:blob:{h0}".encode(), f"t1:blob:{h1}".encode(),
+             f"t1:ref:{h0}".encode(), f"t1:ref:{h1}".encode()])
+        assert r.get("t1:idx:osm:12:256:170") == idx.encode()
+        assert r.get(f"t1:ref:{h0}") == b"1"
+
+
+def test_redis_reader_scripts_in_one_round_trip(redis_url):
+    """What nginx does: EVAL the documented scripts with the index key."""
+    with RedisStore(redis_url) as store:
+        idx, blobs = make_index(M1, picks_of((0, 8), (1, 55), (-1, 1)))
+        store.put_metatile("osm", idx, blobs)
+        r, key = store._r, "rpy:idx:osm:12:256:170"
+        stale, rendered, data, ext, h, blob = r.eval(TILE_SCRIPT, 1, key, "rpy", 8)
+        assert (stale, rendered, data, ext) == (0, idx.rendered, idx.data, b"png")
+        assert (h.decode(), blob) == (content_hash(tile_bytes(1)), tile_bytes(1))
+        assert r.eval(TILE_SCRIPT, 1, key, "rpy", 63)[4:] == [b"", b""]
+        assert r.eval(TILE_SCRIPT, 1, "rpy:idx:osm:12:0:0", "rpy", 0) is None
+        with pytest.raises(Exception, match="outside the index"):
+            r.eval(TILE_SCRIPT, 1, key, "rpy", 64)
+        raw, *tiles = r.eval(META_SCRIPT, 1, key, "rpy")
+        assert raw == idx.encode() and tiles == [tile_bytes(0), tile_bytes(1)]
+        assert r.eval(META_SCRIPT, 1, "rpy:idx:osm:12:0:0", "rpy") is None
+
+
+def test_redis_scripts_are_documented_verbatim():
+    text = DOCS.read_text()
+    assert TILE_SCRIPT in text and META_SCRIPT in text
+
+
+def test_redis_gc_repairs_counts_and_orphans(redis_url):
+    with RedisStore(redis_url) as store:
+        idx, blobs = make_index(M1, picks_of((0, 32), (1, 32)))
+        store.put_metatile("osm", idx, blobs)
+        r = store._r
+        h0, h1 = content_hash(tile_bytes(0)), content_hash(tile_bytes(1))
+        r.set(f"rpy:ref:{h0}", 5)
+        r.delete(f"rpy:ref:{h1}")
+        orphan = tile_bytes(9)
+        r.set(f"rpy:blob:{content_hash(orphan)}", orphan)
+        r.set(f"rpy:ref:{content_hash(tile_bytes(8))}", 3)
+        stats = store.collect_garbage()
+        assert (stats.blobs_seen, stats.blobs_deleted, stats.bytes_freed) == (3, 1, len(orphan))
+        check_store(store, collected=True)
+        assert not r.exists("rpy:gc:active", "rpy:gc:seen", "rpy:gc:count")
+
+
+def test_redis_refuses_a_second_collection(redis_url):
+    with RedisStore(redis_url) as store:
+        store._r.set("rpy:gc:active", "someone-else")
+        with pytest.raises(StoreError, match="another garbage collection is running"):
+            store.collect_garbage()
+        assert store._r.get("rpy:gc:active") == b"someone-else"
+
+
+def test_redis_unreachable_is_one_line():
+    from tests.fixtures.servers import free_port
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=1)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"^redis at 127\.0\.0\.1:\d+ is not reachable$"):
+        store.get_index("osm", M1)
+    assert time.monotonic() - started < 5
+    with pytest.raises(StoreError, match="bad redis url"):
+        RedisStore("http://nowhere")
+
+
+# --- properties -----------------------------------------------------------
+
+SLOTS = [("osm", Meta(5, 0, 0, 2)), ("osm", Meta(5, 2, 0, 2)), ("osm", Meta(5, 0, 2, 2)),
+         ("sea", Meta(5, 0, 0, 2))]
+PICK = st.integers(-1, 5)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random puts, re-puts, stale marks, deletes and collections over 4 metatiles."""
+
+    kind = "disk"
+    target = ""
+
+    def __init__(self):
+        super().__init__()
+        if self.kind == "disk":
+            self.dir = tempfile.mkdtemp(dir=self.target)
+            self.store = DiskStore(self.dir)
+        else:
+            self.store = RedisStore(self.target)
+            self.store._r.flushall()
+        self.model: dict[int, MetaIndex] = {}
+
+    @rule(slot=st.integers(0, 3), picks=st.lists(PICK, min_size=4, max_size=4))
+    def put(self, slot, picks):
+        layer, meta = SLOTS[slot]
+        idx, blobs = make_index(meta, picks)
+        self.store.put_metatile(layer, idx, blobs)
+        self.model[slot] = idx
+
+    @rule(slot=st.integers(0, 3))
+    def delete(self, slot):
+        assert self.store.delete_metatile(*SLOTS[slot]) is (slot in self.model)
+        self.model.pop(slot, None)
+
+    @rule(slot=st.integers(0, 3))
+    def stale(self, slot):
+        assert self.store.mark_stale(*SLOTS[slot]) is (slot in self.model)
+        if slot in self.model:
+            self.model[slot] = self.model[slot].with_stale()
+
+    @rule()
+    def collect(self):
+        self.store.collect_garbage()
+        check_store(self.store, collected=True)
+
+    @invariant()
+    def consistent(self):
+        check_store(self.store)
+        for slot, (layer, meta) in enumerate(SLOTS):
+            assert self.store.get_index(layer, meta) == self.model.get(slot)
+
+    def teardown(self):
+        self.store.close()
+        if self.kind == "disk":
+            shutil.rmtree(self.dir)
+
+
+def test_random_operations_keep_the_store_consistent(store_kind, tmp_path):
+    kind, target = store_kind
+    machine = type(f"{kind.title()}Machine", (StoreMachine,),
+                   {"kind": kind, "target": str(tmp_path) if kind == "disk" else target})
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=40, stateful_step_count=30, deadline=None,
+        suppress_health_check=list(HealthCheck)))
+
+
+# --- concurrency ------------------------------------------------------------
+
+def test_collection_while_writers_reuse_old_blobs(store_kind):
+    """A collector in one process, a writer reusing a small pool of tiles in
+    another: no visible index ever names a missing blob."""
+    kind, target = store_kind
+    with open_kind(kind, target) as store:
+        fill_background(store, 2000)
+    writer = subprocess.Popen(python_cmd(f"run_writer({kind!r}, {target!r}, 6, 1, 200, False, 64)"),
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    collector = subprocess.Popen(python_cmd(f"run_collector({kind!r}, {target!r}, 5)"),
+                                 stdout=subprocess.PIPE, text=True)
+    store = open_kind(kind, target)
+    checks = 0
+    while writer.poll() is None:
+        _check_frozen(store)
+        checks += 1
+        time.sleep(0.02)
+    runs, deleted = map(int, collector.communicate(timeout=30)[0].split())
+    writer.communicate(timeout=30)
+    assert writer.returncode == 0 and collector.returncode == 0
+    assert checks > 10 and runs > 3
+    if kind == "disk":  # in Redis the writer's scripts delete blobs themselves
+        assert deleted > 0
+    store.collect_garbage()
+    check_store(store, collected=True)
+    store.close()
+
+
+def _check_frozen(store) -> None:
+    """Check the invariants at one instant while others write and collect."""
+    if store.kind == "disk":
+        with store._locked(fcntl.LOCK_SH):  # holds off sweeps; writers may still publish
+            indexes = all_indexes(store)
+            missing = [h for i in indexes.values() for h in i.unique()
+                       if not os.path.exists(store.blob_path(h))]
+    else:
+        missing = store._r.eval(CHECK_SCRIPT, 0, store.prefix)
+    assert not missing, f"store inconsistent: {missing[:3]}"
+
+
+#: Atomic check of a small Redis store: hashes whose blob is missing or whose
+#: count is wrong.
+CHECK_SCRIPT = """
+local P = ARGV[1]
+local counts, bad = {}, {}
+for _, k in ipairs(redis.call('KEYS', P .. ':idx:*')) do
+  local raw = redis.call('GET', k)
+  local n = tonumber(string.sub(raw, 28, 29))
+  local seen = {}
+  for i = 0, n * n - 1 do
+    local h = string.sub(raw, 65 + i * 33, 96 + i * 33)
+    if h ~= string.rep('0', 32) and not seen[h] then
+      seen[h] = true
+      counts[h] = (counts[h] or 0) + 1
+    end
+  end
+end
+for h, c in pairs(counts) do
+  if redis.call('EXISTS', P .. ':blob:' .. h) == 0 then bad[#bad + 1] = 'missing ' .. h end
+  if tonumber(redis.call('GET', P .. ':ref:' .. h) or '0') ~= c then bad[#bad + 1] = 'count ' .. h end
+end
+return bad
+"""
+
+
+def test_empty_entries_need_no_blob(store):
+    idx = MetaIndex(M1, (EMPTY,) * 64, 1, 1)
+    assert store.put_metatile("osm", idx, {}) == 0
+    assert store.get_index("osm", M1) == idx
+    assert store.get_metatile("osm", M1) == (idx, {})

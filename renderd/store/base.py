@@ -3,11 +3,54 @@
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
+from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of
-from .index import MetaIndex
+from .index import MetaIndex, content_hash
+
+LAYER_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+HASH_RE = re.compile(r"[0-9a-f]{32}")
+
+
+class StoredTile(NamedTuple):
+    """One stored tile with its metatile's header fields (``read_tile``)."""
+
+    data: bytes | None   # None for an empty tile or a missing blob
+    digest: str | None   # None for an empty tile
+    stale: bool
+    rendered: int
+    data_time: int
+    ext: str
+
+
+def check_layer(layer: str) -> str:
+    """``layer`` if it is a valid layer name, else ``StoreError``."""
+    if not isinstance(layer, str) or not LAYER_RE.fullmatch(layer):
+        raise StoreError(f"invalid layer name {layer!r}")
+    return layer
+
+
+def check_put(index: MetaIndex, blobs: dict[str, bytes]) -> dict[str, bytes]:
+    """The blobs of ``index`` found in ``blobs``, after checking their hashes.
+
+    Every entry must be 32 lowercase hex digits; every given blob must hash
+    to its key. Blobs the index does not use are dropped.
+    """
+    for h in index.hashes:
+        if not HASH_RE.fullmatch(h):
+            raise StoreError(f"index of {index.meta} has a malformed hash {h[:40]!r}")
+    given = {}
+    for h in index.unique():
+        data = blobs.get(h)
+        if data is None:
+            continue
+        if content_hash(data) != h:
+            raise StoreError(f"blob given for {h} in {index.meta} has another content hash")
+        given[h] = data
+    return given
 
 
 @dataclass
@@ -54,6 +97,22 @@ class Store(abc.ABC):
             return None
         data = self.get_blob(digest)
         return None if data is None else (data, idx)
+
+    @abc.abstractmethod
+    def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
+        """A tile with its metatile's header fields, or None if not stored."""
+
+    @abc.abstractmethod
+    def get_metatile(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
+        """A metatile's index and the bytes of its distinct tiles."""
+
+    @abc.abstractmethod
+    def layer_usage(self, layer: str) -> tuple[int, int, int]:
+        """(indexes, distinct blobs, bytes of those blobs) of ``layer``."""
+
+    @abc.abstractmethod
+    def blob_totals(self) -> tuple[int, int]:
+        """(blobs, bytes) of the whole store; walks every blob."""
 
     @abc.abstractmethod
     def iter_indexes(self, layer: str, zoom: int | None = None) -> Iterator[MetaIndex]:

@@ -24,17 +24,15 @@ import re
 import secrets
 import time
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of
-from .base import GCStats, Store
-from .index import HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
+from .base import GCStats, Store, StoredTile, check_layer, check_put
+from .index import HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex
 
 log = logging.getLogger(__name__)
 
-LAYER_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-HASH_RE = re.compile(r"[0-9a-f]{32}")
 NUMBER_RE = re.compile(r"[0-9]{1,10}")
 #: Temporary files: ``.{final name}.{random}.tmp`` beside their final name.
 TMP_SUFFIX = ".tmp"
@@ -42,46 +40,6 @@ TMP_SUFFIX = ".tmp"
 TMP_MAX_AGE = 3600.0
 #: Blobs examined per hold of the exclusive lock during a sweep.
 SWEEP_BATCH = 1000
-
-
-# --- shared by both stores --------------------------------------------------
-
-class StoredTile(NamedTuple):
-    """One stored tile with its metatile's header fields (``read_tile``)."""
-
-    data: bytes | None   # None for an empty tile or a missing blob
-    digest: str | None   # None for an empty tile
-    stale: bool
-    rendered: int
-    data_time: int
-    ext: str
-
-
-def check_layer(layer: str) -> str:
-    """``layer`` if it is a valid layer name, else ``StoreError``."""
-    if not isinstance(layer, str) or not LAYER_RE.fullmatch(layer):
-        raise StoreError(f"invalid layer name {layer!r}")
-    return layer
-
-
-def check_put(index: MetaIndex, blobs: dict[str, bytes]) -> dict[str, bytes]:
-    """The blobs of ``index`` found in ``blobs``, after checking their hashes.
-
-    Every entry must be 32 lowercase hex digits; every given blob must hash
-    to its key. Blobs the index does not use are dropped.
-    """
-    for h in index.hashes:
-        if not HASH_RE.fullmatch(h):
-            raise StoreError(f"index of {index.meta} has a malformed hash {h[:40]!r}")
-    given = {}
-    for h in index.unique():
-        data = blobs.get(h)
-        if data is None:
-            continue
-        if content_hash(data) != h:
-            raise StoreError(f"blob given for {h} in {index.meta} has another content hash")
-        given[h] = data
-    return given
 
 
 # --- small file helpers ----------------------------------------------------

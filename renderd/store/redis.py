@@ -27,8 +27,7 @@ from redis.retry import Retry
 
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
-from .base import GCStats, Store
-from .disk import HASH_RE, StoredTile, check_layer, check_put
+from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
 from .index import MetaIndex
 
 log = logging.getLogger(__name__)

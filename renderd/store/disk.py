@@ -28,7 +28,7 @@ from typing import Iterator
 
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of
-from .base import GCStats, Store, StoredTile, check_layer, check_put
+from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
 from .index import HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex
 
 log = logging.getLogger(__name__)

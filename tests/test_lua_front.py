@@ -707,3 +707,28 @@ def test_render_over_ipc(nginx_factory, tmp_path, disk_store):
         assert len(b.renders()) == 1
     finally:
         b.close()
+
+
+def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, redis_url, broker):
+    import redis
+    ng = redis_front
+    meta = Meta(11, 800, 800, 8)
+    redis_store.put_metatile("world", *make_meta("world", meta))
+    r = redis.Redis.from_url(redis_url)
+    r.config_resetstat()
+    tiles = [(11, t.x, t.y) for t in meta_tiles(meta)]
+
+    def one(t):
+        return t, request(ng.port, tile_path(*t))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(one, tiles))
+    for t, res in results:
+        assert_tile(res, *t, res.h("x-cache"))
+        assert res.h("x-cache") in ("STORE", "HIT")
+    stats = r.info("commandstats")
+    calls = stats.get("cmdstat_evalsha", {}).get("calls", 0) + stats.get("cmdstat_eval", {}).get("calls", 0)
+    # at most one read per nginx worker (2) while the first is under way,
+    # plus a few from requests that arrive just after it ended and missed
+    assert 1 <= calls <= 8, calls
+    r.close()

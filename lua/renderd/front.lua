@@ -1,8 +1,16 @@
 -- renderd.front: the tile handler of the nginx front.
 --
--- Interface with `renderd-py nginx-conf` (renderd/nginx.py):
+-- Interface with `renderd-py nginx-conf` (renderd/nginx.py). http level:
 --
+--   lua_package_path "{lua_dir}/?.lua;/usr/share/lua/5.1/?.lua;;";
+--   lua_shared_dict rpy_tiles 64m;     # hot tiles (size to taste)
+--   lua_shared_dict rpy_locks 1m;      # render locks, outcomes, flags, log limits
+--   lua_shared_dict rpy_metrics 1m;    # counters
+--   lua_socket_log_errors off;         # else every refused connect is an [error] line
+--   resolver ...;                      # only if broker or Redis is a host name
 --   init_by_lua_block { require("renderd.front").init("/path/runtime.json") }
+--
+-- server level:
 --   location /tiles/ { content_by_lua_block { require("renderd.front").serve() } }
 --   location /_blob/ {             # disk stores only
 --       internal;
@@ -43,6 +51,10 @@
 -- nginx (ngx.exec to blob_location); the tile's headers travel in the
 -- internal redirect's query string and blob_header_filter() sets them, since
 -- ngx.ctx and the static module's own headers do not survive the redirect.
+-- If-None-Match / If-Modified-Since are answered (304) here, before the
+-- redirect. A blob gone between index read and open() comes back through
+-- @rpy_blob_missing and is read again or rendered. An index entry of 32
+-- zeros (no tile there) is a 404 "no tile" with the layer's Cache-Control.
 
 local json = require "renderd.json"
 local path = require "renderd.path"
@@ -330,7 +342,7 @@ local function from_store(t, xcache, missing)
         return ngx_exec(cfg.blob_location .. store.blob_uri(hash),
                         { l = name, h = hash, r = h.rendered, c = xcache })
     end
-    local raw, blobs, err = store.read_metatile(name, t.z, t.mx, t.my)
+    local raw, blobs, err, leader = store.read_metatile(name, t.z, t.mx, t.my)
     if not raw then
         return false, err
     end
@@ -339,9 +351,11 @@ local function from_store(t, xcache, missing)
     if not h then
         return false, "redis index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
     end
-    local evicted = cache.put_metatile(name, raw, h, blobs)
-    if evicted > 0 then
-        metrics.incr("renderd_cache_evictions_total", nil, evicted)
+    if leader then
+        local evicted = cache.put_metatile(name, raw, h, blobs)
+        if evicted > 0 then
+            metrics.incr("renderd_cache_evictions_total", nil, evicted)
+        end
     end
     if h.stale then
         xcache = "STALE"

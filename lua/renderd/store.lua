@@ -7,7 +7,7 @@
 --   local path = store.blob_uri(hash)                      -- "ab/cd/<hash>"
 --   local blobs = store.read_blobs(list)                   -- {hash = bytes} (disk, for the hot cache)
 --   -- redis: index and every distinct blob in one round trip (META_SCRIPT)
---   local raw, blobs, err = store.read_metatile(layer, z, mx, my)
+--   local raw, blobs, err, leader = store.read_metatile(layer, z, mx, my)
 --
 -- Disk layout: {path}/tiles/{layer}/{z}/{mx}/{my}.idx and
 -- {path}/blobs/{h[0:2]}/{h[2:4]}/{h}. Redis keys: {prefix}:idx:{layer}:{z}:{mx}:{my},
@@ -17,6 +17,7 @@
 
 local redis = require "nginx.redis"
 local index = require "renderd.index"
+local semaphore = require "ngx.semaphore"
 
 local io_open = io.open
 local sub = string.sub
@@ -29,6 +30,7 @@ local error = error
 local tostring = tostring
 local tonumber = tonumber
 local null = ngx.null
+local pcall = pcall
 local sha1_bin = ngx.sha1_bin
 
 local _M = { _VERSION = "0.1.0" }
@@ -184,9 +186,7 @@ local function connect()
     return red
 end
 
---- Redis: raw index and {hash = bytes} of its distinct blobs in one round
--- trip; nil, nil if the metatile is not stored; nil, nil, err on failure.
-function _M.read_metatile(layer, z, mx, my)
+local function read_metatile(layer, z, mx, my)
     local red, err = connect()
     if not red then
         return nil, nil, err
@@ -224,4 +224,37 @@ function _M.read_metatile(layer, z, mx, my)
     return raw, blobs
 end
 
+local reading = {}   -- per worker: metatile key -> { sema, waiting, result }
+
+--- Redis: raw index and {hash = bytes} of its distinct blobs in one round
+-- trip; nil, nil if the metatile is not stored; nil, nil, err on failure.
+-- Concurrent reads of one metatile in a worker share one round trip; the
+-- fourth value is true only for the request that made it (the one that
+-- should fill the hot cache).
+function _M.read_metatile(layer, z, mx, my)
+    local key = layer .. "/" .. z .. "/" .. mx .. "/" .. my
+    local e = reading[key]
+    if e then
+        e.waiting = e.waiting + 1
+        local ok = e.sema:wait(2 * cfg.timeout_ms / 1000 + 0.5)
+        if not ok or not e.done then
+            return nil, nil, "redis: timeout waiting for a concurrent read"
+        end
+        return e.raw, e.blobs, e.err, false
+    end
+    e = { sema = semaphore.new(), waiting = 0 }
+    reading[key] = e
+    local ok, raw, blobs, err = pcall(read_metatile, layer, z, mx, my)
+    if not ok then
+        raw, blobs, err = nil, nil, "redis read raised: " .. tostring(raw)
+    end
+    e.raw, e.blobs, e.err, e.done = raw, blobs, err, true
+    reading[key] = nil
+    if e.waiting > 0 then
+        e.sema:post(e.waiting)
+    end
+    return raw, blobs, err, true
+end
+
 return _M
+

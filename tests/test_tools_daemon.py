@@ -271,3 +271,57 @@ def test_seed_modes_stale_older_than_and_failure_threshold(renderd_daemon, tmp_p
     r = subprocess.run(RENDERD + cmd + ["--max-failures", str(s["failed"] - 1)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1
+
+
+def test_seed_stops_cleanly_when_the_daemon_shuts_down_and_continues_later(renderd_daemon):
+    d = renderd_daemon()
+    bbox = "5,45,45,70"
+    args = ["--layer", "shapes", "--zoom", "0-9", "--bbox", bbox, "--json"]
+    proc = d.spawn("seed", *args, "--concurrency", "2")
+    deadline = time.monotonic() + 60
+    while d.rendered() < 10:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    d.stop()  # SIGTERM: the broker answers "shutting down" to what it has not started
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("renderd-py: error: the daemon at tcp://127.0.0.1:")
+    assert last.endswith("is shutting down; run the same command again when it is back")
+    first = summary_of(out)
+    assert first["failed"] == 0 and first["rendered"] >= 10 and first["remaining"] > 0
+    assert first["daemon_gone"].endswith("is shutting down")
+    # a new daemon on the same store: the seed continues, nothing is rendered twice
+    d2 = renderd_daemon()
+    r = d2.run("seed", *args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    second = summary_of(r.stdout)
+    assert second["skipped"] == first["rendered"] and second["failed"] == 0
+    assert first["rendered"] + second["rendered"] == first["metatiles"] == 115
+    assert d2.rendered() == second["rendered"]
+
+
+def test_window_gives_up_on_a_broker_that_stopped_answering():
+    """A real ROUTER that takes requests and never answers (a hung or
+    vanished daemon): the window PINGs it after its liveness and gives up."""
+    import zmq
+    from renderd.client import Client
+    from renderd.tilemath import Meta
+    from renderd.tools.seed import Window
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    failed = []
+    try:
+        with Client(f"tcp://127.0.0.1:{port}") as c:
+            w = Window(c, "x", p.BULK, 4, 1.0, lambda m, r: None, lambda m, why: failed.append(m))
+            t0 = time.monotonic()
+            for i in range(3):
+                assert w.submit(Meta(5, 8 * i, 0, 8))
+            assert w.drain(30)
+            assert time.monotonic() - t0 < 5
+        assert w.gone and "stopped answering" in w.gone and failed == []
+        assert not w.submit(Meta(5, 0, 8, 8))
+    finally:
+        router.close(0)

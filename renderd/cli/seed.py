@@ -86,6 +86,9 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
     else:
         for line in summary.lines():
             click.echo(line)
+    if summary.gone:
+        from ..errors import DaemonError
+        raise DaemonError(f"{summary.gone}; run the same command again when it is back")
     if summary.over_threshold(max_failures):
         from ..errors import RenderdError
         raise RenderdError(f"{summary.failed} metatiles failed (more than --max-failures {max_failures})")

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 from .. import protocol as p
 from ..client import Client
-from ..errors import UsageError
+from ..errors import DaemonError, UsageError
 from ..store.base import Store
 from ..tilemath import Meta, Tile, metatile_of, metatile_size, valid_tile
 from .seed import StopFlag, Window, connect
@@ -217,11 +217,14 @@ def expire(store: Store, layer: str, stream: Iterable[str], zooms: tuple[int, in
                 if not window.submit(m):
                     break
         if window is not None:
-            while len(window) and not (stop is not None and stop.is_set()):
+            while window.outstanding() and not (stop is not None and stop.is_set()):
                 window.poll(0.2)
-            if len(window):
+            if window.outstanding():
                 window.drain(5.0)
             window.abandon()
+            if window.gone:
+                raise DaemonError(f"{window.gone}; {s.rendered} of {s.metatiles} re-renders done "
+                                  "(the rest are marked stale)")
     finally:
         if client is not None:
             client.close()

@@ -38,7 +38,7 @@ from pmtiles.writer import Writer
 from .. import protocol as p
 from ..client import Client
 from ..config import LayerConfig
-from ..errors import RenderdError, StoreError, UsageError
+from ..errors import DaemonError, RenderdError, StoreError, UsageError
 from ..store.base import Store
 from ..store.index import EMPTY
 from ..tilemath import Meta, index_tile
@@ -244,9 +244,11 @@ def _render_missing(store: Store, endpoint: str | Callable[[], Client], layer: s
         for m in missing:
             if not win.submit(m):
                 break
-        while len(win) and not (stop is not None and stop.is_set()):
+        while win.outstanding() and not (stop is not None and stop.is_set()):
             win.poll(0.2)
         win.abandon()
+        if win.gone:
+            raise DaemonError(f"{win.gone} while rendering missing metatiles")
     finally:
         client.close()
     if stop is not None and stop.is_set():

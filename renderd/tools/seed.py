@@ -32,6 +32,8 @@ from .area import Area
 from .progress import Progress
 
 MODES = ("missing", "force", "older")
+#: the broker's FAIL reason while it stops (renderd/broker.py)
+SHUTTING_DOWN = b"shutting down"
 
 
 class StopFlag(Protocol):
@@ -83,9 +85,18 @@ class Window:
         self.retry: deque[tuple[float, _Pending]] = deque()
         self.busy_answers = 0
         self.sent = 0
+        #: with requests in flight and no answer for this long, PING the broker
+        self.liveness = min(30.0, timeout)
+        self._heard = clock()
+        #: why the daemon cannot be used any more (shutting down, not answering)
+        self.gone: str | None = None
 
     def __len__(self) -> int:
         return len(self.in_flight) + len(self.retry)
+
+    def outstanding(self) -> int:
+        """Requests still to be answered (BUSY retries count until the daemon is gone)."""
+        return len(self.in_flight) + (0 if self.gone else len(self.retry))
 
     def _send(self, pend: _Pending) -> None:
         req = p.RenderRequest(self.client.next_id(), self.layer, Tile(pend.meta.z, pend.meta.x0, pend.meta.y0),
@@ -96,12 +107,12 @@ class Window:
         self.sent += 1
 
     def submit(self, meta: Meta, extra_flags: Iterable[str] = ()) -> bool:
-        """Queue ``meta``; False if stopped before it could be sent."""
+        """Queue ``meta``; False if stopped (or the daemon went) before it could be sent."""
         while len(self) >= self.size:
-            if self.stop.is_set():
+            if self.stop.is_set() or self.gone:
                 return False
             self.poll(0.2)
-        if self.stop.is_set():
+        if self.stop.is_set() or self.gone:
             return False
         self._send(_Pending(meta, self.flags | frozenset(extra_flags), 0.0))
         return True
@@ -116,9 +127,14 @@ class Window:
             wait = min(wait, max(0.0, self.retry[0][0] - now))
         reply = self.client.recv(wait) if self.in_flight else (time.sleep(wait) if wait > 0 else None)
         while reply is not None:
+            self._heard = self.clock()
             self._handle(reply)
             reply = self.client.recv(0)
         now = self.clock()
+        if not self.in_flight:
+            self._heard = now
+        elif now - self._heard > self.liveness:
+            self._check_broker()
         late = [rid for rid, pend in self.in_flight.items() if pend.deadline < now]
         for rid in late:
             pend = self.in_flight.pop(rid)
@@ -126,12 +142,29 @@ class Window:
         if self.tick is not None:
             self.tick()
 
+    def _check_broker(self) -> None:
+        """Long silence: a PING on a socket of its own (this one's replies
+        must not be consumed) tells a slow render from a daemon gone. When
+        it is gone, what is in flight is given up (not failed)."""
+        probe = Client(self.client.endpoint)
+        try:
+            alive = probe.ping(min(5.0, max(1.0, self.liveness)))
+        finally:
+            probe.close()
+        self._heard = self.clock()
+        if not alive:
+            self.gone = f"the daemon at {self.client.endpoint} stopped answering"
+            self.abandon()
+
     def _handle(self, reply: p.Reply) -> None:
         pend = self.in_flight.pop(reply.rid, None)
         if pend is None:
             return  # an answer to a request already given up on
         if reply.status == p.OK:
             self.on_ok(pend.meta, reply)
+        elif reply.status == p.FAIL and reply.info == SHUTTING_DOWN:
+            # not the metatile's fault: it is left for the next run
+            self.gone = f"the daemon at {self.client.endpoint} is shutting down"
         elif reply.status == p.BUSY:
             self.busy_answers += 1
             pend.busy += 1
@@ -144,7 +177,7 @@ class Window:
     def drain(self, limit: float | None = None) -> bool:
         """Wait for every request; True if none is left (False after ``limit`` s)."""
         end = None if limit is None else self.clock() + limit
-        while len(self):
+        while self.outstanding():
             if end is not None and self.clock() >= end:
                 return False
             self.poll(0.2 if end is None else max(0.0, min(0.2, end - self.clock())))
@@ -238,6 +271,7 @@ class SeedSummary:
     seconds: float = 0.0
     busy_answers: int = 0
     interrupted: bool = False
+    gone: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -257,7 +291,7 @@ class SeedSummary:
         return attempted > 0 and self.failed / attempted > (frac or 0.0)
 
     def lines(self) -> list[str]:
-        state = "interrupted" if self.interrupted else "done"
+        state = "interrupted" if self.interrupted else "stopped" if self.gone else "done"
         out = [
             f"seed {state}: layer {self.layer}, zooms {self.zooms[0]}-{self.zooms[1]}, "
             f"{self.metatiles} metatiles planned",
@@ -270,6 +304,8 @@ class SeedSummary:
         ]
         if self.busy_answers:
             out.append(f"  broker busy {self.busy_answers} times (requests retried)")
+        if self.gone:
+            out.append(f"  stopped: {self.gone}")
         for meta, reason in self.failures:
             out.append(f"  failed {meta}: {reason}")
         return out
@@ -282,7 +318,7 @@ class SeedSummary:
             "tiles_skipped": self.tiles_skipped, "tiles_failed": self.tiles_failed,
             "unique_tiles": self.unique_tiles, "bytes": self.bytes,
             "seconds": round(self.seconds, 3), "rate": round(self.rate, 3),
-            "interrupted": self.interrupted,
+            "interrupted": self.interrupted, "daemon_gone": self.gone,
         }
 
 
@@ -364,19 +400,16 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
             if not window.submit(m, flags):
                 break
         if window is not None:
-            if stop.is_set():
-                if progress is not None and len(window):
-                    progress.note(f"stopping: waiting up to {opts.grace:g}s for {len(window)} "
+            while window.outstanding() and not stop.is_set():
+                window.poll(0.2)
+            if window.outstanding():  # stopped: a grace period for what is in flight, then go
+                if progress is not None:
+                    progress.note(f"stopping: waiting up to {opts.grace:g}s for {window.outstanding()} "
                                   "renders in flight (Ctrl-C again to quit now)")
                 window.drain(opts.grace)
-            else:
-                # a stop during the drain gives the rest a grace period, then goes
-                while len(window) and not stop.is_set():
-                    window.poll(0.2)
-                if len(window):
-                    window.drain(opts.grace)
             s.not_done = len(window.abandon())
             s.busy_answers = window.busy_answers
+            s.gone = window.gone
     finally:
         s.interrupted = stop.is_set()
         s.seconds = time.monotonic() - started

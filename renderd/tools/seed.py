@@ -120,7 +120,7 @@ class Window:
     def poll(self, wait: float) -> None:
         """Handle replies for up to ``wait`` seconds, resend BUSY ones, expire late ones."""
         now = self.clock()
-        while self.retry and self.retry[0][0] <= now:
+        while self.retry and self.retry[0][0] <= now and not self.gone:
             _, pend = self.retry.popleft()
             self._send(pend)
         if self.retry:

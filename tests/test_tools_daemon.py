@@ -325,3 +325,13 @@ def test_window_gives_up_on_a_broker_that_stopped_answering():
         assert not w.submit(Meta(5, 0, 8, 8))
     finally:
         router.close(0)
+
+
+def test_seed_retries_busy_answers_when_the_bulk_queue_is_full(renderd_daemon):
+    d = renderd_daemon(queue_size=2)
+    r = d.run("seed", "--layer", "shapes", "--zoom", "0-7", "--bbox", "5,45,45,70", "--concurrency", "12",
+              "--json")
+    assert r.returncode == 0, r.stderr
+    s = summary_of(r.stdout)
+    assert s["rendered"] == s["metatiles"] == d.rendered() and s["failed"] == 0
+    assert s["busy_answers"] > 0 and d.status()["counters"]["busy"] == s["busy_answers"]

@@ -318,7 +318,7 @@ class SeedSummary:
             "tiles_skipped": self.tiles_skipped, "tiles_failed": self.tiles_failed,
             "unique_tiles": self.unique_tiles, "bytes": self.bytes,
             "seconds": round(self.seconds, 3), "rate": round(self.rate, 3),
-            "interrupted": self.interrupted, "daemon_gone": self.gone,
+            "busy_answers": self.busy_answers, "interrupted": self.interrupted, "daemon_gone": self.gone,
         }
 
 

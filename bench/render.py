@@ -4,164 +4,28 @@
 (a) the limit: 2 plain processes calling Mapnik directly, each metatile
     drawn once and every one of its tiles encoded into memory;
 (b) ``renderd-py serve`` with 2 workers, the same metatiles asked for over
-    ZeroMQ, written to the disk store, then (c) to a Redis store.
+    ZeroMQ, written to the disk store, then to a Redis store.
 
-Prints metatiles/s for each, the ratios (b)/(a) and (c)/(a), and the PNG
-encodes that deduplication saved. The metatiles: the sample world style at
-zooms 2-6 and, unless --no-osm, the Helsinki extract in a throwaway PostGIS
-at zooms 14-18. Usage: .venv/bin/python bench/render.py [--repeat N]
+Prints metatiles/s for each, the ratios to (a), and the PNG encodes that
+deduplication saved. The metatiles: the sample world style at zooms 2-6
+and, unless --no-osm, the Helsinki extract in a throwaway PostGIS at zooms
+14-18. Usage: .venv/bin/python bench/render.py [--repeat N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
-import signal
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import (WORLD_LAYER, RedisServer, free_port, helsinki, osm_layer,  # noqa: E402
+                    osm_metatiles, run_daemon, run_plain, world_metatiles, write_config)
 from renderd import config as _config  # noqa: E402
-from renderd import protocol as p  # noqa: E402
-from renderd.client import Client  # noqa: E402
-from renderd.tilemath import Meta, meta_at, meta_merc_bounds, metatile_size  # noqa: E402
-from tests.fixtures.servers import PostgisServer, RedisServer, free_port  # noqa: E402
-
-WORLD_ZOOMS = {2: None, 3: None, 4: None, 5: None, 6: 16}  # None: every metatile
-
-
-def world_metatiles() -> list[Meta]:
-    out = []
-    for z, limit in WORLD_ZOOMS.items():
-        n = metatile_size(z)
-        side = (1 << z) // n
-        metas = [meta_at(z, mx, my) for my in range(side) for mx in range(side)]
-        out += metas[:limit] if limit else metas
-    return out
-
-
-def osm_metatiles(pg: PostgisServer, zooms=range(14, 19), limit: int = 40) -> list[Meta]:
-    """Metatiles over the imported data's extent."""
-    import psycopg2
-    from renderd.tilemath import MERC_HALF
-    with psycopg2.connect(pg.params["dsn"]) as conn, conn.cursor() as cur:
-        cur.execute("select ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) from "
-                    "(select ST_Extent(way) e from planet_osm_line) s")
-        minx, miny, maxx, maxy = cur.fetchone()
-    out = []
-    for z in zooms:
-        n = metatile_size(z)
-        world = 2 * MERC_HALF
-        span = world / (1 << z) * n
-        mx0, mx1 = int((minx + MERC_HALF) // span), int((maxx + MERC_HALF) // span)
-        my0, my1 = int((MERC_HALF - maxy) // span), int((MERC_HALF - miny) // span)
-        out += [meta_at(z, mx, my) for mx in range(mx0, mx1 + 1) for my in range(my0, my1 + 1)]
-    return out[:limit]
-
-
-# --- (a) the limit: plain processes calling Mapnik --------------------------
-
-_maps: dict = {}
-
-
-def _load(layers: list) -> int:
-    import mapnik
-    from renderd.render.mapnik_renderer import expand_style, style_params
-    for layer in layers:
-        m = mapnik.Map(256, 256)
-        text = Path(layer.style).read_text()
-        mapnik.load_map_from_string(m, expand_style(text, style_params(layer), layer.style), False,
-                                    str(Path(layer.style).parent) + "/")
-        m.buffer_size = layer.buffer
-        _maps[layer.name] = (m, layer.format)
-    return os.getpid()
-
-
-def _plain_render(job: tuple[str, Meta]) -> int:
-    import mapnik
-    name, meta = job
-    m, fmt = _maps[name]
-    size = meta.n * 256
-    m.resize(size, size)
-    m.zoom_to_box(mapnik.Box2d(*meta_merc_bounds(meta)))
-    im = mapnik.Image(size, size)
-    mapnik.render(m, im)
-    total = 0
-    for dx in range(meta.n):
-        for dy in range(meta.n):
-            total += len(im.view(dx * 256, dy * 256, 256, 256).to_string(fmt))
-    return total
-
-
-def run_plain(layers: list, jobs: list[tuple[str, Meta]], procs: int = 2) -> float:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        pool.map(_load, [layers] * procs, chunksize=1)
-        t0 = time.perf_counter()
-        pool.map(_plain_render, jobs, chunksize=1)
-        return time.perf_counter() - t0
-
-
-# --- (b) through the daemon ---------------------------------------------------
-
-def write_config(tmp: Path, layers_toml: str, store_toml: str, endpoint: str) -> Path:
-    cfg = tmp / "bench.toml"
-    cfg.write_text(f"""
-[daemon]
-broker = "{endpoint}"
-workers = 2
-reserved = 0
-queue_size = 100000
-recent_seconds = 0.0
-log_level = "warning"
-[store]
-{store_toml}
-{layers_toml}
-""")
-    return cfg
-
-
-def run_daemon(cfg: Path, endpoint: str, jobs: list[tuple[str, Meta]]) -> tuple[float, dict]:
-    proc = subprocess.Popen([sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg)],
-                            stdin=subprocess.DEVNULL)
-    try:
-        with Client(endpoint) as c:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if c.status(timeout=1)["workers"]["total"] >= 2:
-                        break
-                except Exception:
-                    time.sleep(0.2)
-            t0 = time.perf_counter()
-            for name, meta in jobs:
-                c.send(p.RenderRequest(b"", name, _tile(meta), p.BULK, 600_000, frozenset({"nodata"})))
-            failed = 0
-            for _ in jobs:
-                r = c.recv(600)
-                if r is None:
-                    raise SystemExit("bench: the daemon stopped answering")
-                failed += not r.ok
-            elapsed = time.perf_counter() - t0
-            st = c.status()
-        if failed:
-            print(f"  warning: {failed} metatiles failed", file=sys.stderr)
-        return elapsed, st
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-
-
-def _tile(meta: Meta):
-    from renderd.tilemath import Tile
-    return Tile(meta.z, meta.x0, meta.y0)
 
 
 def main() -> None:
@@ -171,29 +35,13 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="renderd-bench-"))
-    layers_toml = f"""
-[[layer]]
-name = "world"
-style = "{ROOT / 'styles/world.xml'}"
-maxzoom = 12
-format = "png256"
-"""
+    layers_toml = WORLD_LAYER
     pg = redis = None
     try:
         jobs = [("world", m) for m in world_metatiles()]
         if not args.no_osm:
-            pg = PostgisServer().start()
-            pg.import_osm(ROOT / "data/osm/Helsinki.osm.pbf")
-            prm = pg.params
-            layers_toml += f"""
-[[layer]]
-name = "osm"
-style = "{ROOT / 'styles/osm.xml'}"
-minzoom = 10
-maxzoom = 19
-format = "png256"
-params = {{ host = "{prm['host']}", port = "{prm['port']}", user = "{prm['user']}", dbname = "{prm['dbname']}", password = "" }}
-"""
+            pg = helsinki()
+            layers_toml += osm_layer(pg)
             jobs += [("osm", m) for m in osm_metatiles(pg)]
         jobs = jobs * args.repeat
         cfg_plain = write_config(tmp, layers_toml, f'kind = "disk"\npath = "{tmp}/unused"', "tcp://127.0.0.1:1")
@@ -232,6 +80,7 @@ params = {{ host = "{prm['host']}", port = "{prm['port']}", user = "{prm['user']
             redis.stop()
         if pg:
             pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

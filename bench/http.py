@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""HTTP benchmark of the nginx + Lua front, with wrk on loopback.
+
+    .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--connections 32]
+                                   [--threads 1] [--nginx-workers 1] [--json FILE]
+
+Starts its own redis-server, daemon (``renderd-py serve``) and nginx (the
+configuration ``renderd-py nginx-conf`` writes, plus one static location)
+under a temp dir on loopback random ports, and measures in one run:
+
+1. hot tiles: shared-dict hits (``X-Cache: HIT``) against the same tile
+   bytes served by the same nginx as static files from disk (with the
+   ``open_file_cache`` the blob location has: the strongest static baseline);
+   goals: requests/s ratio >= 0.9, p99 latency within 1.2x;
+2. store hits with the shared dict cold: the Redis store (``X-Cache:
+   STORE``; the runtime JSON's ``hot_ttl`` is set to 1 ms so that no dict
+   entry is ever fresh: every request reads its metatile from Redis and puts
+   it into the dict again: the worst case, a metatile's first request) against
+   the same static files; goal >= 0.5. The disk store is measured the same way;
+3. cold tiles: for metatiles never rendered, the end-to-end latency of one
+   request (``X-Cache: RENDER``) minus the in-process render time of the same
+   metatile (``renderer.render(meta)``: draw, split, hash, encode, in this
+   process after the same warm-up, fastest of three runs); goal: median
+   overhead under 15 ms. Also shown: the end-to-end latency minus the
+   draw + encode time the worker itself measured for that very job
+   (the daemon's STATUS), which is free of the noise between two processes.
+
+wrk and the servers share the machine: runs are alternated (tiles, static,
+tiles, static...) and each figure is the median of the rounds. Not a test:
+it asserts nothing, it prints a Markdown table (and JSON with --json).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# this file is named http.py: keep its folder off the path so that the
+# standard library's http package (urllib) is the one imported
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from renderd import config as _config  # noqa: E402
+from renderd import nginx  # noqa: E402
+from renderd.tilemath import Meta  # noqa: E402
+
+STYLE = ROOT / "styles" / "world.xml"
+HOT_ZOOM = 6
+#: tiles taken from each of the 64 metatiles of HOT_ZOOM (the whole world)
+TILES_PER_META = 4
+COLD_ZOOM = 7
+COLD_COUNT = 15
+
+WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: {proc.args[0]} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: port {port} did not open")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def get(url: str) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(text: str) -> dict:
+    out: dict = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    out["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        out[f"p{pct}_ms"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    out["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", text)
+    out["socket_errors"] = m.group(1).strip() if m else ""
+    return out
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="rpy-bench-"))
+        self.procs: list[subprocess.Popen] = []
+        self.nginx_proc: subprocess.Popen | None = None
+        self.redis_port = free_port()
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.static = self.tmp / "static"
+        self.wrk_script = self.tmp / "rotate.lua"
+        self.wrk_script.write_text(WRK_SCRIPT)
+
+    # --- the servers ---------------------------------------------------------
+    def config(self, store: str, workers: int = 2) -> _config.Config:
+        """``store``: redis, disk or cold (an empty Redis database of its own)."""
+        if store == "redis":
+            store_toml = f'kind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/0"\nprefix = "b"'
+        elif store == "cold":
+            store_toml = f'kind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/1"\nprefix = "c"'
+        else:
+            store_toml = f'kind = "disk"\npath = "{self.tmp / store}"'
+
+        text = f"""
+[daemon]
+broker = "ipc://{self.tmp / store}-broker.sock"
+workers = {workers}
+[store]
+{store_toml}
+[http]
+listen = "127.0.0.1:{self.port}"
+metrics = "127.0.0.1:{self.metrics_port}"
+workers = {self.args.nginx_workers}
+cache_size = "256m"
+timeout = 60
+prefix = "{self.tmp / ('nginx-' + store)}"
+[[layer]]
+name = "world"
+style = "{STYLE}"
+maxzoom = 10
+"""
+        path = self.tmp / f"{store}.toml"
+        path.write_text(text)
+        return _config.load(path, env={})
+
+    def start_redis(self) -> None:
+        proc = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        wait_port(self.redis_port, proc)
+
+    def start_daemon(self, cfg: _config.Config) -> subprocess.Popen:
+        from renderd.client import Client
+        log = open(self.tmp / f"daemon-{cfg.store.kind}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg.path)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        with Client(nginx.broker_address(cfg.daemon.broker), timeout=1.0) as c:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise SystemExit(f"bench: the daemon exited; see {log.name}")
+                if c.ping(0.5) and c.status(1.0)["workers"]["total"] >= cfg.daemon.workers:
+                    return proc
+                time.sleep(0.2)
+        raise SystemExit("bench: the daemon did not become ready")
+
+    def start_nginx(self, cfg: _config.Config, hot_ttl: float | None = None) -> None:
+        stop(self.nginx_proc)
+        static = f"""
+# bench only: the same tile bytes as static files
+location /static/ {{
+    alias {self.static}/;
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid 60s;
+}}
+"""
+        prefix = Path(cfg.http.prefix)
+        conf = nginx.write_conf(cfg, prefix, extra_locations=static)
+        if hot_ttl is not None:
+            rt_path = prefix / nginx.RUNTIME_JSON
+            rt = json.loads(rt_path.read_text())
+            rt["hot_ttl"] = hot_ttl
+            rt_path.write_text(json.dumps(rt))
+        self.nginx_proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.nginx_proc)
+
+    def close(self) -> None:
+        stop(self.nginx_proc)
+        for p in reversed(self.procs):
+            stop(p)
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- measuring -------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def hot_paths(self) -> list[str]:
+        """TILES_PER_META tiles of every metatile of HOT_ZOOM, interleaved so that
+        two requests in a row never share a metatile (for the dict-cold runs,
+        a metatile comes back only every 64 requests, well after hot_ttl)."""
+        n = 2 ** HOT_ZOOM // 8
+        offsets = [(1, 2), (5, 3), (2, 6), (6, 5), (3, 3), (4, 7), (0, 4), (7, 0)][:TILES_PER_META]
+        return [f"{HOT_ZOOM}/{8 * mx + dx}/{8 * my + dy}"
+                for dx, dy in offsets for mx in range(n) for my in range(n)]
+
+    def prepare(self) -> list[str]:
+        """Render the hot metatiles through nginx; copy their tiles as static files."""
+        for zxy in self.hot_paths():
+            status, headers, body = get(f"{self.base}/tiles/world/{zxy}.png")
+            if status != 200:
+                raise SystemExit(f"bench: /tiles/world/{zxy}.png answered {status}")
+            f = self.static / "world" / f"{zxy}.png"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(body)
+        return self.hot_paths()
+
+    def xcache_of(self, zxys: list[str]) -> set[str]:
+        return {get(f"{self.base}/tiles/world/{zxy}.png")[1].get("x-cache", "?") for zxy in zxys[:16]}
+
+    def xcache_counts(self) -> dict[str, float]:
+        _, _, body = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        out: dict[str, float] = {}
+        for m in re.finditer(r'^renderd_http_requests_total\{cache="(\w+)",status="200"\} (\S+)$',
+                             body.decode(), re.M):
+            out[m.group(1)] = float(m.group(2))
+        return out
+
+    def wrk(self, paths: list[str]) -> dict:
+        listing = self.tmp / "paths.txt"
+        listing.write_text("\n".join(paths) + "\n")
+        a = self.args
+        r = subprocess.run(["wrk", "-t", str(a.threads), "-c", str(a.connections), "-d", f"{a.duration}s",
+                            "--latency", "-s", str(self.wrk_script), self.base],
+                           capture_output=True, text=True, env={**os.environ, "BENCH_PATHS": str(listing)},
+                           timeout=a.duration + 60)
+        if r.returncode != 0:
+            raise SystemExit(f"bench: wrk failed: {r.stderr.strip()}")
+        return parse_wrk(r.stdout)
+
+    def compare(self, zxys: list[str]) -> dict:
+        tiles = [f"/tiles/world/{z}.png" for z in zxys]
+        static = [f"/static/world/{z}.png" for z in zxys]
+        runs: dict[str, list[dict]] = {"tiles": [], "static": []}
+        self.wrk(tiles[:8])   # warm-up: connections, page cache, Lua code
+        self.wrk(static[:8])
+        mix: dict[str, float] = {}
+        for _ in range(self.args.rounds):
+            before = self.xcache_counts()
+            runs["tiles"].append(self.wrk(tiles))
+            after = self.xcache_counts()
+            for k, v in after.items():
+                mix[k] = mix.get(k, 0) + v - before.get(k, 0)
+            runs["static"].append(self.wrk(static))
+        out = {}
+        for kind, rs in runs.items():
+            out[kind] = {k: statistics.median([r[k] for r in rs if r[k] is not None])
+                         for k in ("rps", "p50_ms", "p99_ms")}
+            out[kind]["non2xx"] = sum(r["non2xx"] for r in rs)
+        total = sum(mix.values()) or 1
+        out["xcache_share"] = {k: round(v / total, 4) for k, v in sorted(mix.items()) if v}
+        out["rps_ratio"] = out["tiles"]["rps"] / out["static"]["rps"]
+        out["p99_ratio"] = out["tiles"]["p99_ms"] / out["static"]["p99_ms"]
+        return out
+
+    def cold(self) -> dict:
+        """End-to-end latency of a cold tile minus the in-process render of its metatile.
+
+        A daemon with one worker on an empty Redis store renders a warm-up
+        sequence, then each metatile of the list once, on request through
+        nginx. This process then renders the same sequence with a renderer of
+        its own (its own encode memo, so it has seen the same tiles as the
+        worker), timing the same metatiles. A first unmeasured pass puts the
+        data files in the page cache for both."""
+        from renderd.client import Client
+        from renderd.render.mapnik_renderer import MapnikRenderer
+        from renderd.render.tiles import EncodeMemo
+        cfg = self.config("cold", workers=1)
+        n = 2 ** COLD_ZOOM // 8
+        warmup = [Meta(COLD_ZOOM, 8 * i, 0, 8) for i in range(4)]
+        # metatiles across the map's middle rows (land and sea)
+        metas = [Meta(COLD_ZOOM, 8 * (i % n), 8 * (5 + (i // n) % 4), 8)
+                 for i in range(0, COLD_COUNT * 3, 3)][:COLD_COUNT]
+        layer = cfg.layer("world")
+        with MapnikRenderer(layer, memo=None) as r:      # page cache
+            for m in warmup + metas:
+                r.render(m)
+        self.start_daemon(cfg)
+        self.start_nginx(cfg)
+        for m in warmup:
+            get(f"{self.base}/tiles/world/{m.z}/{m.x0}/{m.y0}.png")
+        status_client = Client(nginx.broker_address(cfg.daemon.broker), timeout=5.0)
+
+        def work_seconds() -> float:
+            w = status_client.status(5.0).get("work", {})
+            return float(w.get("draw_seconds", 0)) + float(w.get("encode_seconds", 0))
+
+        e2e, worker = [], []
+        try:
+            for m in metas:
+                url = f"{self.base}/tiles/world/{m.z}/{m.x0 + 3}/{m.y0 + 3}.png"
+                w0 = work_seconds()
+                t0 = time.perf_counter()
+                status, headers, _ = get(url)
+                e2e.append(time.perf_counter() - t0)
+                if status != 200 or headers.get("x-cache") != "RENDER":
+                    raise SystemExit(f"bench: cold {url} answered {status} {headers.get('x-cache')}")
+                time.sleep(0.05)
+                worker.append(work_seconds() - w0)
+        finally:
+            status_client.close()
+        # the same sequence three times, each with a fresh memo; per metatile the fastest
+        reps: list[list[float]] = []
+        for _ in range(3):
+            times = []
+            with MapnikRenderer(layer, memo=EncodeMemo()) as r:
+                for m in warmup:
+                    r.render(m)
+                for m in metas:
+                    t0 = time.perf_counter()
+                    r.render(m)
+                    times.append(time.perf_counter() - t0)
+            reps.append(times)
+        inproc = [min(ts) for ts in zip(*reps)]
+        over = [(a - b) * 1000 for a, b in zip(e2e, inproc)]
+        over_worker = [(a - b) * 1000 for a, b in zip(e2e, worker)]
+        return {"metatiles": len(metas), "zoom": COLD_ZOOM,
+                "e2e_median_ms": statistics.median(e2e) * 1000,
+                "render_median_ms": statistics.median(inproc) * 1000,
+                "overhead_median_ms": statistics.median(over),
+                "overhead_p90_ms": sorted(over)[int(0.9 * (len(over) - 1))],
+                "worker_render_median_ms": statistics.median(worker) * 1000,
+                "overhead_vs_worker_median_ms": statistics.median(over_worker),
+                "e2e_ms": [round(x * 1000, 1) for x in e2e],
+                "render_ms": [round(x * 1000, 1) for x in inproc],
+                "worker_ms": [round(x * 1000, 1) for x in worker],
+                "overhead_ms": [round(o, 1) for o in over]}
+
+    def run(self) -> dict:
+        results: dict = {"setup": {
+            "nginx_workers": self.args.nginx_workers, "wrk_threads": self.args.threads,
+            "connections": self.args.connections, "duration_s": self.args.duration,
+            "rounds": self.args.rounds, "cpus": os.cpu_count(),
+            "hot_tiles": len(self.hot_paths()),
+            "tile_bytes_mean": None}}
+        self.start_redis()
+        cfg = self.config("redis")
+        self.start_daemon(cfg)
+        self.start_nginx(cfg)
+        zxys = self.prepare()
+        sizes = [f.stat().st_size for f in self.static.rglob("*.png")]
+        results["setup"]["tile_bytes_mean"] = round(sum(sizes) / len(sizes))
+        if self.args.only == "cold":
+            results["cold"] = self.cold()
+            return results
+        say(f"hot: X-Cache {self.xcache_of(zxys)}")
+        results["hot"] = self.compare(zxys)
+        self.start_nginx(cfg, hot_ttl=0.001)
+        time.sleep(0.01)
+        say(f"redis store: X-Cache {self.xcache_of(zxys)}")
+        results["store_redis"] = self.compare(zxys)
+        # the disk store, dict cold, the same way
+        dcfg = self.config("disk")
+        self.start_daemon(dcfg)
+        self.start_nginx(dcfg)
+        for zxy in zxys[:64]:               # one request renders each metatile into the disk store
+            get(f"{self.base}/tiles/world/{zxy}.png")
+        self.start_nginx(dcfg, hot_ttl=0.001)
+        say(f"disk store: X-Cache {self.xcache_of(zxys)}")
+        results["store_disk"] = self.compare(zxys)
+        say("cold tiles")
+        results["cold"] = self.cold()
+        return results
+
+
+def say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def table(res: dict) -> str:
+    s = res["setup"]
+    lines = [
+        f"nginx workers {s['nginx_workers']}, wrk -t{s['wrk_threads']} -c{s['connections']} "
+        f"-d{s['duration_s']}s x {s['rounds']} rounds (median), {s['cpus']} CPUs, "
+        f"{s['hot_tiles']} tiles of {s['tile_bytes_mean']} bytes on average",
+        "",
+        "| case | req/s | p50 ms | p99 ms | static req/s | static p99 ms | req/s ratio | p99 ratio | goal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, name, goal in (("hot", "hot tiles (shared dict, HIT)", "ratio >= 0.9, p99 <= 1.2x"),
+                            ("store_redis", "Redis store, dict cold (STORE)", "ratio >= 0.5"),
+                            ("store_disk", "disk store, dict cold (STORE)", "")):
+        r = res.get(key)
+        if not r:
+            continue
+        t, st = r["tiles"], r["static"]
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in r.get("xcache_share", {}).items())
+        lines.append(f"| {name} [{mix}] | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} "
+                     f"| {st['rps']:.0f} | {st['p99_ms']:.2f} | {r['rps_ratio']:.2f} | {r['p99_ratio']:.2f} "
+                     f"| {goal} |")
+    c = res.get("cold")
+    if c:
+        lines += ["",
+                  f"cold tiles: {c['metatiles']} metatiles at zoom {c['zoom']}, one request each: "
+                  f"end-to-end median {c['e2e_median_ms']:.1f} ms, in-process render median "
+                  f"{c['render_median_ms']:.1f} ms, overhead median {c['overhead_median_ms']:.1f} ms "
+                  f"(p90 {c['overhead_p90_ms']:.1f} ms; goal: median under 15 ms); the workers' own "
+                  f"draw + encode time median {c['worker_render_median_ms']:.1f} ms, end-to-end minus "
+                  f"that: median {c['overhead_vs_worker_median_ms']:.1f} ms"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternated runs per case")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads")
+    ap.add_argument("--nginx-workers", type=int, default=1)
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--only", choices=("all", "cold"), default="all", help="run only the cold-tile part")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx", "redis-server"):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench: {tool} is not installed (run scripts/setup)")
+    b = Bench(args)
+    try:
+        res = b.run()
+    finally:
+        b.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder after the standard library: bench/http.py must not hide the stdlib's http
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _HERE] + [_HERE]
 
 from common import (WORLD_LAYER, RedisServer, free_port, helsinki, osm_layer,  # noqa: E402
                     osm_metatiles, run_daemon, run_plain, world_metatiles, write_config)

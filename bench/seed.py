@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this folder after the standard library: bench/http.py must not hide the stdlib's http
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _HERE] + [_HERE]
 
 from common import (WORLD_LAYER, free_port, helsinki, osm_layer, osm_lnglat_bbox,  # noqa: E402
                     run_plain, start_daemon, stop_daemon, write_config)

@@ -299,8 +299,9 @@ class Paths:
         return f"{self.conf_dir}/{RUNTIME_JSON}"
 
 
-def http_block(cfg: Config, paths: Paths, access_log: str) -> str:
-    """The http-level part shared by nginx.conf and the Debian site file."""
+def http_block(cfg: Config, paths: Paths, access_log: str, extra_locations: str = "") -> str:
+    """The http-level part shared by nginx.conf and the Debian site file.
+    ``extra_locations``: more locations for the tile server (benchmarks)."""
     host, port = split_hostport(cfg.http.listen)
     values = {
         "lua_dir": _path(paths.lua_dir, "the Lua directory"),
@@ -313,6 +314,7 @@ def http_block(cfg: Config, paths: Paths, access_log: str) -> str:
         "metrics_listen": metrics_listen(cfg),
         "access_log": access_log,
         "blob_location": "",
+        "extra_locations": _indent(extra_locations, 4) if extra_locations.strip() else "",
     }
     if cfg.store.kind == "disk":
         blob_dir = _path(Path(cfg.store.path) / "blobs", "store.path")
@@ -338,7 +340,8 @@ def default_prefix(cfg: Config) -> Path:
 
 def render_conf(cfg: Config, prefix: str | os.PathLike[str], *, lua_dir: str | None = None,
                 web_dir: str | None = None, user: str | None = None,
-                error_level: str = "warn", access_log: str | None = None) -> str:
+                error_level: str = "warn", access_log: str | None = None,
+                extra_locations: str = "") -> str:
     """A whole nginx.conf whose files all live under ``prefix``.
 
     ``user``: the user of nginx's worker processes when it starts as root
@@ -352,7 +355,8 @@ def render_conf(cfg: Config, prefix: str | os.PathLike[str], *, lua_dir: str | N
         user = "root"
     if user is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?", user):
         raise UsageError(f"{user!r} is not a user name")
-    http = http_block(cfg, paths, access_log or f"{prefix}/logs/access.log rpy buffer=64k flush=1s")
+    http = http_block(cfg, paths, access_log or f"{prefix}/logs/access.log rpy buffer=64k flush=1s",
+                      extra_locations)
     return fill(_template("nginx.conf.tmpl"), {
         "config": cfg.path or "the built-in defaults",
         "prefix": prefix,

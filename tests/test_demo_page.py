@@ -22,6 +22,18 @@ LAND = (0xF2, 0xEF, 0xE9)
 NO_TILE = (0xDD, 0xE3, 0xE8)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def leaflet():
+    """Leaflet in web/vendor/ (scripts/setup-web; idempotent, from the npm registry)."""
+    if not (ROOT / "web" / "vendor" / "leaflet" / "leaflet.js").exists():
+        r = subprocess.run([str(ROOT / "scripts" / "setup-web")], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, f"scripts/setup-web failed: {r.stderr.strip()}"
+
+
 def chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         path = shutil.which(name)

@@ -53,8 +53,7 @@
       zoomOffset: size === 512 ? -1 : 0,
       minNativeZoom: tj.minzoom,
       maxNativeZoom: tj.maxzoom,
-      noWrap: true,
-      crossOrigin: true
+      noWrap: true
     };
     var layer = L.tileLayer(tj.tiles[0], options);
     layer.on("tileload", function () {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -389,3 +390,35 @@ def test_external_blob_probe_logs_nothing(running):
     time.sleep(0.3)
     log = (out / "logs" / "error.log").read_text()
     assert not [ln for ln in log.splitlines() if "GET /_blob/" in ln and "[warn]" not in ln], log
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to switch users")
+def test_nginx_runs_without_root(tmp_path):
+    """The generated files need no root: nginx started as `nobody` serves them."""
+    if not shutil.which("nginx") or not (ROOT / "lua" / "renderd" / "front.lua").exists():
+        pytest.skip("nginx or the Lua front is missing")
+    import tempfile
+    from tests.fixtures.servers import stop, wait_port
+    path, cfg = make_cfg(tmp_path)
+    base = Path(tempfile.mkdtemp(prefix="rpy-nobody-"))   # pytest's tmp dirs are root-only
+    try:
+        base.chmod(0o755)
+        out = base / "prefix"
+        conf = nginx.write_conf(cfg, out)
+        shutil.chown(out, "nobody")
+        for p in out.rglob("*"):
+            shutil.chown(p, "nobody")
+        proc = subprocess.Popen(["runuser", "-u", "nobody", "--", "nginx", "-p", str(out), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        port = nginx.split_hostport(cfg.http.listen)[1]
+        try:
+            wait_port(port, 15, proc)
+            status, _, body = _get(f"http://127.0.0.1:{port}/tiles/world.json")
+            assert status == 200 and json.loads(body)["tilejson"] == "3.0.0"
+            assert _get(f"http://127.0.0.1:{port}/")[0] == 200
+        finally:
+            stop(proc)
+        log = (out / "logs" / "error.log").read_text()
+        assert not [ln for ln in log.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)], log
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -87,6 +87,34 @@ def test_up_serves_and_stops_on_ctrl_c(stack):
     assert not stack.errors(), stack.errors()
 
 
+def test_up_restarts_a_daemon_that_dies(stack):
+    """supervisord brings a killed daemon back; nginx renders again without a restart."""
+    pids = supervised_pids(stack)
+    assert stack.get("/tiles/world/2/1/1.png").status == 200
+    os.kill(pids["renderd"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = supervised_pids(stack)
+        if now.get("renderd") not in (None, pids["renderd"]):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the daemon was not restarted")
+    assert stack.proc.poll() is None                     # up itself goes on
+    deadline = time.monotonic() + 60
+    while True:                                          # until the new workers are ready
+        r = stack.get("/tiles/world/4/8/5.png")
+        if r.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status == 200 and r.headers["x-cache"] == "RENDER"
+    assert supervised_pids(stack)["nginx"] == pids["nginx"]
+    # nginx may say once that the broker went away, not once per request
+    stack.expect_errors = True
+    assert len(stack.errors()) <= 2, stack.errors()
+    assert stack.stop() == 0
+
+
 def test_up_starts_a_local_redis_and_stops_it(stack_factory, tmp_path):
     from tests.fixtures.servers import free_port
     import redis

@@ -191,16 +191,14 @@ def command(ctx, config_path, prefix):
     programs += [daemon_program(cfg), nginx_program(cfg, conf)]
 
     sup = Supervisor(prefix, programs)
-    stop_signal: list[int] = []
 
     def on_signal(signum, frame):
-        stop_signal.append(signum)
         raise _Stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    names = {"redis": "redis-server", "renderd": "the daemon", "nginx": "nginx"}
-    _say("starting " + ", ".join(names[p.name] for p in programs) +
-         f" under supervisord (logs in {prefix / 'logs'})")
+    names = [{"redis": "redis-server", "renderd": "the daemon", "nginx": "nginx"}[p.name] for p in programs]
+    _say(f"starting {', '.join(names[:-1])} and {names[-1]} under supervisord "
+         f"(logs in {prefix / 'logs'})")
     try:
         try:
             sup.start()
@@ -217,7 +215,9 @@ def command(ctx, config_path, prefix):
                 time.sleep(1.0)
                 why = sup.failed()
                 if why:
-                    sup.stop()
+                    for s in old:
+                        signal.signal(s, signal.SIG_IGN)
+                    sup.stop(timeout=cfg.daemon.shutdown_timeout + 30)
                     raise RenderdError(why)
         except _Stop:
             pass

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,15 +25,10 @@ from renderd.store import open_store
 from renderd.store.index import MetaIndex, content_hash
 from renderd.tilemath import Meta, Tile
 from renderd import config as _config
+from tests.fixtures.servers import free_port
 
 DATA = Path(__file__).parent / "data"
 RENDERD = [sys.executable, "-m", "renderd.cli.main"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Serve:

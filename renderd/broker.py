@@ -133,6 +133,7 @@ class Broker:
         self.accepting = True
         self._ids = itertools.count(1)
         self._next_beat = 0.0
+        self._next_purge = float("inf")  # earliest deadline of any waiter
         self.badlog = RateLimitedLog(clock=clock)
         self.counters: collections.Counter[str] = collections.Counter()
         self.render_seconds = [0.0] * len(p.PRIORITY_NAMES)
@@ -202,6 +203,7 @@ class Broker:
         meta = metatile_of(t.z, t.x, t.y, layer.metatile)
         key = (req.layer, meta.z, meta.x0, meta.y0)
         waiter = Waiter(ident, req.rid, t, now + req.timeout_ms / 1000.0, req.flags, now)
+        self._next_purge = min(self._next_purge, waiter.deadline)
         if "force" not in req.flags and self._answer_recent(key, waiter, now):
             return
         job = self.jobs.get(key)
@@ -384,6 +386,7 @@ class Broker:
         queue = self.queues[job.priority]
         queue[job.key] = job
         queue.move_to_end(job.key, last=False)
+        self._next_purge = min(self._next_purge, self.clock())  # drop it if nobody waits
 
     def worker_exited(self, pid: int) -> None:
         """Called by the local pool when one of its processes has died."""
@@ -401,7 +404,13 @@ class Broker:
                 self.lose_worker(w, f"passed the render timeout of {self.render_timeout:g}s")
 
     def purge_waiters(self, now: float) -> None:
-        """Drop callers past their deadline, and queued jobs nobody waits for."""
+        """Drop callers past their deadline, and queued jobs nobody waits for.
+
+        Walks the jobs only once the earliest deadline has passed, so a long
+        seeding queue costs nothing per tick."""
+        if now < self._next_purge:
+            return
+        nxt = float("inf")
         for job in list(self.jobs.values()):
             if any(w.deadline < now for w in job.waiters):
                 before = len(job.waiters)
@@ -410,6 +419,9 @@ class Broker:
             if not job.waiters and job.worker is None:
                 self.counters["dropped"] += 1
                 self._forget(job)
+            for w in job.waiters:
+                nxt = min(nxt, w.deadline)
+        self._next_purge = nxt
 
     # --- dispatch --------------------------------------------------------
     def dispatch(self) -> None:

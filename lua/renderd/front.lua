@@ -300,6 +300,16 @@ local function fill_from_disk(premature, layer_name, raw, h)
     end
 end
 
+-- the header of a stored index of t, or nil and a message naming the store
+local function checked_index(raw, t, kind)
+    local h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
+    if not h then
+        local where = t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my
+        return nil, kind .. " index " .. where .. ": " .. err
+    end
+    return h
+end
+
 -- read t from the store and answer; returns only if nothing was sent:
 -- false (not stored) or false, err (store failed)
 local function from_store(t, xcache, missing)
@@ -310,9 +320,9 @@ local function from_store(t, xcache, missing)
             return false, err
         end
         local h
-        h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
+        h, err = checked_index(raw, t, "disk")
         if not h then
-            return false, "disk index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+            return false, err
         end
         if missing and index.entry(raw, t.i) == missing then
             return false -- its blob is gone: render it again
@@ -347,9 +357,9 @@ local function from_store(t, xcache, missing)
         return false, err
     end
     local h
-    h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
+    h, err = checked_index(raw, t, "redis")
     if not h then
-        return false, "redis index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+        return false, err
     end
     if leader then
         local evicted = cache.put_metatile(name, raw, h, blobs)

@@ -310,48 +310,50 @@ local function checked_index(raw, t, kind)
     return h
 end
 
--- read t from the store and answer; returns only if nothing was sent:
--- false (not stored) or false, err (store failed)
-local function from_store(t, xcache, missing)
+-- the disk store: read t's index here, let nginx send the blob
+local function from_disk(t, xcache, missing)
     local name = t.layer.name
-    if store.kind == "disk" then
-        local raw, err = store.read_index(name, t.z, t.mx, t.my)
-        if not raw then
-            return false, err
-        end
-        local h
-        h, err = checked_index(raw, t, "disk")
-        if not h then
-            return false, err
-        end
-        if missing and index.entry(raw, t.i) == missing then
-            return false -- its blob is gone: render it again
-        end
-        if h.stale then
-            xcache = "STALE"
-            render.refresh(t)
-        end
-        -- the whole metatile into the hot cache, after this response
-        if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
-            timer_at(0, fill_from_disk, name, raw, h)
-        end
-        local hash = index.entry(raw, t.i)
-        if not hash then
-            return empty(t, h.rendered, xcache)
-        end
-        if not_modified(hash, h.rendered) then
-            tile_headers(t.layer, hash, h.rendered, xcache)
-            metrics.request(304, xcache)
-            return finish(304)
-        end
-        -- the static module must not answer validators of its own
-        clear_header("If-None-Match")
-        clear_header("If-Modified-Since")
-        clear_header("If-Match")
-        clear_header("If-Unmodified-Since")
-        return ngx_exec(cfg.blob_location .. store.blob_uri(hash),
-                        { l = name, h = hash, r = h.rendered, c = xcache })
+    local raw, err = store.read_index(name, t.z, t.mx, t.my)
+    if not raw then
+        return false, err
     end
+    local h
+    h, err = checked_index(raw, t, "disk")
+    if not h then
+        return false, err
+    end
+    if missing and index.entry(raw, t.i) == missing then
+        return false -- its blob is gone: render it again
+    end
+    if h.stale then
+        xcache = "STALE"
+        render.refresh(t)
+    end
+    -- the whole metatile into the hot cache, after this response
+    if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
+        timer_at(0, fill_from_disk, name, raw, h)
+    end
+    local hash = index.entry(raw, t.i)
+    if not hash then
+        return empty(t, h.rendered, xcache)
+    end
+    if not_modified(hash, h.rendered) then
+        tile_headers(t.layer, hash, h.rendered, xcache)
+        metrics.request(304, xcache)
+        return finish(304)
+    end
+    -- the static module must not answer validators of its own
+    clear_header("If-None-Match")
+    clear_header("If-Modified-Since")
+    clear_header("If-Match")
+    clear_header("If-Unmodified-Since")
+    return ngx_exec(cfg.blob_location .. store.blob_uri(hash),
+                    { l = name, h = hash, r = h.rendered, c = xcache })
+end
+
+-- the Redis store: index and blobs in one round trip
+local function from_redis(t, xcache)
+    local name = t.layer.name
     local raw, blobs, err, leader = store.read_metatile(name, t.z, t.mx, t.my)
     if not raw then
         return false, err
@@ -381,6 +383,15 @@ local function from_store(t, xcache, missing)
             .. " is missing"
     end
     return send(t, hash, body, h.rendered, xcache)
+end
+
+-- read t from the store and answer; returns only if nothing was sent:
+-- false (not stored) or false, err (store failed)
+local function from_store(t, xcache, missing)
+    if store.kind == "disk" then
+        return from_disk(t, xcache, missing)
+    end
+    return from_redis(t, xcache)
 end
 
 local function serve_expired(t)

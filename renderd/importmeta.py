@@ -262,9 +262,10 @@ class Importer:
     def _merge(self, meta: Meta, mf: metafile.MetaFile, hashes: list[str], blobs: dict[str, bytes],
                rendered: int, stale: bool) -> tuple[int, bool]:
         """Fill the tiles of ``meta`` this file does not cover from the store."""
-        old = self.store.get_index(self.layer.name, meta)
-        if old is None or old.meta != meta:
+        got = self.store.get_metatile(self.layer.name, meta)
+        if got is None or got[0].meta != meta:
             return rendered, stale
+        old, have = got
         keep: dict[int, str] = {}
         for i, h in enumerate(old.hashes):
             x, y = meta.x0 + i // meta.n, meta.y0 + i % meta.n
@@ -273,10 +274,10 @@ class Importer:
                 keep[i] = h
         if not keep:
             return rendered, stale
-        have = self.store.get_blobs(h for h in set(keep.values()) if h not in blobs)
-        blobs.update(have)
         for i, h in keep.items():
-            if h in blobs:
+            data = blobs[h] if h in blobs else have.get(h)
+            if data is not None:
+                blobs[h] = data
                 hashes[i] = h
         return min(rendered, old.rendered), stale or old.stale
 

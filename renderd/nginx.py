@@ -37,7 +37,6 @@ from .errors import UsageError
 
 #: placeholder in the TileJSON files, replaced by nginx with the request's base URL
 BASE_PLACEHOLDER = "@RPY_BASE@"
-BLOB_LOCATION = "/_blob/"
 DICTS = {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}
 RUNTIME_JSON = "renderd-py.json"
 SHARE_DIRS = ("/usr/share/renderd-py",)
@@ -222,7 +221,7 @@ def runtime(cfg: Config) -> dict[str, Any]:
         store = redis_settings(cfg.store.url, cfg.store.prefix)
     return {"broker": broker_address(cfg.daemon.broker), "timeout": cfg.http.timeout,
             "store": store, "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers],
-            "blob_location": BLOB_LOCATION, "dicts": dict(DICTS)}
+            "dicts": dict(DICTS)}
 
 
 def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dict[str, Any]:
@@ -313,12 +312,8 @@ def http_block(cfg: Config, paths: Paths, access_log: str, extra_locations: str 
         "listen": nginx_listen(host, port),
         "metrics_listen": metrics_listen(cfg),
         "access_log": access_log,
-        "blob_location": "",
         "extra_locations": _indent(extra_locations, 4) if extra_locations.strip() else "",
     }
-    if cfg.store.kind == "disk":
-        blob_dir = _path(Path(cfg.store.path) / "blobs", "store.path")
-        values["blob_location"] = fill(_template("blob-location.tmpl"), {"blob_dir": blob_dir})
     return fill(_template("http.tmpl"), values)
 
 

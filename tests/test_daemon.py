@@ -142,7 +142,7 @@ def test_render_through_the_daemon(serve, tmp_path):
     store = open_store(_config.load(s.config).store)
     idx = store.get_index("shapes", Meta(5, 8, 8, 8))
     assert idx is not None and idx.tile_hash(10, 12) == f["hash"]
-    assert store.get_blob(f["hash"]) == reply.tile
+    assert store.get_tile("shapes", Tile(5, 10, 12)) == (reply.tile, idx)
     # the whole metatile on request, and nothing for bad requests
     with s.client() as c:
         meta = c.render("shapes", Tile(5, 9, 9), flags=("meta",))
@@ -261,7 +261,7 @@ def test_worker_killed_mid_render_is_replaced_and_job_requeued(serve, postgis_ds
     assert busy not in [w["pid"] for w in st["worker_list"]]
     store = open_store(_config.load(s.config).store)
     idx = store.get_index("slow", Meta(9, 96, 96, 8))
-    assert all(store.get_blob(h) is not None for h in idx.unique())
+    assert store.get_metatile("slow", Meta(9, 96, 96, 8))[1].keys() == set(idx.unique())
     assert "queued again" in s.output()
 
 

@@ -175,7 +175,6 @@ def tile_path(z, x, y, layer="world", ext="png"):
 
 def runtime(store: dict, broker: str, **kw) -> dict:
     rt = {"broker": broker, "timeout": 3, "store": store, "layers": [LAYER],
-          "blob_location": "/_blob/",
           "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
     rt.update(kw)
     return rt
@@ -319,18 +318,35 @@ def test_stale_rerender_once_per_metatile(front):
     assert len(broker.renders()) == 1
 
 
-def test_missing_blob_rendered_again(disk_front, disk_store, broker):
+def test_missing_pool_blob_rendered_again(disk_front, disk_store, broker):
     ng = disk_front
     meta = Meta(5, 0, 8, 8)
     idx, blobs = make_meta("world", meta)
     disk_store.put_metatile("world", idx, blobs)
-    # the collector removed the blob between our index read and the open()
-    os.unlink(disk_store.blob_path(idx.tile_hash(1, 9)))
-    r = request(ng.port, tile_path(5, 1, 9))
-    assert_tile(r, 5, 1, 9, "RENDER")
+    # the collector removed the ocean tile's pool file between our read of
+    # the pack and the open() (column 3 is ocean, a tile the pool holds)
+    os.unlink(disk_store.pool_path(idx.tile_hash(3, 9)))
+    r = request(ng.port, tile_path(5, 3, 9))
+    assert_tile(r, 5, 3, 9, "RENDER")
     assert len(broker.renders()) == 1
     assert not ng.errors()
     assert ng.log_text().count("is missing") == 1
+
+
+def test_corrupt_pack_rendered_again(disk_front, disk_store, broker):
+    ng = disk_front
+    ng.expect_errors = True
+    meta = Meta(5, 8, 0, 8)
+    disk_store.put_metatile("world", *make_meta("world", meta))
+    path = disk_store.pack_path("world", meta)
+    with open(path, "r+b") as f:  # the last tile kept in the pack, 14/7, now ends after the file
+        f.truncate(os.path.getsize(path) - 1)
+    r = request(ng.port, tile_path(5, 14, 7))
+    assert_tile(r, 5, 14, 7, "RENDER")
+    assert len(broker.renders()) == 1
+    (line,) = ng.errors()
+    assert "disk pack world/5/1/0: location" in line and "of entry 55 is outside the pack's tiles" in line
+    assert_tile(wait_xcache(ng.port, tile_path(5, 9, 1), "HIT"), 5, 9, 1, "HIT")
 
 
 def test_empty_tile_is_404(front):

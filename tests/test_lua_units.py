@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from renderd.store.index import EMPTY, MetaIndex
+from renderd.store.index import EMPTY, MetaIndex, content_hash
 from renderd.tilemath import Meta, metatile_of, tile_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,3 +165,57 @@ print(index.header("garbage"))
     assert lines[3] == "nil\tindex is for metatile 9/16/504"
     assert lines[4] == "nil\ttruncated metatile index"
     assert lines[5] == "nil\tnot a metatile index"
+
+
+# --- pack ------------------------------------------------------------------------------
+
+def test_pack_reader_matches_python():
+    from renderd.store.disk import encode_pack
+    meta = Meta(2, 0, 0, 4)
+    tiles = [b"tile %d " % i + b"x" * i for i in range(4)]
+    hashes = [content_hash(t) for t in tiles]
+    # tile 0 twice and tile 3 once in the pool; tiles 1 and 2 in the pack
+    picks = [0, 1, -1, 2, 0, 3, 1] + [-1] * 9
+    idx = MetaIndex(meta, tuple(EMPTY if p < 0 else hashes[p] for p in picks), 1763745600, 1763745000)
+    raw = encode_pack(idx, {hashes[1]: tiles[1], hashes[2]: tiles[2]})
+    code = f"""
+local index = require "renderd.index"
+local pack = require "renderd.pack"
+local raw = {lua_str(raw.decode("ascii"))}
+local idx = assert(pack.index(raw))
+print(idx == raw:sub(1, 64 + 33 * 16), index.check(idx, 2, 0, 0, 4) ~= nil)
+local out = {{}}
+for i = 0, 15 do
+  local b = pack.tile(raw, 4, i)
+  out[#out + 1] = b == false and "pool" or b
+end
+print(table.concat(out, ","))
+local inline, pooled = pack.tiles(raw, 4)
+local names = {{}}
+for h, b in pairs(inline) do names[#names + 1] = h .. "=" .. b end
+table.sort(names)
+print(table.concat(names, ","))
+print(table.concat(pooled, ","))
+local function corrupt(r) return select(2, pack.index(r)) or select(2, pack.tile(r, 4, 1))
+  or select(3, pack.tiles(r, 4)) end
+local table_at = 64 + 33 * 16
+print(corrupt(raw:sub(1, table_at + 20 * 16 - 1)))
+print(corrupt(raw:sub(1, -2)))
+print(corrupt(raw:sub(1, table_at + 20) .. "000000000x 00000000\\n" .. raw:sub(table_at + 41)))
+print(corrupt(raw:sub(1, table_at + 20) .. "0000000010 00000001\\n" .. raw:sub(table_at + 41)))
+print(select(3, pack.tiles(raw:sub(1, table_at + 40) .. raw:sub(table_at + 21, table_at + 40)
+  .. raw:sub(table_at + 61), 4)))
+print(pack.index("RPYI1 0 02"))
+"""
+    lines = run_lua(code).splitlines()
+    assert lines[0] == "true\ttrue"
+    # an empty entry's location is 0/0 too: index.entry tells them apart
+    assert lines[1] == ",".join(tiles[p].decode() if p in (1, 2) else "pool" for p in picks)
+    assert lines[2] == ",".join(sorted(f"{hashes[i]}={tiles[i].decode()}" for i in (1, 2)))
+    assert lines[3] == f"{hashes[0]},{hashes[3]}"
+    assert lines[4] == "truncated pack"
+    assert lines[5].startswith("location ") and lines[5].endswith("of entry 3 is outside the pack's tiles")
+    assert lines[6] == "corrupt location of entry 1"
+    assert lines[7] == "location 10/1 of entry 1 is outside the pack's tiles"
+    assert lines[8] == "empty entry 2 has a location"
+    assert lines[9] == "nil\tnot a metatile pack"

@@ -83,7 +83,7 @@ def test_runtime_json_disk(tmp_path):
     assert rt["broker"] == cfg.daemon.broker
     assert rt["timeout"] == 30.0
     assert rt["store"] == {"kind": "disk", "path": str(tmp_path / "cache")}
-    assert rt["blob_location"] == "/_blob/"
+    assert "blob_location" not in rt
     assert rt["dicts"] == {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}
     world, photo = rt["layers"]
     assert world == {"name": "world", "minzoom": 0, "maxzoom": 6, "metatile": 8, "ext": "png",
@@ -173,14 +173,13 @@ def test_conf_on_stdout(tmp_path):
         f"listen {cfg.http.metrics};",
         'content_by_lua_block { require("renderd.front").serve() }',
         'content_by_lua_block { require("renderd.metrics").serve() }',
-        "location /_blob/ {",
-        "internal;",
-        f"alias {tmp_path / 'cache'}/blobs/;",
         r"location ~ ^/tiles/([A-Za-z0-9_-]+)\.json$ {",
         "location = / {",
         "location = /metrics {",
     ]:
         assert line in conf, line
+    # the disk store is read by Lua: no location serves its files
+    assert "/_blob/" not in conf and str(tmp_path / "cache") not in conf.replace(str(pfx), "")
     # nothing was written without -o
     assert not pfx.exists()
 
@@ -360,7 +359,8 @@ def test_tilejson_served_with_request_host(running):
 def test_static_routes(running):
     cfg, base, out = running
     assert _get(base + "/tiles/nope.json")[0] == 404
-    assert _get(base + "/_blob/anything")[0] in (400, 404)      # internal only
+    assert _get(base + "/_blob/anything")[0] == 404
+    assert _get(base + "/blobs/anything")[0] == 404
     assert _get(base + "/etc/passwd")[0] == 404
     assert _get(base + "/demo/../renderd-py.json")[0] in (400, 404)
     status, headers, body = _get(base + "/")
@@ -382,14 +382,6 @@ def test_metrics_server_is_separate(running):
     if (ROOT / "lua" / "renderd" / "metrics.lua").exists():
         status, headers, _ = _get(mbase + "/metrics")
         assert status == 200 and headers["content-type"].startswith("text/plain")
-
-
-def test_external_blob_probe_logs_nothing(running):
-    _, base, out = running
-    assert _get(base + "/_blob/0123456789abcdef")[0] in (400, 404)
-    time.sleep(0.3)
-    log = (out / "logs" / "error.log").read_text()
-    assert not [ln for ln in log.splitlines() if "GET /_blob/" in ln and "[warn]" not in ln], log
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to switch users")

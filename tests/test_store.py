@@ -20,12 +20,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from renderd.config import StoreConfig
 from renderd.errors import StoreError
 from renderd.store import open_store
-from renderd.store.disk import DiskStore
+from renderd.store.disk import POOL, DiskStore, decode_pack, encode_pack
 from renderd.store.index import EMPTY, MetaIndex, content_hash
 from renderd.store.redis import META_SCRIPT, TILE_SCRIPT, RedisStore
 from renderd.tilemath import Meta, Tile
-from tests.fixtures.store import (all_indexes, check_store, fill_background, make_index, open_kind,
-                                  python_cmd, ref_counts, stored_blobs, tile_bytes)
+from tests.fixtures.store import (check_store, fill_background, make_index, open_kind, python_cmd,
+                                  ref_counts, shared_refs, stored_blobs, tile_bytes)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "storage.md"
 M1 = Meta(12, 2048, 1360, 8)
@@ -46,12 +46,12 @@ def test_round_trip(store):
     assert store.get_index("osm", M1) is None
     assert store.put_metatile("osm", idx, blobs) == 2
     assert store.get_index("osm", M1) == idx
-    assert store.get_blob(content_hash(tile_bytes(1))) == tile_bytes(1)
-    assert store.get_blob("f" * 32) is None
-    assert store.blob_size(content_hash(tile_bytes(0))) == len(tile_bytes(0))
-    assert store.blob_size("f" * 32) is None
+    assert stored_blobs(store)[content_hash(tile_bytes(1))] == tile_bytes(1)
     got = store.get_metatile("osm", M1)
     assert got == (idx, blobs)
+    assert store.metatile_sizes("osm", M1) == (idx, {h: len(b) for h, b in blobs.items()})
+    assert store.metatile_sizes("osm", M2) is None
+    assert store.get_metatile("osm", M2) is None
     check_store(store)
 
 
@@ -61,8 +61,9 @@ def test_identical_tiles_are_stored_once(store):
     assert store.put_metatile("osm", a, blobs_a) == 2
     assert store.put_metatile("osm", b, blobs_b) == 1
     assert len(stored_blobs(store)) == 3
-    assert store.layer_usage("osm") == (2, 3, sum(len(tile_bytes(i)) for i in range(3)))
-    assert store.blob_totals() == (3, sum(len(tile_bytes(i)) for i in range(3)))
+    sizes = {idx: got for idx, got in store.iter_sizes("osm", zoom=12)}
+    assert sizes == {a: {h: len(d) for h, d in blobs_a.items()}, b: {h: len(d) for h, d in blobs_b.items()}}
+    assert list(store.iter_sizes("osm", zoom=3)) == []
     if store.kind == "redis":
         assert ref_counts(store)[content_hash(tile_bytes(0))] == 2
     check_store(store)
@@ -76,8 +77,7 @@ def test_rerender_keeps_blobs_other_metatiles_use(store):
     again, blobs = make_index(M1, picks_of((3, 64)))
     assert store.put_metatile("osm", again, blobs) == 1
     store.collect_garbage()
-    assert store.get_blob(content_hash(tile_bytes(0))) == tile_bytes(0)
-    assert store.get_blob(content_hash(tile_bytes(1))) is None
+    assert stored_blobs(store).keys() == {content_hash(tile_bytes(0)), content_hash(tile_bytes(3))}
     check_store(store, collected=True)
 
 
@@ -111,8 +111,7 @@ def test_delete(store):
     assert store.delete_metatile("osm", M1) is False
     assert store.get_index("osm", M1) is None
     store.collect_garbage()
-    assert store.get_blob(content_hash(tile_bytes(0))) is None
-    assert store.get_blob(content_hash(tile_bytes(1))) == tile_bytes(1)
+    assert stored_blobs(store) == {content_hash(tile_bytes(1)): tile_bytes(1)}
     check_store(store, collected=True)
 
 
@@ -176,14 +175,14 @@ def test_corrupt_index_counts_as_absent_and_is_replaced(store, caplog):
     assert store.mark_stale("osm", M2) is False
     assert store.get_index("osm", M2) is None
     store.collect_garbage()  # the corrupt index names nothing: tile 0's blob goes
-    assert store.get_blob(content_hash(tile_bytes(0))) is None
+    assert stored_blobs(store) == {content_hash(tile_bytes(1)): tile_bytes(1)}
     assert store.delete_metatile("osm", M2) is True
     check_store(store, collected=True)
 
 
 def _write_raw_index(store, meta: Meta, raw: bytes) -> None:
     if store.kind == "disk":
-        path = store.index_path("osm", meta)
+        path = store.pack_path("osm", meta)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Path(path).write_bytes(raw)
     else:
@@ -220,18 +219,200 @@ def test_disk_layout_is_the_documented_one(tmp_path):
     idx, blobs = make_index(M1, picks_of((0, 64)))
     store.put_metatile("osm", idx, blobs)
     h = content_hash(tile_bytes(0))
-    assert (tmp_path / "tiles/osm/12/256/170.idx").read_bytes() == idx.encode()
+    pack = tmp_path / "tiles/osm/12/256/170.pack"
+    assert pack.read_bytes() == idx.encode() + b"0000000000 00000000\n" * 64
     assert (tmp_path / "blobs" / h[:2] / h[2:4] / h).read_bytes() == tile_bytes(0)
     assert (tmp_path / "gc.lock").exists()
     assert store.mark_stale("osm", M1)
-    assert (tmp_path / "tiles/osm/12/256/170.idx").read_bytes()[6:7] == b"1"
+    assert pack.read_bytes()[6:7] == b"1"
+
+
+def test_disk_pack_bytes_exactly(tmp_path):
+    """A 2x2 metatile: tiles 0 and 2 once each (inline, in order of first
+    appearance), tile 1 twice (pool)."""
+    store = DiskStore(tmp_path)
+    meta = Meta(1, 0, 0, 2)
+    idx, blobs = make_index(meta, [0, 1, 2, 1])
+    assert store.put_metatile("osm", idx, blobs) == 1
+    t0, t1, t2 = tile_bytes(0), tile_bytes(1), tile_bytes(2)
+    head = 64 + 33 * 4 + 20 * 4
+    want = (idx.encode()
+            + b"%010d %08d\n" % (head, len(t0))
+            + b"0000000000 00000000\n"
+            + b"%010d %08d\n" % (head + len(t0), len(t2))
+            + b"0000000000 00000000\n"
+            + t0 + t2)
+    assert (tmp_path / "tiles/osm/1/0/0.pack").read_bytes() == want
+    assert stored_blobs(store) == {content_hash(t1): t1}
+    assert decode_pack(want, len(want)).locations == ((head, len(t0)), POOL, (head + len(t0), len(t2)), POOL)
+    assert encode_pack(idx, {content_hash(t0): t0, content_hash(t2): t2}) == want
+    assert store.get_metatile("osm", meta) == (idx, blobs)
+    for x, y, data in [(0, 0, t0), (0, 1, t1), (1, 0, t2), (1, 1, t1)]:
+        assert store.get_tile("osm", Tile(1, x, y), meta=2) == (data, idx)
+        assert store.read_tile("osm", Tile(1, x, y), meta=2).data == data
+
+
+def test_disk_repeated_tiles_go_to_the_pool_single_ones_inline(tmp_path):
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 61), (1, 1), (2, 1), (-1, 1)))
+    assert store.put_metatile("osm", idx, blobs) == 1
+    h0, h1, h2 = (content_hash(tile_bytes(i)) for i in range(3))
+    assert set(stored_blobs(store)) == {h0}
+    pack = decode_pack(*_pack_file(store, M1))
+    assert pack.pooled() == [h0]
+    assert set(pack.inline()) == {h1, h2}
+    assert pack.locations[63] == POOL  # the empty entry
+    assert store.metatile_sizes("osm", M1) == (idx, {h: len(b) for h, b in blobs.items()})
+
+
+def test_disk_tile_already_in_the_pool_is_referenced_not_inlined(tmp_path):
+    store = DiskStore(tmp_path)
+    sea, sea_blobs = make_index(M2, picks_of((5, 64)))
+    store.put_metatile("osm", sea, sea_blobs)
+    h5 = content_hash(tile_bytes(5))
+    pool = store.pool_path(h5)
+    old = time.time() - 3600
+    os.utime(pool, (old, old))
+    idx, blobs = make_index(M1, picks_of((0, 63), (5, 1)))
+    assert store.put_metatile("osm", idx, blobs) == 1  # tile 0 only
+    pack = decode_pack(*_pack_file(store, M1))
+    assert pack.pooled() == [content_hash(tile_bytes(0)), h5] and pack.inline() == {}
+    assert os.stat(pool).st_mtime > old + 1800  # touched: in use, for a running collection
+    # the pool blob outlives the metatile that wrote it, while a pack names it
+    store.delete_metatile("osm", M2)
+    store.collect_garbage()
+    assert h5 in stored_blobs(store)
+    assert store.get_tile("osm", Tile(12, 2055, 1367)) == (tile_bytes(5), idx)
+    check_store(store, collected=True)
+    # and goes with the last pack that names it
+    store.put_metatile("osm", *make_index(M1, picks_of((0, 64))))
+    os.utime(pool, (old, old))
+    assert store.collect_garbage().blobs_deleted == 1
+    assert h5 not in stored_blobs(store)
+    check_store(store, collected=True)
+
+
+def test_disk_inline_tile_keeps_no_pool_blob_alive(tmp_path):
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 63), (7, 1)))
+    store.put_metatile("osm", idx, blobs)      # tile 7 inline
+    store.put_metatile("osm", *make_index(M2, picks_of((7, 64))))   # tile 7 into the pool
+    store.delete_metatile("osm", M2)
+    h7 = content_hash(tile_bytes(7))
+    old = time.time() - 3600
+    os.utime(store.pool_path(h7), (old, old))
+    store.collect_garbage()
+    assert h7 not in stored_blobs(store)
+    assert store.get_tile("osm", Tile(12, 2055, 1367)) == (tile_bytes(7), idx)
+    check_store(store, collected=True)
+
+
+def test_disk_put_may_leave_out_tiles_the_old_pack_holds(tmp_path):
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 62), (1, 1), (2, 1)))
+    store.put_metatile("osm", idx, blobs)
+    again, _ = make_index(M1, picks_of((0, 61), (2, 1), (1, 2)), rendered=1_700_000_100)
+    assert store.put_metatile("osm", again, {}) == 1  # tile 1 now twice: into the pool
+    assert store.get_metatile("osm", M1) == (again, blobs)
+    other, other_blobs = make_index(M1, picks_of((0, 63), (3, 1)))
+    with pytest.raises(StoreError, match="neither stored nor given"):
+        store.put_metatile("osm", other, {})
+    assert store.get_index("osm", M1) == again
+    check_store(store)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "short head", "outside", "not a location", "empty inline"])
+def test_disk_corrupt_pack_counts_as_absent(tmp_path, caplog, damage):
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 62), (1, 1), (2, 1)))
+    store.put_metatile("osm", idx, blobs)
+    store.put_metatile("osm", *make_index(M2, picks_of((3, 64))))
+    path = store.pack_path("osm", M1)
+    raw = bytearray(Path(path).read_bytes())
+    table = 64 + 33 * 64
+    if damage == "truncated":
+        del raw[-1]
+    elif damage == "short head":
+        del raw[table + 20 * 64 - 1:]
+    elif damage == "outside":
+        raw[table + 20 * 62:table + 20 * 63] = b"%010d %08d\n" % (len(raw) - 10, 11)
+    elif damage == "not a location":
+        raw[table + 20 * 62:table + 20 * 63] = b"0000000000_00000000\n"
+    else:  # an empty entry with a location
+        raw[64 + 33 * 63:64 + 33 * 64] = b"0" * 32 + b"\n"
+        raw[table + 20 * 63:table + 20 * 64] = raw[table + 20 * 62:table + 20 * 63]
+    Path(path).write_bytes(bytes(raw))
+    assert store.get_index("osm", M1) is None
+    assert store.get_metatile("osm", M1) is None
+    assert store.metatile_sizes("osm", M1) is None
+    assert store.read_tile("osm", Tile(12, 2048, 1360)) is None
+    assert store.get_tile("osm", Tile(12, 2055, 1367)) is None
+    assert [i.meta for i in store.iter_indexes("osm")] == [M2]
+    assert [i.meta for i, _ in store.iter_sizes("osm")] == [M2]
+    assert "skipping" in caplog.text
+    old = time.time() - 3600
+    os.utime(store.pool_path(content_hash(tile_bytes(0))), (old, old))
+    assert store.collect_garbage().blobs_deleted == 1  # a corrupt pack names nothing
+    store.put_metatile("osm", idx, blobs)
+    assert store.get_metatile("osm", M1) == (idx, blobs)
+
+
+def test_disk_reads_only_the_head_for_indexes(tmp_path, monkeypatch):
+    store = DiskStore(tmp_path)
+    tiles = [tile_bytes(i) * 100 for i in range(64)]
+    hashes = tuple(content_hash(t) for t in tiles)
+    idx = MetaIndex(M1, hashes, 1_700_000_000, 1_700_000_000)
+    store.put_metatile("osm", idx, dict(zip(hashes, tiles)))
+    size = os.path.getsize(store.pack_path("osm", M1))
+    head = 64 + 53 * 64
+    assert size > 50 * head
+    reads = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            reads.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("builtins.open", lambda *a, **kw: Counting(real_open(*a, **kw)))
+    assert store.get_index("osm", M1) == idx
+    assert [i for i, _ in store.iter_sizes("osm")] == [idx]
+    assert list(store.iter_indexes("osm")) == [idx]
+    assert store.metatile_sizes("osm", M1)[0] == idx
+    assert store.read_tile("osm", Tile(12, 2049, 1361)).data == tiles[9]
+    assert sum(reads) == 5 * head
+
+
+def test_disk_ignores_old_index_files(tmp_path):
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 64)))
+    old = tmp_path / "tiles/osm/12/257/170.idx"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(idx.encode())
+    assert store.get_index("osm", M2) is None
+    assert list(store.iter_indexes("osm")) == []
+    store.put_metatile("osm", idx, blobs)
+    assert [i.meta for i in store.iter_indexes("osm")] == [M1]
 
 
 def test_disk_skips_temporary_and_stray_files(tmp_path):
     store = DiskStore(tmp_path)
     store.put_metatile("osm", *make_index(M1, [0] * 64))
     folder = tmp_path / "tiles/osm/12/256"
-    (folder / ".171.idx.abc.tmp").write_bytes(b"half")
+    (folder / ".171.pack.abc.tmp").write_bytes(b"half")
     (folder / "notes.txt").write_bytes(b"x")
     assert [i.meta for i in store.iter_indexes("osm")] == [M1]
     stray = tmp_path / "blobs/aa/bb/.x.tmp"
@@ -241,20 +422,25 @@ def test_disk_skips_temporary_and_stray_files(tmp_path):
     assert stray.exists()  # younger than an hour
     old = time.time() - 7200
     os.utime(stray, (old, old))
-    os.utime(folder / ".171.idx.abc.tmp", (old, old))
+    os.utime(folder / ".171.pack.abc.tmp", (old, old))
     store.collect_garbage()
-    assert not stray.exists() and not (folder / ".171.idx.abc.tmp").exists()
+    assert not stray.exists() and not (folder / ".171.pack.abc.tmp").exists()
     assert (folder / "notes.txt").exists()
 
 
-def test_disk_index_in_the_wrong_place_is_skipped(tmp_path, caplog):
+def test_disk_pack_in_the_wrong_place_is_skipped(tmp_path, caplog):
     store = DiskStore(tmp_path)
     store.put_metatile("osm", *make_index(M1, [0] * 64))
-    os.makedirs(os.path.dirname(store.index_path("osm", M2)))
-    shutil.copy(store.index_path("osm", M1), store.index_path("osm", M2))
+    os.makedirs(os.path.dirname(store.pack_path("osm", M2)))
+    shutil.copy(store.pack_path("osm", M1), store.pack_path("osm", M2))
     assert store.get_index("osm", M2) is None
     assert [i.meta for i in store.iter_indexes("osm")] == [M1]
     assert "holds metatile" in caplog.text
+
+
+def _pack_file(store: DiskStore, meta: Meta) -> tuple[bytes, int]:
+    raw = Path(store.pack_path("osm", meta)).read_bytes()
+    return raw, len(raw)
 
 
 def test_disk_errors_are_one_line(tmp_path):
@@ -457,9 +643,7 @@ def _check_frozen(store) -> None:
     """Check the invariants at one instant while others write and collect."""
     if store.kind == "disk":
         with store._locked(fcntl.LOCK_SH):  # holds off sweeps; writers may still publish
-            indexes = all_indexes(store)
-            missing = [h for i in indexes.values() for h in i.unique()
-                       if not os.path.exists(store.blob_path(h))]
+            missing = [h for h in shared_refs(store) if not os.path.exists(store.pool_path(h))]
     else:
         missing = store._r.eval(CHECK_SCRIPT, 0, store.prefix)
     assert not missing, f"store inconsistent: {missing[:3]}"

@@ -154,11 +154,11 @@ def test_export_render_missing_round_trips_every_tile(renderd_daemon, tmp_path, 
     expect = {}
     for z in range(2, 8):
         for m in area.metatiles(z):
-            idx = store.get_index("shapes", m)
+            idx, blobs = store.get_metatile("shapes", m)
             for i, inside in enumerate(area.tile_mask(m)):
                 if inside:
                     t = index_tile(m, i)
-                    expect[(t.z, t.x, t.y)] = store.get_blob(idx.hashes[i])
+                    expect[(t.z, t.x, t.y)] = blobs.get(idx.hashes[i])
     if fmt == "mbtiles":
         db = sqlite3.connect(out)
         got = {(z, x, (1 << z) - 1 - row): bytes(data) for z, x, row, data in

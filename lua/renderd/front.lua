@@ -12,16 +12,6 @@
 --
 -- server level:
 --   location /tiles/ { content_by_lua_block { require("renderd.front").serve() } }
---   location /_blob/ {             # disk stores only
---       internal;
---       alias {store.path}/blobs/;
---       log_not_found off;
---       error_page 404 = @rpy_blob_missing;
---       header_filter_by_lua_block { require("renderd.front").blob_header_filter() }
---   }
---   location @rpy_blob_missing {
---       content_by_lua_block { require("renderd.front").blob_missing() }
---   }
 --   # loopback-only server:
 --   location = /metrics { content_by_lua_block { require("renderd.metrics").serve() } }
 --
@@ -34,7 +24,6 @@
 --    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
 --                "ext": "png", "content_type": "image/png",
 --                "cache_control": "public, max-age=3600", "tile_size": 256}],
---    "blob_location": "/_blob/",
 --    "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
 -- Optional keys (defaults): "hot_ttl" 300 (seconds a hot-cache entry counts
 -- as fresh; afterwards it is only a fallback when store and broker fail),
@@ -47,18 +36,17 @@
 -- hot cache (X-Cache: HIT) -> store (STORE, or STALE plus a background
 -- re-render at priority 1) -> one RENDER per metatile (RENDER) -> on BUSY,
 -- FAIL, timeout or errors: an expired hot-cache copy (STALE) or 503 with
--- Retry-After. Disk hits: the .idx is read here and the blob is sent by
--- nginx (ngx.exec to blob_location); the tile's headers travel in the
--- internal redirect's query string and blob_header_filter() sets them, since
--- ngx.ctx and the static module's own headers do not survive the redirect.
--- If-None-Match / If-Modified-Since are answered (304) here, before the
--- redirect. A blob gone between index read and open() comes back through
--- @rpy_blob_missing and is read again or rendered. An index entry of 32
--- zeros (no tile there) is a 404 "no tile" with the layer's Cache-Control.
+-- Retry-After. Disk hits: the metatile's pack file is read here (renderd.pack:
+-- index, locations, the tiles kept in it) and, for a tile in the shared
+-- pool, its pool file; a pool file gone meanwhile (the pack was replaced and
+-- the file collected) makes the pack be read once more, then the tile is
+-- rendered. An index entry of 32 zeros (no tile there) is a 404 "no tile"
+-- with the layer's Cache-Control.
 
 local json = require "renderd.json"
 local path = require "renderd.path"
 local index = require "renderd.index"
+local pack = require "renderd.pack"
 local cache = require "renderd.cache"
 local store = require "renderd.store"
 local client = require "renderd.client"
@@ -70,12 +58,10 @@ local ngx_var = ngx.var
 local ngx_header = ngx.header
 local ngx_print = ngx.print
 local ngx_exit = ngx.exit
-local ngx_exec = ngx.exec
 local send_headers = ngx.send_headers
 local HTTP_OK = ngx.HTTP_OK
 local get_method = ngx.req.get_method
 local get_headers = ngx.req.get_headers
-local clear_header = ngx.req.clear_header
 local req_start = ngx.req.start_time
 local http_time = ngx.http_time
 local parse_http_time = ngx.parse_http_time
@@ -129,10 +115,6 @@ function _M.setup(c)
     c.hot_ttl = tonumber(json.value(c.hot_ttl)) or 300
     c.retry_after = tonumber(json.value(c.retry_after)) or 5
     c.log_interval = tonumber(json.value(c.log_interval)) or 10
-    c.blob_location = json.value(c.blob_location) or "/_blob/"
-    if not find(c.blob_location, "/$") then
-        c.blob_location = c.blob_location .. "/"
-    end
     local d = json.value(c.dicts) or {}
     c.dicts = { tiles = d.tiles or "rpy_tiles", locks = d.locks or "rpy_locks",
                 metrics = d.metrics or "rpy_metrics" }
@@ -289,12 +271,22 @@ end
 
 -- store -----------------------------------------------------------------------
 
-local function fill_from_disk(premature, layer_name, raw, h)
+-- the whole metatile into the hot cache, from the pack already read
+local function fill_from_disk(premature, layer_name, raw, idx, h)
     if premature then
         return
     end
-    local blobs = store.read_blobs(index.unique(raw, h.n))
-    local evicted = cache.put_metatile(layer_name, raw, h, blobs)
+    local blobs, pooled = pack.tiles(raw, h.n)
+    if not blobs then
+        return
+    end
+    for i = 1, #pooled do
+        local data = store.read_pool(pooled[i])
+        if data then
+            blobs[pooled[i]] = data
+        end
+    end
+    local evicted = cache.put_metatile(layer_name, idx, h, blobs)
     if evicted > 0 then
         metrics.incr("renderd_cache_evictions_total", nil, evicted)
     end
@@ -310,20 +302,49 @@ local function checked_index(raw, t, kind)
     return h
 end
 
--- the disk store: read t's index here, let nginx send the blob
-local function from_disk(t, xcache, missing)
+local function pack_error(t, err)
+    return "disk pack " .. t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+end
+
+-- the disk store: t's pack, and its pool file if the tile is in the pool
+local function from_disk(t, xcache)
     local name = t.layer.name
-    local raw, err = store.read_index(name, t.z, t.mx, t.my)
-    if not raw then
-        return false, err
+    local raw, idx, h, hash, body, err
+    for attempt = 1, 2 do
+        raw, err = store.read_pack(name, t.z, t.mx, t.my)
+        if not raw then
+            return false, err
+        end
+        idx, err = pack.index(raw)
+        if not idx then
+            return false, pack_error(t, err)
+        end
+        h, err = checked_index(idx, t, "disk")
+        if not h then
+            return false, err
+        end
+        hash = index.entry(idx, t.i)
+        if not hash then
+            break
+        end
+        body, err = pack.tile(raw, h.n, t.i)
+        if body == nil then
+            return false, pack_error(t, err)
+        end
+        if body then
+            break
+        end
+        body, err = store.read_pool(hash)
+        if body or err then
+            break
+        end
+        if attempt == 1 then
+            log.once(WARN, "blob-missing", "pool blob ", hash,
+                     " named by a metatile pack is missing; reading the store again")
+        end
     end
-    local h
-    h, err = checked_index(raw, t, "disk")
-    if not h then
-        return false, err
-    end
-    if missing and index.entry(raw, t.i) == missing then
-        return false -- its blob is gone: render it again
+    if hash and not body then
+        return false, err -- its pool blob is gone: render it again
     end
     if h.stale then
         xcache = "STALE"
@@ -331,24 +352,9 @@ local function from_disk(t, xcache, missing)
     end
     -- the whole metatile into the hot cache, after this response
     if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
-        timer_at(0, fill_from_disk, name, raw, h)
+        timer_at(0, fill_from_disk, name, raw, idx, h)
     end
-    local hash = index.entry(raw, t.i)
-    if not hash then
-        return empty(t, h.rendered, xcache)
-    end
-    if not_modified(hash, h.rendered) then
-        tile_headers(t.layer, hash, h.rendered, xcache)
-        metrics.request(304, xcache)
-        return finish(304)
-    end
-    -- the static module must not answer validators of its own
-    clear_header("If-None-Match")
-    clear_header("If-Modified-Since")
-    clear_header("If-Match")
-    clear_header("If-Unmodified-Since")
-    return ngx_exec(cfg.blob_location .. store.blob_uri(hash),
-                    { l = name, h = hash, r = h.rendered, c = xcache })
+    return send(t, hash, body, h.rendered, xcache)
 end
 
 -- the Redis store: index and blobs in one round trip
@@ -387,9 +393,9 @@ end
 
 -- read t from the store and answer; returns only if nothing was sent:
 -- false (not stored) or false, err (store failed)
-local function from_store(t, xcache, missing)
+local function from_store(t, xcache)
     if store.kind == "disk" then
-        return from_disk(t, xcache, missing)
+        return from_disk(t, xcache)
     end
     return from_redis(t, xcache)
 end
@@ -403,9 +409,8 @@ end
 
 -- handlers --------------------------------------------------------------------
 
---- content_by_lua of `location /tiles/`. (`missing`: a blob hash the
--- blob location did not find, see blob_missing.)
-function _M.serve(missing)
+--- content_by_lua of `location /tiles/`.
+function _M.serve()
     if not cfg then
         error("renderd.front.init() was not called (init_by_lua)", 2)
     end
@@ -433,7 +438,7 @@ function _M.serve(missing)
     metrics.incr("renderd_cache_misses_total")
 
     -- 2. store
-    local _, err = from_store(t, "STORE", missing)
+    local _, err = from_store(t, "STORE")
     if err then
         metrics.incr("renderd_store_errors_total")
         log.once(ERR, "store", "tile store unavailable, serving stale or rendering: ", err)
@@ -456,32 +461,6 @@ function _M.serve(missing)
              " failed: ", res.status, " ", tostring(res.reason))
     serve_expired(t)
     return unavailable(t, res.status == "BUSY" and "render queue full" or "render failed or timed out")
-end
-
---- content_by_lua of the named location the blob location sends its 404s
--- to (`error_page 404 = @rpy_blob_missing;`): the blob an index named is
--- gone (it was replaced and collected between reading the index and
--- opening the file). Reads the index again, or renders the tile.
-function _M.blob_missing()
-    log.once(WARN, "blob-missing", "blob ", tostring(ngx_var.arg_h),
-             " named by a metatile index is missing; reading the store again")
-    return _M.serve(ngx_var.arg_h)
-end
-
---- header_filter_by_lua of the blob location: the tile's headers, passed
--- through the internal redirect's query string (l, h, r, c).
-function _M.blob_header_filter()
-    local status = ngx.status
-    local xcache = ngx_var.arg_c
-    metrics.request(status, xcache)
-    if status ~= 200 and status ~= 206 then
-        return
-    end
-    local layer = layers[ngx_var.arg_l or ""]
-    if not layer then
-        return
-    end
-    tile_headers(layer, ngx_var.arg_h, tonumber(ngx_var.arg_r), xcache)
 end
 
 return _M

@@ -2,14 +2,13 @@
 --
 --   local store = require "renderd.store"
 --   store.configure(cfg.store, ngx.shared.rpy_locks)
---   -- disk: the index only (the blob is sent by nginx itself, sendfile)
---   local raw, err = store.read_index(layer, z, mx, my)   -- nil, nil = absent
---   local path = store.blob_uri(hash)                      -- "ab/cd/<hash>"
---   local blobs = store.read_blobs(list)                   -- {hash = bytes} (disk, for the hot cache)
+--   -- disk: the metatile's pack file (renderd.pack reads it), a pool tile
+--   local raw, err = store.read_pack(layer, z, mx, my)    -- nil, nil = absent
+--   local bytes, err = store.read_pool(hash)               -- nil, nil = absent
 --   -- redis: index and every distinct blob in one round trip (META_SCRIPT)
 --   local raw, blobs, err, leader = store.read_metatile(layer, z, mx, my)
 --
--- Disk layout: {path}/tiles/{layer}/{z}/{mx}/{my}.idx and
+-- Disk layout: {path}/tiles/{layer}/{z}/{mx}/{my}.pack and the pool,
 -- {path}/blobs/{h[0:2]}/{h[2:4]}/{h}. Redis keys: {prefix}:idx:{layer}:{z}:{mx}:{my},
 -- {prefix}:blob:{hash}. Redis connections come from the cosocket pool; after
 -- a connection failure Redis is not tried again for `retry` seconds
@@ -123,28 +122,14 @@ local function read_file(path)
     return data
 end
 
---- Disk: the raw index of a metatile; nil (no error) if it is not stored.
-function _M.read_index(layer, z, mx, my)
-    return read_file(cfg.path .. "/tiles/" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my .. ".idx")
+--- Disk: the bytes of a metatile's pack; nil (no error) if it is not stored.
+function _M.read_pack(layer, z, mx, my)
+    return read_file(cfg.path .. "/tiles/" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my .. ".pack")
 end
 
---- Disk: a blob's path below {path}/blobs/.
-function _M.blob_uri(hash)
-    return sub(hash, 1, 2) .. "/" .. sub(hash, 3, 4) .. "/" .. hash
-end
-
---- Disk: the bytes of some blobs (for filling the hot cache); missing ones
--- are left out.
-function _M.read_blobs(hashes)
-    local out = {}
-    for i = 1, #hashes do
-        local h = hashes[i]
-        local data = read_file(cfg.path .. "/blobs/" .. _M.blob_uri(h))
-        if data then
-            out[h] = data
-        end
-    end
-    return out
+--- Disk: the bytes of a tile in the shared pool; nil (no error) if it is not there.
+function _M.read_pool(hash)
+    return read_file(cfg.path .. "/blobs/" .. sub(hash, 1, 2) .. "/" .. sub(hash, 3, 4) .. "/" .. hash)
 end
 
 -- redis -----------------------------------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 from ..errors import StoreError
-from ..tilemath import Meta, Tile, metatile_of
+from ..tilemath import Meta, Tile
 from .index import MetaIndex, content_hash
 
 LAYER_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -61,11 +61,11 @@ class GCStats:
 
 
 class Store(abc.ABC):
-    """A deduplicated tile store: per-metatile indexes and shared blobs.
+    """A deduplicated tile store: per-metatile indexes and the tiles' bytes.
 
     Writers call ``put_metatile`` with the new index and the bytes of every
-    distinct tile in it; the store writes the blobs it lacks and switches the
-    index atomically. Readers never see a half-written metatile.
+    distinct tile in it; the store writes what it lacks and switches the
+    metatile atomically. Readers never see a half-written metatile.
     """
 
     kind: str = "?"
@@ -76,27 +76,8 @@ class Store(abc.ABC):
         """The index of ``meta``, or None if it was never stored."""
 
     @abc.abstractmethod
-    def get_blob(self, digest: str) -> bytes | None:
-        """The bytes stored under ``digest``, or None."""
-
-    def get_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
-        out = {}
-        for d in digests:
-            b = self.get_blob(d)
-            if b is not None:
-                out[d] = b
-        return out
-
     def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
-        """A tile's bytes and its metatile's index, or None if not stored."""
-        idx = self.get_index(layer, metatile_of(tile.z, tile.x, tile.y, meta))
-        if idx is None:
-            return None
-        digest = idx.tile_hash(tile.x, tile.y)
-        if digest is None:
-            return None
-        data = self.get_blob(digest)
-        return None if data is None else (data, idx)
+        """A tile's bytes and its metatile's index, or None if not stored (or empty)."""
 
     @abc.abstractmethod
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
@@ -107,25 +88,24 @@ class Store(abc.ABC):
         """A metatile's index and the bytes of its distinct tiles."""
 
     @abc.abstractmethod
-    def layer_usage(self, layer: str) -> tuple[int, int, int]:
-        """(indexes, distinct blobs, bytes of those blobs) of ``layer``."""
-
-    @abc.abstractmethod
-    def blob_totals(self) -> tuple[int, int]:
-        """(blobs, bytes) of the whole store; walks every blob."""
+    def metatile_sizes(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, int]] | None:
+        """A metatile's index and the stored size in bytes of each of its
+        distinct non-empty tiles (a tile whose bytes are missing is left out)."""
 
     @abc.abstractmethod
     def iter_indexes(self, layer: str, zoom: int | None = None) -> Iterator[MetaIndex]:
         """Every stored index of ``layer`` (at ``zoom`` if given)."""
 
-    def blob_size(self, digest: str) -> int | None:
-        b = self.get_blob(digest)
-        return None if b is None else len(b)
+    @abc.abstractmethod
+    def iter_sizes(self, layer: str, zoom: int | None = None) -> Iterator[tuple[MetaIndex, dict[str, int]]]:
+        """``metatile_sizes`` of every stored metatile of ``layer`` (at ``zoom``)."""
 
     # --- writing ---------------------------------------------------------
     @abc.abstractmethod
     def put_metatile(self, layer: str, index: MetaIndex, blobs: dict[str, bytes]) -> int:
-        """Store a metatile atomically; return how many new blobs were written.
+        """Store a metatile atomically; return how many new shared blobs were
+        written (disk: files added to the pool; tiles kept in the metatile's
+        own pack are not counted).
 
         ``blobs`` maps every distinct non-empty hash of ``index`` to its bytes
         (the store may skip those it has).
@@ -137,11 +117,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_metatile(self, layer: str, meta: Meta) -> bool:
-        """Remove a metatile's index; its blobs go when nothing uses them."""
+        """Remove a metatile; shared blobs go when nothing uses them."""
 
     @abc.abstractmethod
     def collect_garbage(self) -> GCStats:
-        """Delete blobs no index references, safely against running writers."""
+        """Delete shared blobs no metatile references, safely against running writers."""
 
     def close(self) -> None:
         pass

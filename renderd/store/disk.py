@@ -1,17 +1,41 @@
-"""The disk store: one index file per metatile, one file per distinct tile.
+"""The disk store: one pack file per metatile, a shared pool for repeated tiles.
 
 Layout (docs/storage.md; nginx reads it directly)::
 
     {path}/gc.lock                                   flock: writers shared, collector exclusive
-    {path}/tiles/{layer}/{z}/{mx}/{my}.idx           MetaIndex.encode() bytes
-    {path}/blobs/{h[0:2]}/{h[2:4]}/{h}               encoded tile bytes
+    {path}/tiles/{layer}/{z}/{mx}/{my}.pack          one pack per metatile
+    {path}/blobs/{h[0:2]}/{h[2:4]}/{h}               the pool: encoded tile bytes by content hash
+
+A pack of an ``n x n`` metatile is, byte for byte:
+
+1. ``[0, L)`` with ``L = 64 + 33 n²``: exactly ``MetaIndex.encode()``
+   (renderd/store/index.py), so the stale byte is at offset 6;
+2. ``[L, L + 20 n²)``: the location table, one 20-byte entry per index
+   entry, in index order (x-major): ASCII ``"%010d %08d\\n" % (offset,
+   length)``, the offset from the start of the file and the length of the
+   tile's bytes. ``0000000000 00000000`` means: the entry is empty (its hash
+   is 32 zeros) or, for any other hash, the tile is in the pool under its
+   hash;
+3. then the inline tiles: the bytes of each distinct tile kept in the pack,
+   concatenated in order of first appearance in the index. Several entries
+   may point to the same bytes.
+
+A location that is not ``0/0`` must lie inside the file, after the table,
+and belong to a non-empty entry; a pack that breaks this, or whose index
+part is not a whole index, is corrupt: readers log it and treat it as absent.
+
+Writer policy (a choice of the writer, not part of the format): a distinct
+tile goes to the pool if it occurs 2 or more times in the metatile, or if
+the pool has it already (it is then touched, see below); otherwise it is
+inline. So every tile that repeats within a metatile is stored once for the
+whole store, and a tile that occurs once in each of two metatiles is stored
+in both packs: cheaper than a pool file, which costs a file system block.
 
 Files become visible only by ``os.replace`` of a complete temporary file in
-the same directory, so a reader or a crash never sees a partial one. Blobs are
-written before the index that names them; the garbage collector spares every
-blob whose mtime is not older than the start of its run, and writers touch the
-blobs they reuse (see ``collect_garbage`` and docs/storage.md for why that is
-safe).
+the same directory, so a reader or a crash never sees a partial one. Pool
+blobs are written (or touched) before the pack that names them; the garbage
+collector spares every pool blob whose mtime is not older than the start of
+its run (see ``collect_garbage`` and docs/storage.md for why that is safe).
 """
 
 from __future__ import annotations
@@ -23,13 +47,15 @@ import os
 import re
 import secrets
 import time
+from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator, TypeVar
 
 from ..errors import StoreError
-from ..tilemath import Meta, Tile, metatile_of
+from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
-from .index import HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex
+from .index import EMPTY, ENTRY_SIZE, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +64,106 @@ NUMBER_RE = re.compile(r"[0-9]{1,10}")
 TMP_SUFFIX = ".tmp"
 #: Leftover temporary files older than this are removed by the collector.
 TMP_MAX_AGE = 3600.0
-#: Blobs examined per hold of the exclusive lock during a sweep.
+#: Pool blobs examined per hold of the exclusive lock during a sweep.
 SWEEP_BATCH = 1000
+#: A pack file's suffix.
+PACK_EXT = "pack"
+#: One entry of a pack's location table: offset, length.
+LOCATION_SIZE = 20
+LOCATION_FORMAT = "%010d %08d\n"
+LOCATION_RE = re.compile(rb"([0-9]{10}) ([0-9]{8})\n")
+#: The location of an empty entry or of a tile in the pool.
+POOL = (0, 0)
+MAX_TILE = 99_999_999
+
+T = TypeVar("T")
+
+
+# --- the pack format -------------------------------------------------------
+
+def index_size(n: int) -> int:
+    """Bytes of the index part of a pack of an ``n x n`` metatile (L)."""
+    return HEADER_SIZE + ENTRY_SIZE * n * n
+
+
+def head_size(n: int) -> int:
+    """Bytes of the index and the location table: where the inline tiles start."""
+    return index_size(n) + LOCATION_SIZE * n * n
+
+
+def encode_pack(index: MetaIndex, inline: dict[str, bytes]) -> bytes:
+    """The pack of ``index`` with the tiles of ``inline`` inside; every other
+    non-empty hash of the index is in the pool."""
+    offset = head_size(index.meta.n)
+    where: dict[str, tuple[int, int]] = {}
+    body = []
+    for h in index.unique():
+        data = inline.get(h)
+        if data is None:
+            continue
+        if len(data) > MAX_TILE:
+            raise StoreError(f"tile {h} of {index.meta} has {len(data)} bytes, more than a pack can hold")
+        where[h] = (offset, len(data))
+        body.append(data)
+        offset += len(data)
+    table = "".join(LOCATION_FORMAT % where.get(h, POOL) for h in index.hashes)
+    return b"".join([index.encode(), table.encode("ascii"), *body])
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A decoded pack head: the index and each entry's (offset, length)."""
+
+    index: MetaIndex
+    locations: tuple[tuple[int, int], ...]
+
+    def pooled(self) -> list[str]:
+        """Distinct non-empty hashes the pack leaves to the pool, in index order."""
+        return list(dict.fromkeys(h for h, loc in zip(self.index.hashes, self.locations)
+                                  if loc == POOL and h != EMPTY))
+
+    def inline(self) -> dict[str, tuple[int, int]]:
+        """Where each distinct tile kept in the pack is: hash -> (offset, length)."""
+        out: dict[str, tuple[int, int]] = {}
+        for h, loc in zip(self.index.hashes, self.locations):
+            if loc != POOL:
+                out.setdefault(h, loc)
+        return out
+
+
+def side_of(head: bytes) -> int:
+    """n as the first 64 bytes of a pack say it; 0 if they do not."""
+    try:
+        return int(head[27:29])
+    except ValueError:
+        return 0
+
+
+def decode_pack(raw: bytes, size: int) -> Pack:
+    """Decode the head of a pack file of ``size`` bytes whose first bytes are
+    ``raw`` (at least the head; more is ignored). ``StoreError`` if corrupt."""
+    if len(raw) < HEADER_SIZE or not raw.startswith(MAGIC):
+        raise StoreError("not a metatile pack")
+    n = side_of(raw)
+    if n < 1:
+        raise StoreError("corrupt metatile index header")
+    start, end = index_size(n), head_size(n)
+    if len(raw) < end or size < end:
+        raise StoreError(f"truncated pack ({size} bytes, the index and locations need {end})")
+    index = MetaIndex.decode(raw[:start])
+    locations = []
+    for i, h in enumerate(index.hashes):
+        if not HASH_RE.fullmatch(h):
+            raise StoreError(f"malformed hash entry {i}")
+        p = start + i * LOCATION_SIZE
+        m = LOCATION_RE.fullmatch(raw, p, p + LOCATION_SIZE)
+        if m is None:
+            raise StoreError(f"corrupt location of entry {i}")
+        loc = int(m.group(1)), int(m.group(2))
+        if loc != POOL and (h == EMPTY or loc[0] < end or loc[0] + loc[1] > size):
+            raise StoreError(f"location {loc[0]}/{loc[1]} of entry {i} is outside the pack's tiles")
+        locations.append(loc)
+    return Pack(index, tuple(locations))
 
 
 # --- small file helpers ----------------------------------------------------
@@ -77,6 +201,16 @@ def _numbered(path: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def _twice(read: Callable[[], tuple[T, bool]]) -> T:
+    """``read()`` gives (result, complete); an incomplete read (a pool blob
+    the pack named was gone: the pack was replaced and the blob collected
+    meanwhile) is made once more, and then taken as it is."""
+    result, complete = read()
+    if not complete:
+        result, _ = read()
+    return result
+
+
 class DiskStore(Store):
     """Deduplicated tiles in a directory tree; see the module docstring."""
 
@@ -86,11 +220,11 @@ class DiskStore(Store):
         self.path = os.path.abspath(os.fspath(path))
         self.fsync = fsync
         self.tiles_dir = os.path.join(self.path, "tiles")
-        self.blobs_dir = os.path.join(self.path, "blobs")
+        self.pool_dir = os.path.join(self.path, "blobs")
         self.lock_path = os.path.join(self.path, "gc.lock")
         try:
             os.makedirs(self.tiles_dir, exist_ok=True)
-            os.makedirs(self.blobs_dir, exist_ok=True)
+            os.makedirs(self.pool_dir, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create store directory {self.path}: {e.strerror}") from None
 
@@ -98,14 +232,14 @@ class DiskStore(Store):
         return f"DiskStore({self.path!r})"
 
     # --- paths -----------------------------------------------------------
-    def index_path(self, layer: str, meta: Meta) -> str:
+    def pack_path(self, layer: str, meta: Meta) -> str:
         check_layer(layer)
-        return os.path.join(self.tiles_dir, layer, str(meta.z), str(meta.mx), f"{meta.my}.idx")
+        return os.path.join(self.tiles_dir, layer, str(meta.z), str(meta.mx), f"{meta.my}.{PACK_EXT}")
 
-    def blob_path(self, digest: str) -> str:
+    def pool_path(self, digest: str) -> str:
         if not HASH_RE.fullmatch(digest):
             raise StoreError(f"malformed content hash {digest[:40]!r}")
-        return os.path.join(self.blobs_dir, digest[0:2], digest[2:4], digest)
+        return os.path.join(self.pool_dir, digest[0:2], digest[2:4], digest)
 
     # --- locking ---------------------------------------------------------
     @contextmanager
@@ -128,77 +262,163 @@ class DiskStore(Store):
     # --- reading ---------------------------------------------------------
     def get_index(self, layer: str, meta: Meta) -> MetaIndex | None:
         """The index, or None if absent or corrupt (logged; a render replaces it)."""
-        path = self.index_path(layer, meta)
-        raw = self._read(path)
-        idx = None if raw is None else self._decode(path, raw, _place(meta))
-        if idx is not None and idx.meta != meta:
-            log.warning("skipping %s: it holds metatile %s of size %d", path, idx.meta, idx.meta.n)
+        got = self._get(layer, meta)
+        return None if got is None else got[0].index
+
+    def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
+        got = self._tile(layer, tile, meta)
+        if got is None or got[2] is None:
             return None
-        return idx
+        return got[2], got[0]
 
-    def get_blob(self, digest: str) -> bytes | None:
-        return self._read(self.blob_path(digest))
+    def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
+        """A tile and its metatile's header fields; None if the metatile is not stored."""
+        got = self._tile(layer, tile, meta)
+        if got is None:
+            return None
+        idx, digest, data = got
+        return StoredTile(data, digest, idx.stale, idx.rendered, idx.data, idx.ext)
 
-    def blob_size(self, digest: str) -> int | None:
+    def get_metatile(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
+        """A metatile's index and the bytes of its distinct tiles, or None.
+
+        The pack is read whole; tiles in the pool are read from it (one
+        gone is left out)."""
+        def read() -> tuple[tuple[MetaIndex, dict[str, bytes]] | None, bool]:
+            got = self._get(layer, meta, whole=True)
+            if got is None:
+                return None, True
+            pack, raw = got
+            blobs = {h: raw[off:off + size] for h, (off, size) in pack.inline().items()}
+            complete = True
+            for h in pack.pooled():
+                data = self._read_file(self.pool_path(h))
+                if data is None:
+                    complete = False
+                else:
+                    blobs[h] = data
+            return (pack.index, blobs), complete
+        return _twice(read)
+
+    def metatile_sizes(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, int]] | None:
+        """The index and the stored size of each distinct tile (a pool blob gone is left out)."""
+        got = self._get(layer, meta)
+        return None if got is None else (got[0].index, self._sizes(got[0], {}))
+
+    def iter_indexes(self, layer: str, zoom: int | None = None) -> Iterator[MetaIndex]:
+        """Every readable index of ``layer``; corrupt packs are logged and skipped."""
+        for pack in self._packs(layer, zoom):
+            yield pack.index
+
+    def iter_sizes(self, layer: str, zoom: int | None = None) -> Iterator[tuple[MetaIndex, dict[str, int]]]:
+        """``metatile_sizes`` of every readable pack; each pool blob is looked at once."""
+        pool_sizes: dict[str, int | None] = {}
+        for pack in self._packs(layer, zoom):
+            yield pack.index, self._sizes(pack, pool_sizes)
+
+    def layers(self) -> list[str]:
+        """Names of the layers that have a tiles directory."""
+        return sorted(e.name for e in _scandir(self.tiles_dir)
+                      if LAYER_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+
+    def _sizes(self, pack: Pack, pool_sizes: dict[str, int | None]) -> dict[str, int]:
+        """Stored size of each distinct tile of ``pack``; ``pool_sizes`` caches pool blobs'."""
+        sizes = {h: size for h, (_, size) in pack.inline().items()}
+        for h in pack.pooled():
+            if h not in pool_sizes:
+                pool_sizes[h] = self._pool_size(h)
+            size = pool_sizes[h]
+            if size is not None:
+                sizes[h] = size
+        return sizes
+
+    def _pool_size(self, digest: str) -> int | None:
         try:
-            return os.stat(self.blob_path(digest)).st_size
+            return os.stat(self.pool_path(digest)).st_size
         except FileNotFoundError:
             return None
         except OSError as e:
             raise StoreError(f"cannot stat blob {digest}: {e.strerror}") from None
 
-    def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
-        """A tile and its metatile's header fields; None if the metatile is not stored."""
-        idx = self.get_index(layer, metatile_of(tile.z, tile.x, tile.y, meta))
-        if idx is None:
+    def _tile(self, layer: str, tile: Tile, meta: int) -> tuple[MetaIndex, str | None, bytes | None] | None:
+        """(index, hash, bytes) of a tile: hash None for an empty tile, bytes
+        None if empty or its pool blob is gone; None if the metatile is not stored."""
+        m = metatile_of(tile.z, tile.x, tile.y, meta)
+        path = self.pack_path(layer, m)
+        i = tile_index(m, tile.x, tile.y)
+
+        def read() -> tuple[tuple[MetaIndex, str | None, bytes | None] | None, bool]:
+            with self._open(path) as f:
+                got = None if f is None else self._head(f, path, m)
+                if got is None:
+                    return None, True
+                pack = got[0]
+                digest = pack.index.hashes[i]
+                if digest == EMPTY:
+                    return (pack.index, None, None), True
+                off, size = pack.locations[i]
+                if (off, size) != POOL:
+                    return (pack.index, digest, _pread(f, path, off, size)), True
+            data = self._read_file(self.pool_path(digest))
+            return (pack.index, digest, data), data is not None
+        return _twice(read)
+
+    def _get(self, layer: str, meta: Meta, whole: bool = False) -> tuple[Pack, bytes] | None:
+        """The pack of ``meta`` and its bytes (the head only unless ``whole``);
+        None if absent, corrupt or of another metatile size (logged)."""
+        path = self.pack_path(layer, meta)
+        with self._open(path) as f:
+            return None if f is None else self._head(f, path, meta, whole)
+
+    @contextmanager
+    def _open(self, path: str) -> Iterator[BinaryIO | None]:
+        """``path`` open for reading, or None if it does not exist."""
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror}") from None
+        with f:
+            yield f
+
+    @staticmethod
+    def _head(f: BinaryIO, path: str, where: Meta | tuple[int, int, int],
+              whole: bool = False) -> tuple[Pack, bytes] | None:
+        """Read and decode the pack open as ``f`` (the head only, unless
+        ``whole``): None (logged) if corrupt or not the pack of ``where``, a
+        metatile or a place (z, mx, my)."""
+        try:
+            if whole:
+                raw = f.read()
+                size = len(raw)
+            else:
+                size = os.fstat(f.fileno()).st_size
+                raw = f.read(HEADER_SIZE)
+                raw += f.read(max(head_size(side_of(raw)) - len(raw), 0))
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            pack = decode_pack(raw, size)
+        except StoreError as e:
+            log.warning("skipping %s: %s", path, e)
             return None
-        digest = idx.tile_hash(tile.x, tile.y)
-        data = None if digest is None else self.get_blob(digest)
-        return StoredTile(data, digest, idx.stale, idx.rendered, idx.data, idx.ext)
-
-    def get_metatile(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
-        """A metatile's index and the bytes of its distinct tiles, or None."""
-        idx = self.get_index(layer, meta)
-        if idx is None:
+        meta = pack.index.meta
+        if (meta if isinstance(where, Meta) else _place(meta)) != where:
+            log.warning("skipping %s: it holds metatile %s of size %d", path, meta, meta.n)
             return None
-        return idx, self.get_blobs(idx.unique())
+        return pack, raw
 
-    def iter_indexes(self, layer: str, zoom: int | None = None) -> Iterator[MetaIndex]:
-        """Every readable index of ``layer``; corrupt files are logged and skipped."""
-        for path, place in self._index_files(check_layer(layer), zoom):
-            raw = self._read(path)
-            if raw is not None:
-                idx = self._decode(path, raw, place)
-                if idx is not None:
-                    yield idx
+    def _packs(self, layer: str, zoom: int | None) -> Iterator[Pack]:
+        """The head of every readable pack of ``layer`` (at ``zoom``)."""
+        for path, place in self._pack_files(check_layer(layer), zoom):
+            with self._open(path) as f:
+                got = None if f is None else self._head(f, path, place)
+            if got is not None:
+                yield got[0]
 
-    def layers(self) -> list[str]:
-        """Names of the layers that have an index directory."""
-        return sorted(e.name for e in _scandir(self.tiles_dir)
-                      if LAYER_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
-
-    def layer_usage(self, layer: str) -> tuple[int, int, int]:
-        """(indexes, distinct stored blobs they use, bytes of those blobs)."""
-        count, hashes = 0, set()
-        for idx in self.iter_indexes(layer):
-            count += 1
-            hashes.update(idx.unique())
-        sizes = [s for s in map(self.blob_size, hashes) if s is not None]
-        return count, len(sizes), sum(sizes)
-
-    def blob_totals(self) -> tuple[int, int]:
-        """(blob count, bytes) over the whole store: walks every blob directory."""
-        count = size = 0
-        for entry in self._blob_entries():
-            if HASH_RE.fullmatch(entry.name):
-                try:
-                    size += entry.stat(follow_symlinks=False).st_size
-                    count += 1
-                except FileNotFoundError:
-                    pass
-        return count, size
-
-    def _read(self, path: str) -> bytes | None:
+    def _read_file(self, path: str) -> bytes | None:
         try:
             with open(path, "rb") as f:
                 return f.read()
@@ -207,42 +427,27 @@ class DiskStore(Store):
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e.strerror}") from None
 
-    @staticmethod
-    def _decode(path: str, raw: bytes, place: tuple[int, int, int]) -> MetaIndex | None:
-        """Decode an index file; None (logged) if corrupt or not at its place (z, mx, my)."""
-        try:
-            idx = MetaIndex.decode(raw)
-            if not all(HASH_RE.fullmatch(h) for h in idx.hashes):
-                raise StoreError("malformed hash entry")
-        except StoreError as e:
-            log.warning("skipping %s: %s", path, e)
-            return None
-        if _place(idx.meta) != place:
-            log.warning("skipping %s: it holds metatile %s", path, idx.meta)
-            return None
-        return idx
-
-    def _index_files(self, layer: str, zoom: int | None) -> Iterator[tuple[str, tuple[int, int, int]]]:
-        """(path, (z, mx, my)) of every ``.idx`` file of ``layer``."""
+    def _pack_files(self, layer: str, zoom: int | None) -> Iterator[tuple[str, tuple[int, int, int]]]:
+        """(path, (z, mx, my)) of every pack file of ``layer``."""
         root = os.path.join(self.tiles_dir, layer)
         zooms = _numbered(root) if zoom is None else [(zoom, os.path.join(root, str(zoom)))]
         for z, zdir in zooms:
             for mx, xdir in _numbered(zdir):
-                for my, path in self._idx_in(xdir):
+                for my, path in self._packs_in(xdir):
                     yield path, (z, mx, my)
 
     @staticmethod
-    def _idx_in(xdir: str) -> list[tuple[int, str]]:
+    def _packs_in(xdir: str) -> list[tuple[int, str]]:
         out = []
         for e in _scandir(xdir):
             stem, dot, ext = e.name.partition(".")
-            if ext == "idx" and NUMBER_RE.fullmatch(stem):
+            if ext == PACK_EXT and NUMBER_RE.fullmatch(stem):
                 out.append((int(stem), e.path))
         return sorted(out)
 
-    def _blob_entries(self) -> Iterator[os.DirEntry]:
-        """Every file under ``blobs/`` (blobs and temporary files)."""
-        for a in _scandir(self.blobs_dir):
+    def _pool_entries(self) -> Iterator[os.DirEntry]:
+        """Every file under ``blobs/`` (pool blobs and temporary files)."""
+        for a in _scandir(self.pool_dir):
             if not a.is_dir(follow_symlinks=False):
                 continue
             for b in _scandir(a.path):
@@ -251,36 +456,52 @@ class DiskStore(Store):
 
     # --- writing ---------------------------------------------------------
     def put_metatile(self, layer: str, index: MetaIndex, blobs: dict[str, bytes]) -> int:
-        """Write missing blobs, touch reused ones, then switch the index.
+        """Touch the tiles the pool has, add the repeated ones it lacks, then
+        switch the pack; returns how many pool blobs were written.
 
         All under the shared lock, so a collector's sweep never runs between
-        the check that a blob exists and the index that names it.
+        the check that a pool blob exists and the pack that names it. Tiles
+        not given may be left out if the pool or this metatile's current
+        pack holds them.
         """
-        path = self.index_path(layer, index.meta)
+        path = self.pack_path(layer, index.meta)
         given = check_put(index, blobs)
+        counts = Counter(h for h in index.hashes if h != EMPTY)
         with self._locked(fcntl.LOCK_SH):
-            written, dirs = self._put_blobs(index, given)
+            now = time.time_ns()
+            pooled = {h for h in counts if self._touch(self.pool_path(h), now)}
+            data = self._tile_bytes(path, index, given, [h for h in counts if h not in pooled])
+            written, dirs = 0, set()
+            for h, count in counts.items():
+                if count >= 2 and h not in pooled:
+                    blob = self.pool_path(h)
+                    self._write_file(blob, data[h], mtime_ns=now, sync_dir=False)
+                    dirs.add(os.path.dirname(blob))
+                    pooled.add(h)
+                    written += 1
             if self.fsync:
                 for d in dirs:
                     _fsync_dir(d)
-            self._write_file(path, index.encode())
+            self._write_file(path, encode_pack(index, {h: data[h] for h in counts if h not in pooled}))
         return written
 
-    def _put_blobs(self, index: MetaIndex, given: dict[str, bytes]) -> tuple[int, set[str]]:
-        """Touch or write every blob of ``index``: (new blobs, their directories)."""
-        written, dirs = 0, set()
-        now = time.time_ns()
-        for h in index.unique():
-            path = self.blob_path(h)
-            if self._touch(path, now):
-                continue
-            data = given.get(h)
-            if data is None:
+    def _tile_bytes(self, path: str, index: MetaIndex, given: dict[str, bytes],
+                    wanted: list[str]) -> dict[str, bytes]:
+        """The bytes of the ``wanted`` tiles: given, or inline in the pack at ``path``."""
+        out = {h: given[h] for h in wanted if h in given}
+        lacking = [h for h in wanted if h not in out]
+        if lacking:
+            with self._open(path) as f:
+                old = None if f is None else self._head(f, path, index.meta, whole=True)
+            if old is not None:
+                pack, raw = old
+                for h, (off, size) in pack.inline().items():
+                    if h in lacking and content_hash(raw[off:off + size]) == h:
+                        out[h] = raw[off:off + size]
+        for h in lacking:
+            if h not in out:
                 raise StoreError(f"blob {h} of {index.meta} is neither stored nor given")
-            self._write_file(path, data, mtime_ns=now, sync_dir=False)
-            dirs.add(os.path.dirname(path))
-            written += 1
-        return written, dirs
+        return out
 
     @staticmethod
     def _touch(path: str, now: int) -> bool:
@@ -332,7 +553,7 @@ class DiskStore(Store):
 
     def mark_stale(self, layer: str, meta: Meta) -> bool:
         """Set the stale byte in place (a one-byte pwrite); False if absent or corrupt."""
-        path = self.index_path(layer, meta)
+        path = self.pack_path(layer, meta)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -341,7 +562,7 @@ class DiskStore(Store):
             raise StoreError(f"cannot open {path}: {e.strerror}") from None
         try:
             if not os.pread(fd, HEADER_SIZE, 0).startswith(MAGIC):
-                log.warning("not marking %s stale: not a metatile index", path)
+                log.warning("not marking %s stale: not a metatile pack", path)
                 return False
             os.pwrite(fd, b"1", STALE_OFFSET)
             if self.fsync:
@@ -353,7 +574,7 @@ class DiskStore(Store):
             os.close(fd)
 
     def delete_metatile(self, layer: str, meta: Meta) -> bool:
-        path = self.index_path(layer, meta)
+        path = self.pack_path(layer, meta)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -366,26 +587,27 @@ class DiskStore(Store):
 
     # --- garbage collection ----------------------------------------------
     def collect_garbage(self) -> GCStats:
-        """Delete blobs no index names, safely against writers in other processes.
+        """Delete pool blobs no pack names, safely against writers in other processes.
 
         1. Under the exclusive lock (no put in flight) stamp ``gc.lock`` with
            the time and read it back as T0, in the file system's own
            timestamp resolution; release.
-        2. Mark, unlocked: every hash named by any index of any layer.
-        3. Sweep in batches under the exclusive lock: delete blobs that are
-           unmarked and whose mtime is older than T0, and temporary files
+        2. Mark, unlocked: every hash that any pack of any layer leaves to
+           the pool (location 0/0, not empty).
+        3. Sweep in batches under the exclusive lock: delete pool blobs that
+           are unmarked and whose mtime is older than T0, and temporary files
            older than an hour.
 
-        A put that began before T0 finished before it, so its index (or a
+        A put that began before T0 finished before it, so its pack (or a
         newer one) was visible throughout the mark; a put that began after
-        T0 stamped every blob it used with a time >= T0. Details in
+        T0 stamped every pool blob it used with a time >= T0. Details in
         docs/storage.md.
         """
         t0 = self._start_stamp()
         marked = self._mark()
         stats = GCStats()
         batch: list[os.DirEntry] = []
-        for entry in self._blob_entries():
+        for entry in self._pool_entries():
             if HASH_RE.fullmatch(entry.name):
                 stats.blobs_seen += 1
                 if bytes.fromhex(entry.name) in marked:
@@ -397,8 +619,8 @@ class DiskStore(Store):
                 self._sweep(batch, t0, stats)
                 batch = []
         self._sweep(batch, t0, stats)
-        self._sweep_index_tmp()
-        log.info("collected %d of %d blobs, %d bytes", stats.blobs_deleted, stats.blobs_seen,
+        self._sweep_pack_tmp()
+        log.info("collected %d of %d pool blobs, %d bytes", stats.blobs_deleted, stats.blobs_seen,
                  stats.bytes_freed)
         return stats
 
@@ -412,11 +634,11 @@ class DiskStore(Store):
                 raise StoreError(f"cannot stamp {self.lock_path}: {e.strerror}") from None
 
     def _mark(self) -> set[bytes]:
-        """Digests (16 raw bytes each) named by any index of any layer."""
+        """Digests (16 raw bytes each) that any pack of any layer leaves to the pool."""
         marked: set[bytes] = set()
         for layer in self.layers():
-            for idx in self.iter_indexes(layer):
-                marked.update(bytes.fromhex(h) for h in idx.unique())
+            for pack in self._packs(layer, None):
+                marked.update(bytes.fromhex(h) for h in pack.pooled())
         return marked
 
     def _sweep(self, batch: list[os.DirEntry], t0: int, stats: GCStats) -> None:
@@ -435,8 +657,8 @@ class DiskStore(Store):
                         stats.blobs_deleted += 1
                         stats.bytes_freed += st.st_size
 
-    def _sweep_index_tmp(self) -> None:
-        """Remove index temporary files left by crashed writers over an hour ago."""
+    def _sweep_pack_tmp(self) -> None:
+        """Remove pack temporary files left by crashed writers over an hour ago."""
         limit = time.time_ns() - int(TMP_MAX_AGE * 1e9)
         for layer in self.layers():
             for _, zdir in _numbered(os.path.join(self.tiles_dir, layer)):
@@ -447,8 +669,18 @@ class DiskStore(Store):
 
 
 def _place(meta: Meta) -> tuple[int, int, int]:
-    """Where a metatile's index lives: (z, mx, my)."""
+    """Where a metatile's pack lives: (z, mx, my)."""
     return meta.z, meta.mx, meta.my
+
+
+def _pread(f: BinaryIO, path: str, offset: int, size: int) -> bytes:
+    try:
+        data = os.pread(f.fileno(), size, offset)
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) != size:
+        raise StoreError(f"cannot read {path}: it ends before byte {offset + size}")
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:

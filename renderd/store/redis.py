@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import secrets
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from itertools import islice
+from typing import Iterator
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -285,25 +286,14 @@ class RedisStore(Store):
             return None
         return idx
 
-    def get_blob(self, digest: str) -> bytes | None:
+    def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
+        idx = self.get_index(layer, metatile_of(tile.z, tile.x, tile.y, meta))
+        digest = None if idx is None else idx.tile_hash(tile.x, tile.y)
+        if digest is None:
+            return None
         with self._errors():
-            return self._r.get(self.blob_key(digest))
-
-    def get_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
-        wanted = list(dict.fromkeys(digests))
-        if not wanted:
-            return {}
-        with self._errors():
-            values = self._r.mget([self.blob_key(d) for d in wanted])
-        return {d: v for d, v in zip(wanted, values) if v is not None}
-
-    def blob_size(self, digest: str) -> int | None:
-        with self._errors():
-            pipe = self._r.pipeline(transaction=False)
-            pipe.exists(self.blob_key(digest))
-            pipe.strlen(self.blob_key(digest))
-            exists, size = pipe.execute()
-        return size if exists else None
+            data = self._r.get(self.blob_key(digest))
+        return None if data is None else (data, idx)
 
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
         """A tile and its metatile's header fields in one round trip (``TILE_SCRIPT``)."""
@@ -341,37 +331,30 @@ class RedisStore(Store):
                 if idx is not None and _key_matches(key, head, idx.meta):
                     yield idx
 
-    def layer_usage(self, layer: str) -> tuple[int, int, int]:
-        """(indexes, distinct stored blobs they use, bytes of those blobs)."""
-        count, hashes = 0, set()
-        for idx in self.iter_indexes(layer):
-            count += 1
-            hashes.update(idx.unique())
-        sizes = self._sizes(list(hashes))
-        return count, len(sizes), sum(sizes)
+    def metatile_sizes(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, int]] | None:
+        """The index and each distinct tile's blob size (STRLEN, pipelined)."""
+        idx = self.get_index(layer, meta)
+        return None if idx is None else (idx, self._sizes([idx], {})[0])
 
-    def blob_totals(self) -> tuple[int, int]:
-        """(blob count, bytes) over the whole prefix: SCANs every blob key."""
-        count = size = 0
-        start = len(self.prefix) + len(":blob:")
-        for keys in self._scan(f"{self.prefix}:blob:*"):
-            sizes = self._sizes([k[start:] for k in keys])
-            count += len(sizes)
-            size += sum(sizes)
-        return count, size
+    def iter_sizes(self, layer: str, zoom: int | None = None) -> Iterator[tuple[MetaIndex, dict[str, int]]]:
+        """``metatile_sizes`` of every index, a batch of indexes at a time;
+        each blob's size is asked once per call."""
+        known: dict[str, int] = {}
+        indexes = self.iter_indexes(layer, zoom)
+        for batch in iter(lambda: list(islice(indexes, BATCH)), []):
+            yield from zip(batch, self._sizes(batch, known))
 
-    def _sizes(self, digests: list[str]) -> list[int]:
-        """Sizes of the stored blobs among ``digests`` (missing ones left out)."""
-        out = []
-        for i in range(0, len(digests), BATCH):
+    def _sizes(self, indexes: list[MetaIndex], known: dict[str, int]) -> list[dict[str, int]]:
+        """Each index's {hash: blob size}; ``known`` caches sizes (0: missing,
+        left out) and gets the ones asked here."""
+        wanted = list(dict.fromkeys(h for idx in indexes for h in idx.unique() if h not in known))
+        for i in range(0, len(wanted), BATCH):
             with self._errors():
                 pipe = self._r.pipeline(transaction=False)
-                for d in digests[i:i + BATCH]:
-                    pipe.exists(self.blob_key(d))
+                for d in wanted[i:i + BATCH]:
                     pipe.strlen(self.blob_key(d))
-                got = pipe.execute()
-            out.extend(size for exists, size in zip(got[::2], got[1::2]) if exists)
-        return out
+                known.update(zip(wanted[i:i + BATCH], pipe.execute()))
+        return [{h: known[h] for h in idx.unique() if known[h]} for idx in indexes]
 
     def _scan(self, pattern: str, unique: bool = True) -> Iterator[list[str]]:
         """Batches of keys matching ``pattern``.

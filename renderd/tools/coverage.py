@@ -9,7 +9,7 @@ every stored tile of the metatiles involved (counted tile by tile, also
 those outside the area, as the RFC counts whole files), ``estimated_full_size``
 and ``estimated_missing_size`` are that mean times the tiles required and
 missing; ``stored_size`` is what the cached tiles of the area take in the
-store after deduplication (each distinct blob once).
+store after deduplication (each distinct tile content once).
 """
 
 from __future__ import annotations
@@ -25,25 +25,10 @@ def ratio(cached: int, required: int) -> float:
     return round(cached / required, DIGITS) if required else 0.0
 
 
-class _Sizes:
-    """Blob sizes, each asked of the store once."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.cache: dict[str, int] = {}
-
-    def __call__(self, digest: str) -> int:
-        size = self.cache.get(digest)
-        if size is None:
-            size = self.store.blob_size(digest) or 0
-            self.cache[digest] = size
-        return size
-
-
 def coverage(store: Store, layer: str, area: Area, zooms: tuple[int, int], meta: int = 8,
              short: bool = False) -> dict:
     """The RFC 122 report as a dict ready for ``json.dumps``."""
-    size_of = _Sizes(store)
+    size_of: dict[str, int] = {}
     all_tiles = 0            # stored tiles of the metatiles involved, tile by tile
     all_bytes = 0
     region_hashes: set[str] = set()
@@ -55,16 +40,18 @@ def coverage(store: Store, layer: str, area: Area, zooms: tuple[int, int], meta:
         for m in area.metatiles(z, meta):
             mask = area.tile_mask(m)
             required = sum(mask)
-            idx = store.get_index(layer, m)
+            got = store.metatile_sizes(layer, m)
             cached = 0
             stale = False
-            if idx is not None:
+            if got is not None:
+                idx, sizes = got
+                size_of.update(sizes)
                 stale = idx.stale
                 for inside, h in zip(mask, idx.hashes):
                     if h == EMPTY:
                         continue
                     all_tiles += 1
-                    all_bytes += size_of(h)
+                    all_bytes += sizes.get(h, 0)
                     if inside:
                         cached += 1
                         region_hashes.add(h)
@@ -86,7 +73,7 @@ def coverage(store: Store, layer: str, area: Area, zooms: tuple[int, int], meta:
         "average_tile_size": None if avg is None else round(avg, 1),
         "estimated_full_size": None if avg is None else int(round(avg * g_required)),
         "estimated_missing_size": None if avg is None else int(round(avg * (g_required - g_cached))),
-        "stored_size": sum(size_of(h) for h in region_hashes),
+        "stored_size": sum(size_of.get(h, 0) for h in region_hashes),
     }
     return {
         "layer": layer,

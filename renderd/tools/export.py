@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from pmtiles.tile import Compression, Entry, TileType, zxy_to_tileid
+from pmtiles.tile import Compression, Entry, TileType, tileid_to_zxy, zxy_to_tileid
 from pmtiles.writer import Writer
 
 from .. import protocol as p
@@ -40,8 +40,8 @@ from ..client import Client
 from ..config import LayerConfig
 from ..errors import DaemonError, RenderdError, StoreError, UsageError
 from ..store.base import Store
-from ..store.index import EMPTY
-from ..tilemath import Meta, index_tile
+from ..store.index import EMPTY, MetaIndex
+from ..tilemath import Meta, index_tile, metatile_of
 from .area import Area
 from .progress import Progress
 from .seed import StopFlag, Window, connect, plan
@@ -193,8 +193,10 @@ class _PMTiles:
         self.refs.append(no)
         return None
 
-    def finish(self, header: dict, metadata: dict, blob: Callable[[str], bytes]) -> tuple[int, int]:
-        """Write sorted by tile id; returns (unique tiles, their bytes)."""
+    def finish(self, header: dict, metadata: dict,
+               tile: Callable[[int, int, int, str], bytes]) -> tuple[int, int]:
+        """Write sorted by tile id, taking a tile's bytes from ``tile(z, x, y,
+        digest)``; returns (unique tiles, their bytes)."""
         ids = np.frombuffer(self.ids, dtype=np.uint64) if len(self.ids) else np.zeros(0, np.uint64)
         refs = np.frombuffer(self.refs, dtype=np.uint32) if len(self.refs) else np.zeros(0, np.uint32)
         order = np.argsort(ids, kind="stable")
@@ -203,7 +205,8 @@ class _PMTiles:
             w = _KeyedWriter(f)
             for i in order:
                 digest = self.digests[int(refs[i])]
-                size = w.write_keyed(int(ids[i]), digest, lambda d=digest: blob(d))
+                tileid = int(ids[i])
+                size = w.write_keyed(tileid, digest, lambda t=tileid, d=digest: tile(*tileid_to_zxy(t), d))
                 if size is not None:
                     unique_bytes += size
             w.finalize(header, metadata)
@@ -255,15 +258,48 @@ def _render_missing(store: Store, endpoint: str | Callable[[], Client], layer: s
         raise RenderdError("export interrupted while rendering missing metatiles")
 
 
+class _Metatiles:
+    """Tiles' bytes from the store, a whole metatile at a time (``get_metatile``).
+
+    The last metatile read is kept: both formats ask for a metatile's tiles
+    one after another (MBTiles in the order of the indexes, PMTiles in
+    Hilbert order, which visits each aligned block of tiles in one run).
+    """
+
+    def __init__(self, store: Store, layer: str, meta: int):
+        self.store, self.layer, self.meta = store, layer, meta
+        self.current: Meta | None = None
+        self.got: tuple[MetaIndex, dict[str, bytes]] | None = None
+
+    def read(self, m: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
+        if m != self.current:
+            self.current, self.got = m, self.store.get_metatile(self.layer, m)
+        return self.got
+
+    def index(self, m: Meta) -> MetaIndex | None:
+        got = self.read(m)
+        return None if got is None else got[0]
+
+    def tile(self, z: int, x: int, y: int, digest: str) -> bytes:
+        got = self.read(metatile_of(z, x, y, self.meta))
+        data = None if got is None else got[1].get(digest)
+        if data is None:
+            raise StoreError(f"tile {z}/{x}/{y} ({digest}) is named by its metatile's index but "
+                             "missing from the store")
+        return data
+
+
 def tiles_of(store: Store, layer: str, area: Area, zooms: tuple[int, int], meta: int,
-             s: ExportSummary, progress: Progress | None = None,
-             stop: StopFlag | None = None) -> Iterator[tuple[int, int, int, str]]:
-    """(z, x, y, digest) of every stored tile of the area; counts missing and empty."""
+             s: ExportSummary, progress: Progress | None = None, stop: StopFlag | None = None,
+             index_of: Callable[[Meta], MetaIndex | None] | None = None,
+             ) -> Iterator[tuple[int, int, int, str]]:
+    """(z, x, y, digest) of every stored tile of the area; counts missing and empty.
+    ``index_of`` reads a metatile's index (default: ``store.get_index``)."""
     for m in plan(area, zooms, meta):
         if stop is not None and stop.is_set():
             raise RenderdError("export interrupted")
         mask = area.tile_mask(m)
-        idx = store.get_index(layer, m)
+        idx = store.get_index(layer, m) if index_of is None else index_of(m)
         if idx is None:
             s.missing += sum(mask)
         else:
@@ -302,17 +338,16 @@ def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], o
     if os.path.exists(tmp):
         os.unlink(tmp)
 
-    def blob(digest: str) -> bytes:
-        data = store.get_blob(digest)
-        if data is None:
-            raise StoreError(f"blob {digest} is referenced by an index but missing from the store")
-        return data
-
+    metatiles = _Metatiles(store, lyr.name, lyr.metatile)
     sizes: dict[str, int] = {}
     sink = _MBTiles(tmp) if fmt == "mbtiles" else _PMTiles(tmp)
+    # MBTiles takes the bytes as it goes, so each metatile is read whole at
+    # once; PMTiles takes them at the end, so the first pass reads indexes only
+    index_of = metatiles.index if fmt == "mbtiles" else None
     try:
-        for z, x, y, digest in tiles_of(store, lyr.name, area, zooms, lyr.metatile, s, progress, stop):
-            size = sink.add(z, x, y, digest, lambda d=digest: blob(d))
+        for z, x, y, digest in tiles_of(store, lyr.name, area, zooms, lyr.metatile, s, progress, stop,
+                                        index_of):
+            size = sink.add(z, x, y, digest, lambda t=(z, x, y, digest): metatiles.tile(*t))
             if size is not None:
                 sizes[digest] = size
             s.tiles += 1
@@ -345,7 +380,7 @@ def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], o
                         "description": desc, "minzoom": zooms[0], "maxzoom": zooms[1]}
             if lyr.attribution:
                 metadata["attribution"] = lyr.attribution
-            s.unique_tiles, s.unique_bytes = sink.finish(header, metadata, blob)
+            s.unique_tiles, s.unique_bytes = sink.finish(header, metadata, metatiles.tile)
             s.tile_bytes = _pmtiles_tile_bytes(tmp)
         os.replace(tmp, out)
         s.file_size = os.path.getsize(out)

@@ -361,12 +361,13 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
     def on_ok(m: Meta, reply: p.Reply) -> None:
         s.rendered += 1
         s.tiles_rendered += m.n * m.n
-        idx = store.get_index(layer, m)
-        if idx is not None:
+        got = store.metatile_sizes(layer, m)
+        if got is not None:
+            idx, sizes = got
             for h in idx.unique():
                 if h not in seen:
                     seen.add(h)
-                    s.bytes += store.blob_size(h) or 0
+                    s.bytes += sizes.get(h, 0)
             s.unique_tiles = len(seen)
         if progress is not None:
             progress.advance(1, extra())

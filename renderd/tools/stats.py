@@ -5,9 +5,10 @@ For each zoom: ``tiles`` (non-empty tiles of the stored metatiles),
 the share of tiles that need no storage of their own), ``bytes`` (the
 tiles' sizes added tile by tile, what a one-file-per-tile cache would hold
 without its per-file overhead) and ``bytes_deduplicated`` (each distinct
-content once, what this store holds in blobs). The total counts distinct
-contents across all zooms, so its ``unique_tiles`` is not the sum of the
-zooms' (an ocean tile is the same at every zoom).
+content once; the disk store may hold a little more: a tile that occurs
+once in each of several metatiles is kept in each of their packs). The
+total counts distinct contents across all zooms, so its ``unique_tiles`` is
+not the sum of the zooms' (an ocean tile is the same at every zoom).
 """
 
 from __future__ import annotations
@@ -49,15 +50,14 @@ def stats(store: Store, layer: str, zooms: Iterable[int]) -> tuple[list[Row], Ro
     for z in zooms:
         row = Row(z)
         counts: dict[str, int] = {}
-        for idx in store.iter_indexes(layer, z):
+        for idx, stored in store.iter_sizes(layer, z):
             row.metatiles += 1
+            sizes.update(stored)
             for h in idx.hashes:
                 if h != EMPTY:
                     counts[h] = counts.get(h, 0) + 1
         for h, c in counts.items():
-            size = sizes.get(h)
-            if size is None:
-                size = sizes[h] = store.blob_size(h) or 0
+            size = sizes.get(h, 0)
             row.tiles += c
             row.bytes += c * size
             row.bytes_deduplicated += size
@@ -68,7 +68,7 @@ def stats(store: Store, layer: str, zooms: Iterable[int]) -> tuple[list[Row], Ro
         total.bytes += row.bytes
         rows.append(row)
     total.unique_tiles = len(all_hashes)
-    total.bytes_deduplicated = sum(sizes[h] for h in all_hashes)
+    total.bytes_deduplicated = sum(sizes.get(h, 0) for h in all_hashes)
     return rows, total
 
 

@@ -126,7 +126,7 @@ STORE = {
     "path": Option("/var/cache/renderd-py", _str(), "disk store directory"),
     "url": Option("redis://127.0.0.1:6379/0", _str(r"(redis|unix)://.+"), "redis store URL"),
     "prefix": Option("rpy", _str(r"[A-Za-z0-9_.\-]{1,32}"), "redis key prefix"),
-    "fsync": Option(False, _bool, "fsync blobs and indexes before they become visible"),
+    "fsync": Option(False, _bool, "fsync pack files and pool blobs before they become visible"),
 }
 
 HTTP = {

@@ -307,6 +307,34 @@ def test_disk_inline_tile_keeps_no_pool_blob_alive(tmp_path):
     check_store(store, collected=True)
 
 
+def test_disk_pool_blob_collected_under_a_reader_reads_the_pack_again(tmp_path):
+    """The pack a reader read was replaced and the pool blob it named
+    collected before the reader opened the blob: the new pack is read."""
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 63), (1, 1)))
+    store.put_metatile("osm", idx, blobs)
+    h0 = content_hash(tile_bytes(0))
+    real_read = store._read_file
+    newer, newer_blobs = make_index(M1, picks_of((0, 1), (2, 63)), rendered=1_700_000_100)
+
+    def replaced_meanwhile(path):
+        if path == store.pool_path(h0) and store.get_index("osm", M1) == idx:
+            os.unlink(path)
+            store.put_metatile("osm", newer, newer_blobs)   # tile 0 now once: inline
+        return real_read(path)
+
+    store._read_file = replaced_meanwhile
+    got = store.read_tile("osm", Tile(12, 2048, 1360))
+    assert (got.data, got.rendered) == (tile_bytes(0), newer.rendered)
+    store.put_metatile("osm", idx, blobs)   # the same race under get_metatile
+    assert store.get_metatile("osm", M1) == (newer, newer_blobs)
+    # gone for good: the tile is left out, not an error
+    os.unlink(store.pool_path(content_hash(tile_bytes(2))))
+    assert store.get_metatile("osm", M1) == (newer, {h0: tile_bytes(0)})
+    assert store.read_tile("osm", Tile(12, 2048, 1361)).data is None
+    assert store.get_tile("osm", Tile(12, 2048, 1361)) is None
+
+
 def test_disk_put_may_leave_out_tiles_the_old_pack_holds(tmp_path):
     store = DiskStore(tmp_path)
     idx, blobs = make_index(M1, picks_of((0, 62), (1, 1), (2, 1)))

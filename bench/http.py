@@ -9,8 +9,8 @@ configuration ``renderd-py nginx-conf`` writes, plus one static location)
 under a temp dir on loopback random ports, and measures in one run:
 
 1. hot tiles: shared-dict hits (``X-Cache: HIT``) against the same tile
-   bytes served by the same nginx as static files from disk (with the
-   ``open_file_cache`` the blob location has: the strongest static baseline);
+   bytes served by the same nginx as static files from disk (with an
+   ``open_file_cache``: the strongest static baseline);
    goals: requests/s ratio >= 0.9, p99 latency within 1.2x;
 2. store hits with the shared dict cold: the Redis store (``X-Cache:
    STORE``; the runtime JSON's ``hot_ttl`` is set to 1 ms so that no dict

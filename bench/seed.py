@@ -6,8 +6,9 @@ and the world style at zooms 0-7 with ``renderd-py seed`` through the
 daemon, and renders the same metatiles with 2 plain Mapnik processes (the
 in-process limit of bench/render.py). Prints metatiles/s for each and the
 ratio. Then compares storage of what was seeded: the disk store (bytes as
-``du`` counts them, and files) against the same tiles written as mod_tile
-``.meta`` files and as one PNG file per tile.
+``du`` counts them, and files; its packs and its pool apart too) against
+the same tiles written as mod_tile ``.meta`` files and as one PNG file per
+tile.
 
 The daemon runs with 3 workers of which 1 is kept for interactive requests
 (so seeding has the 2 cores) and, for comparison, with 2 workers and none
@@ -72,10 +73,13 @@ def du(path: Path) -> tuple[int, int, int]:
     return on_disk, apparent, files
 
 
-def write_other_layouts(cfg, layers: list[str], meta_dir: Path, png_dir: Path) -> tuple[int, int]:
-    """The stored tiles again, as mod_tile .meta files and one PNG per tile."""
+def write_other_layouts(cfg, layers: list[str], meta_dir: Path, png_dir: Path) -> tuple[int, int, int, int]:
+    """The stored tiles again, as mod_tile .meta files and one PNG per tile.
+    Returns (tiles, distinct within their metatiles, bytes tile by tile,
+    bytes of each distinct content once)."""
     store = open_store(cfg.store)
-    tiles = unique = 0
+    tiles = unique = tile_bytes = 0
+    sizes: dict[str, int] = {}
     for layer in layers:
         for idx in store.iter_indexes(layer):
             blobs = store.get_metatile(layer, idx.meta)[1]
@@ -84,6 +88,8 @@ def write_other_layouts(cfg, layers: list[str], meta_dir: Path, png_dir: Path) -
                 if h in blobs:
                     t = index_tile(idx.meta, i)
                     by_xy[(t.x, t.y)] = blobs[h]
+                    tile_bytes += len(blobs[h])
+                    sizes[h] = len(blobs[h])
                     p = png_dir / layer / str(t.z) / str(t.x) / f"{t.y}.png"
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_bytes(blobs[h])
@@ -91,7 +97,7 @@ def write_other_layouts(cfg, layers: list[str], meta_dir: Path, png_dir: Path) -
             unique += len(blobs)
             for (x0, y0), mf in metafile.encode_tiles(idx.meta.z, by_xy).items():
                 metafile.write(metafile.meta_path(meta_dir, idx.meta.z, x0, y0, style=layer), mf)
-    return tiles, unique
+    return tiles, unique, tile_bytes, sum(sizes.values())
 
 
 def main() -> None:
@@ -133,24 +139,31 @@ def main() -> None:
         cfg = _config.load(cfg_path)
         store_dir = Path(cfg.store.path)
         meta_dir, png_dir = tmp / "meta", tmp / "png"
-        tiles, unique = write_other_layouts(cfg, ["osm", "world"], meta_dir, png_dir)
+        tiles, unique, tile_bytes, distinct_bytes = write_other_layouts(cfg, ["osm", "world"], meta_dir, png_dir)
         dup_share = 1 - unique / tiles if tiles else 0.0
-        print(f"{tiles} tiles stored, {unique} distinct within their metatiles; duplicate share "
-              f"across the store: see `renderd-py stats`")
+        byte_share = 1 - distinct_bytes / tile_bytes if tile_bytes else 0.0
+        print(f"{tiles} tiles stored, {unique} distinct within their metatiles; {tile_bytes / 1e6:.2f} MB "
+              f"tile by tile, {distinct_bytes / 1e6:.2f} MB each distinct content once: duplicate share "
+              f"{byte_share:.3f} of the bytes")
         ours, meta, png = du(store_dir), du(meta_dir), du(png_dir)
         for name, (on_disk, apparent, files) in (("renderd-py disk store", ours), ("mod_tile .meta", meta),
                                                  ("one PNG per tile", png)):
             print(f"{name:22} {on_disk / 1e6:9.2f} MB on disk ({apparent / 1e6:8.2f} MB apparent), {files:7} files")
-        print(f"store vs .meta: {ours[0] / meta[0]:.2f} of the bytes; files: {png[2] / max(ours[2], 1):.1f}x fewer "
-              f"than one file per tile")
+        packs, pool = du(store_dir / "tiles"), du(store_dir / "blobs")
+        for name, (on_disk, apparent, files) in (("  of which packs", packs), ("  of which the pool", pool)):
+            print(f"{name:22} {on_disk / 1e6:9.2f} MB on disk ({apparent / 1e6:8.2f} MB apparent), {files:7} files")
+        print(f"store vs .meta: {ours[0] / meta[0]:.3f} of the bytes (goal: at most {1 - byte_share:.3f}); "
+              f"files: {png[2] / max(ours[2], 1):.1f}x fewer than one file per tile (goal: 30x)")
         stats = subprocess.run([sys.executable, "-m", "renderd.cli.main", "stats", "-c", str(cfg_path),
                                 "--layer", "world", "--json"], capture_output=True, text=True)
         if stats.returncode == 0:
             total = json.loads(stats.stdout).get("total", {})
             print(f"world duplicate share (stats): {total.get('duplicate_share')}")
             results["world_duplicate_share"] = total.get("duplicate_share")
-        results.update({"tiles": tiles, "within_metatile_duplicate_share": dup_share, "store": ours,
-                        "meta": meta, "png": png})
+        results.update({"tiles": tiles, "within_metatile_duplicate_share": dup_share,
+                        "tile_bytes": tile_bytes, "distinct_bytes": distinct_bytes,
+                        "byte_duplicate_share": byte_share, "store": ours,
+                        "packs": packs, "pool": pool, "meta": meta, "png": png})
         print(json.dumps(results))
     finally:
         if pg:

@@ -29,7 +29,8 @@ tile goes to the pool if it occurs 2 or more times in the metatile, or if
 the pool has it already (it is then touched, see below); otherwise it is
 inline. So every tile that repeats within a metatile is stored once for the
 whole store, and a tile that occurs once in each of two metatiles is stored
-in both packs: cheaper than a pool file, which costs a file system block.
+in both packs: the second copy takes the tile's size, a pool file the same
+bytes rounded up to whole file system blocks (see docs/storage.md).
 
 Files become visible only by ``os.replace`` of a complete temporary file in
 the same directory, so a reader or a crash never sees a partial one. Pool

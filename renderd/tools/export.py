@@ -27,6 +27,7 @@ from __future__ import annotations
 import array
 import os
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -177,26 +178,47 @@ def _entry(tileid: int, offset: int, length: int) -> Entry:
 
 
 class _PMTiles:
+    """Tiles are taken in the store's order and written in tile-id order, so
+    the first pass keeps each distinct tile's bytes in a spool file beside
+    the target (not in memory, and not read from the store a second time,
+    where a re-render in between could have replaced them)."""
+
     def __init__(self, path: str):
         self.path = path
         self.ids = array.array("Q")
         self.refs = array.array("I")
+        self.spans = array.array("Q")        # per distinct tile: offset, length in the spool
         self.digests: list[str] = []
         self.digest_no: dict[str, int] = {}
+        self.spool = tempfile.TemporaryFile(dir=os.path.dirname(path), prefix=".export-spool-")
+        self.spooled = 0
 
-    def add(self, z: int, x: int, y: int, digest: str, data: Callable[[], bytes]) -> None:
+    def add(self, z: int, x: int, y: int, digest: str, data: Callable[[], bytes]) -> int | None:
+        size = None
         no = self.digest_no.get(digest)
         if no is None:
+            blob = data()
             no = self.digest_no[digest] = len(self.digests)
             self.digests.append(digest)
+            self.spool.write(blob)
+            self.spans.extend((self.spooled, len(blob)))
+            self.spooled += len(blob)
+            size = len(blob)
         self.ids.append(zxy_to_tileid(z, x, y))
         self.refs.append(no)
-        return None
+        return size
 
-    def finish(self, header: dict, metadata: dict,
-               tile: Callable[[int, int, int, str], bytes]) -> tuple[int, int]:
-        """Write sorted by tile id, taking a tile's bytes from ``tile(z, x, y,
-        digest)``; returns (unique tiles, their bytes)."""
+    def _spooled(self, no: int) -> bytes:
+        offset, length = self.spans[2 * no], self.spans[2 * no + 1]
+        self.spool.seek(offset)
+        data = self.spool.read(length)
+        if len(data) != length:
+            raise StoreError(f"export spool is short at tile {self.digests[no]}")
+        return data
+
+    def finish(self, header: dict, metadata: dict) -> tuple[int, int]:
+        """Write sorted by tile id; returns (unique tiles, their bytes)."""
+        self.spool.flush()
         ids = np.frombuffer(self.ids, dtype=np.uint64) if len(self.ids) else np.zeros(0, np.uint64)
         refs = np.frombuffer(self.refs, dtype=np.uint32) if len(self.refs) else np.zeros(0, np.uint32)
         order = np.argsort(ids, kind="stable")
@@ -204,16 +226,16 @@ class _PMTiles:
         with open(self.path, "wb") as f:
             w = _KeyedWriter(f)
             for i in order:
-                digest = self.digests[int(refs[i])]
-                tileid = int(ids[i])
-                size = w.write_keyed(tileid, digest, lambda t=tileid, d=digest: tile(*tileid_to_zxy(t), d))
+                no = int(refs[i])
+                size = w.write_keyed(int(ids[i]), self.digests[no], lambda n=no: self._spooled(n))
                 if size is not None:
                     unique_bytes += size
             w.finalize(header, metadata)
+        self.spool.close()
         return len(w.hash_to_offset), unique_bytes
 
     def abort(self) -> None:
-        pass
+        self.spool.close()
 
 
 # --- the export ------------------------------------------------------------------
@@ -261,9 +283,8 @@ def _render_missing(store: Store, endpoint: str | Callable[[], Client], layer: s
 class _Metatiles:
     """Tiles' bytes from the store, a whole metatile at a time (``get_metatile``).
 
-    The last metatile read is kept: both formats ask for a metatile's tiles
-    one after another (MBTiles in the order of the indexes, PMTiles in
-    Hilbert order, which visits each aligned block of tiles in one run).
+    The last metatile read is kept: its index is asked for first, then the
+    bytes of its tiles, one after another.
     """
 
     def __init__(self, store: Store, layer: str, meta: int):
@@ -341,12 +362,9 @@ def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], o
     metatiles = _Metatiles(store, lyr.name, lyr.metatile)
     sizes: dict[str, int] = {}
     sink = _MBTiles(tmp) if fmt == "mbtiles" else _PMTiles(tmp)
-    # MBTiles takes the bytes as it goes, so each metatile is read whole at
-    # once; PMTiles takes them at the end, so the first pass reads indexes only
-    index_of = metatiles.index if fmt == "mbtiles" else None
     try:
         for z, x, y, digest in tiles_of(store, lyr.name, area, zooms, lyr.metatile, s, progress, stop,
-                                        index_of):
+                                        metatiles.index):
             size = sink.add(z, x, y, digest, lambda t=(z, x, y, digest): metatiles.tile(*t))
             if size is not None:
                 sizes[digest] = size
@@ -380,7 +398,7 @@ def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], o
                         "description": desc, "minzoom": zooms[0], "maxzoom": zooms[1]}
             if lyr.attribution:
                 metadata["attribution"] = lyr.attribution
-            s.unique_tiles, s.unique_bytes = sink.finish(header, metadata, metatiles.tile)
+            s.unique_tiles, s.unique_bytes = sink.finish(header, metadata)
             s.tile_bytes = _pmtiles_tile_bytes(tmp)
         os.replace(tmp, out)
         s.file_size = os.path.getsize(out)

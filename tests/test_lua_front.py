@@ -337,16 +337,43 @@ def test_corrupt_pack_rendered_again(disk_front, disk_store, broker):
     ng = disk_front
     ng.expect_errors = True
     meta = Meta(5, 8, 0, 8)
-    disk_store.put_metatile("world", *make_meta("world", meta))
+    idx, blobs = make_meta("world", meta)
+    disk_store.put_metatile("world", idx, blobs)
     path = disk_store.pack_path("world", meta)
     with open(path, "r+b") as f:  # the last tile kept in the pack, 14/7, now ends after the file
         f.truncate(os.path.getsize(path) - 1)
+    record = idx.unique().index(idx.tile_hash(14, 7)) + 1
+    assert record == len(idx.unique())
     r = request(ng.port, tile_path(5, 14, 7))
     assert_tile(r, 5, 14, 7, "RENDER")
     assert len(broker.renders()) == 1
     (line,) = ng.errors()
-    assert "disk pack world/5/1/0: location" in line and "of entry 55 is outside the pack's tiles" in line
+    assert "disk pack world/5/1/0: location" in line
+    assert f"of record {record} is outside the pack's tiles" in line
     assert_tile(wait_xcache(ng.port, tile_path(5, 9, 1), "HIT"), 5, 9, 1, "HIT")
+
+
+def test_pack_of_the_earlier_format_rendered_again(disk_front, disk_store, broker):
+    """An ASCII pack (index, then 20-byte locations) is a miss, with one
+    warning however many there are, and no store error."""
+    ng = disk_front
+    metas = [Meta(5, 16, 0, 8), Meta(5, 24, 0, 8)]
+    for meta in metas:
+        idx, _ = make_meta("world", meta)
+        path = disk_store.pack_path("world", meta)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(idx.encode() + b"0000000000 00000000\n" * 64)
+    for meta in metas:
+        assert_tile(request(ng.port, tile_path(5, meta.x0 + 1, 2)), 5, meta.x0 + 1, 2, "RENDER")
+    assert len(broker.renders()) == 2
+    assert not ng.errors()
+    assert ng.log_text().count("of an earlier format (RPYI1); such packs count as absent") == 1
+    import urllib.request
+    text = urllib.request.urlopen(ng.metrics_url, timeout=10).read().decode()
+    assert not re.search(r"renderd_store_errors_total [1-9]", text)
+    # the render replaced it: read from the new pack
+    assert_tile(wait_xcache(ng.port, tile_path(5, 17, 3), "HIT"), 5, 17, 3, "HIT")
 
 
 def test_empty_tile_is_404(front):

@@ -26,8 +26,8 @@ def run_lua(code: str) -> str:
     return r.stdout
 
 
-def lua_str(s: str) -> str:
-    return "'" + "".join(f"\\{b}" for b in s.encode()) + "'"
+def lua_str(s: str | bytes) -> str:
+    return "'" + "".join(f"\\{b}" for b in (s if isinstance(s, bytes) else s.encode())) + "'"
 
 
 # --- json ------------------------------------------------------------------------
@@ -170,52 +170,85 @@ print(index.header("garbage"))
 # --- pack ------------------------------------------------------------------------------
 
 def test_pack_reader_matches_python():
-    from renderd.store.disk import encode_pack
+    from renderd.errors import StoreError
+    from renderd.store.disk import decode_pack, encode_pack
     meta = Meta(2, 0, 0, 4)
     tiles = [b"tile %d " % i + b"x" * i for i in range(4)]
     hashes = [content_hash(t) for t in tiles]
     # tile 0 twice and tile 3 once in the pool; tiles 1 and 2 in the pack
     picks = [0, 1, -1, 2, 0, 3, 1] + [-1] * 9
-    idx = MetaIndex(meta, tuple(EMPTY if p < 0 else hashes[p] for p in picks), 1763745600, 1763745000)
+    idx = MetaIndex(meta, tuple(EMPTY if p < 0 else hashes[p] for p in picks), 1763745600, 1763745000,
+                    "png", True)
     raw = encode_pack(idx, {hashes[1]: tiles[1], hashes[2]: tiles[2]})
+    # records 1 to 4 are tiles 0 to 3, at byte 96 + 24 (k - 1); the head ends at 192
+    record = [None] + [96 + 24 * k for k in range(4)]
+
+    def damaged(at: int, data: bytes) -> bytes:
+        return raw[:at] + data + raw[at + len(data):]
+    cases = [  # (pack, entry read by pack.tile)
+        (raw[:191], 0),
+        (raw[:-1], 3),                                       # tile 2, the last kept in the pack, cut
+        (damaged(64 + 2 * 1, b"\x05\x00"), 1),               # entry 1 names record 5
+        (damaged(64 + 2 * 1, b"\x03\x00\x00\x00\x02\x00"), 1),  # record 3 named before record 2
+        (damaged(record[1], bytes(16)), 0),                  # record 1 without a hash
+        (damaged(record[3], raw[record[2]:record[2] + 16]), 0),  # records 2 and 3: one hash
+        (damaged(64 + 2 * 5, b"\x00\x00"), 0),               # record 4 named by no entry
+        (damaged(57, b" +04"), 0),
+        (damaged(57, b"0017"), 0),                           # more records than tiles
+    ]
     code = f"""
-local index = require "renderd.index"
 local pack = require "renderd.pack"
-local raw = {lua_str(raw.decode("ascii"))}
-local idx = assert(pack.index(raw))
-print(idx == raw:sub(1, 64 + 33 * 16), index.check(idx, 2, 0, 0, 4) ~= nil)
+local raw = {lua_str(raw)}
+local h = assert(pack.header(raw, 2, 0, 0, 4))
+print(h.stale, h.z, h.x0, h.y0, h.n, h.rendered, h.data, h.ext, h.count, h.head)
 local out = {{}}
 for i = 0, 15 do
-  local b = pack.tile(raw, 4, i)
-  out[#out + 1] = b == false and "pool" or b
+  local hash, b = pack.tile(raw, h, i)
+  out[#out + 1] = (hash or "-") .. "=" .. (b == false and "pool" or b or "")
 end
 print(table.concat(out, ","))
-local inline, pooled = pack.tiles(raw, 4)
+local idx, inline, pooled = pack.decode(raw, h)
+print(idx == {lua_str(idx.encode())})
 local names = {{}}
-for h, b in pairs(inline) do names[#names + 1] = h .. "=" .. b end
+for hash, b in pairs(inline) do names[#names + 1] = hash .. "=" .. b end
 table.sort(names)
 print(table.concat(names, ","))
 print(table.concat(pooled, ","))
-local function corrupt(r) return select(2, pack.index(r)) or select(2, pack.tile(r, 4, 1))
-  or select(3, pack.tiles(r, 4)) end
-local table_at = 64 + 33 * 16
-print(corrupt(raw:sub(1, table_at + 20 * 16 - 1)))
-print(corrupt(raw:sub(1, -2)))
-print(corrupt(raw:sub(1, table_at + 20) .. "000000000x 00000000\\n" .. raw:sub(table_at + 41)))
-print(corrupt(raw:sub(1, table_at + 20) .. "0000000010 00000001\\n" .. raw:sub(table_at + 41)))
-print(select(3, pack.tiles(raw:sub(1, table_at + 40) .. raw:sub(table_at + 21, table_at + 40)
-  .. raw:sub(table_at + 61), 4)))
-print(pack.index("RPYI1 0 02"))
+local function first_error(r, i)
+  local hh, err = pack.header(r, 2, 0, 0, 4)
+  if not hh then return err end
+  local hash, e = pack.tile(r, hh, i)
+  if hash == nil then return "tile: " .. e end
+  local ok, e2 = pack.decode(r, hh)
+  return ok and "ok" or "decode: " .. e2
+end
+{"".join(f"print(first_error({lua_str(r)}, {i}))" + chr(10) for r, i in cases)}
+print(pack.header(raw, 2, 4, 0, 4))
+print(pack.header({lua_str(idx.encode())}, 2, 0, 0, 4))
+print(pack.header("garbage"))
 """
     lines = run_lua(code).splitlines()
-    assert lines[0] == "true\ttrue"
-    # an empty entry's location is 0/0 too: index.entry tells them apart
-    assert lines[1] == ",".join(tiles[p].decode() if p in (1, 2) else "pool" for p in picks)
-    assert lines[2] == ",".join(sorted(f"{hashes[i]}={tiles[i].decode()}" for i in (1, 2)))
-    assert lines[3] == f"{hashes[0]},{hashes[3]}"
-    assert lines[4] == "truncated pack"
-    assert lines[5].startswith("location ") and lines[5].endswith("of entry 3 is outside the pack's tiles")
-    assert lines[6] == "corrupt location of entry 1"
-    assert lines[7] == "location 10/1 of entry 1 is outside the pack's tiles"
-    assert lines[8] == "empty entry 2 has a location"
-    assert lines[9] == "nil\tnot a metatile pack"
+    assert lines[0].split("\t") == ["true", "2", "0", "0", "4", "1763745600", "1763745000", "png", "4", "192"]
+    assert lines[1].split(",") == [
+        "-=" if p < 0 else f"{hashes[p]}=" + (tiles[p].decode() if p in (1, 2) else "pool") for p in picks]
+    assert lines[2] == "true"  # the ASCII index, as renderd.index and the hot cache read it
+    assert lines[3] == ",".join(sorted(f"{hashes[i]}={tiles[i].decode()}" for i in (1, 2)))
+    assert lines[4] == f"{hashes[0]},{hashes[3]}"
+    off3 = 192 + len(tiles[1])
+    assert lines[5:14] == [
+        "truncated pack",
+        f"tile: location {off3}/{len(tiles[2])} of record 3 is outside the pack's tiles",
+        "tile: entry 1 names record 5 of 4",
+        "decode: entry 1 names record 3 before record 2",
+        "tile: record 1 has no hash",
+        "decode: two records have one hash",
+        "decode: a record is named by no entry",
+        "corrupt count of distinct tiles",
+        "corrupt count of distinct tiles",
+    ]
+    assert lines[14] == "nil\tpack is of metatile 2/0/0 of size 4"
+    assert lines[15] == "nil\ta pack of an earlier format (RPYI1)\ttrue"
+    assert lines[16] == "nil\tnot a metatile pack\tfalse"
+    for r, _ in cases:  # the Python reader refuses the same packs
+        with pytest.raises(StoreError):
+            decode_pack(r, len(r))

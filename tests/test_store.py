@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -20,8 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from renderd.config import StoreConfig
 from renderd.errors import StoreError
 from renderd.store import open_store
-from renderd.store.disk import POOL, DiskStore, decode_pack, encode_pack
-from renderd.store.index import EMPTY, MetaIndex, content_hash
+from renderd.store.disk import PACK_MAGIC, POOL, DiskStore, decode_pack, encode_pack
+from renderd.store.index import EMPTY, MAGIC, MetaIndex, content_hash
 from renderd.store.redis import META_SCRIPT, TILE_SCRIPT, RedisStore
 from renderd.tilemath import Meta, Tile
 from tests.fixtures.store import (check_store, fill_background, make_index, open_kind, python_cmd,
@@ -184,7 +185,7 @@ def _write_raw_index(store, meta: Meta, raw: bytes) -> None:
     if store.kind == "disk":
         path = store.pack_path("osm", meta)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        Path(path).write_bytes(raw)
+        Path(path).write_bytes(raw.replace(MAGIC, PACK_MAGIC, 1) if raw.startswith(MAGIC) else raw)
     else:
         store._r.set(store.index_key("osm", meta), raw)
 
@@ -220,7 +221,8 @@ def test_disk_layout_is_the_documented_one(tmp_path):
     store.put_metatile("osm", idx, blobs)
     h = content_hash(tile_bytes(0))
     pack = tmp_path / "tiles/osm/12/256/170.pack"
-    assert pack.read_bytes() == idx.encode() + b"0000000000 00000000\n" * 64
+    assert pack.read_bytes() == (b"RPYP2 0 12 0002048 0001360 08 1700000000 1699999940 png  0001  \n"
+                                 + b"\x01\x00" * 64 + bytes.fromhex(h) + bytes(8))
     assert (tmp_path / "blobs" / h[:2] / h[2:4] / h).read_bytes() == tile_bytes(0)
     assert (tmp_path / "gc.lock").exists()
     assert store.mark_stale("osm", M1)
@@ -235,13 +237,15 @@ def test_disk_pack_bytes_exactly(tmp_path):
     idx, blobs = make_index(meta, [0, 1, 2, 1])
     assert store.put_metatile("osm", idx, blobs) == 1
     t0, t1, t2 = tile_bytes(0), tile_bytes(1), tile_bytes(2)
-    head = 64 + 33 * 4 + 20 * 4
-    want = (idx.encode()
-            + b"%010d %08d\n" % (head, len(t0))
-            + b"0000000000 00000000\n"
-            + b"%010d %08d\n" % (head + len(t0), len(t2))
-            + b"0000000000 00000000\n"
+    head = 64 + 2 * 4 + 24 * 3
+    h0, h1, h2 = (bytes.fromhex(content_hash(t)) for t in (t0, t1, t2))
+    want = (b"RPYP2 0 01 0000000 0000000 02 1700000000 1699999940 png  0003  \n"
+            + b"\x01\x00\x02\x00\x03\x00\x02\x00"
+            + h0 + struct.pack("<II", head, len(t0))
+            + h1 + bytes(8)
+            + h2 + struct.pack("<II", head + len(t0), len(t2))
             + t0 + t2)
+    assert len(want) == head + len(t0) + len(t2)
     assert (tmp_path / "tiles/osm/1/0/0.pack").read_bytes() == want
     assert stored_blobs(store) == {content_hash(t1): t1}
     assert decode_pack(want, len(want)).locations == ((head, len(t0)), POOL, (head + len(t0), len(t2)), POOL)
@@ -349,7 +353,9 @@ def test_disk_put_may_leave_out_tiles_the_old_pack_holds(tmp_path):
     check_store(store)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "short head", "outside", "not a location", "empty inline"])
+@pytest.mark.parametrize("damage", ["truncated", "short head", "outside", "entry past D", "unnamed record",
+                                    "out of order", "no hash", "one hash twice",
+                                    "count past the records", "count over n²", "count not digits"])
 def test_disk_corrupt_pack_counts_as_absent(tmp_path, caplog, damage):
     store = DiskStore(tmp_path)
     idx, blobs = make_index(M1, picks_of((0, 62), (1, 1), (2, 1)))
@@ -357,18 +363,31 @@ def test_disk_corrupt_pack_counts_as_absent(tmp_path, caplog, damage):
     store.put_metatile("osm", *make_index(M2, picks_of((3, 64))))
     path = store.pack_path("osm", M1)
     raw = bytearray(Path(path).read_bytes())
-    table = 64 + 33 * 64
+    # records 1 (tile 0, pool), 2 (tile 1, inline), 3 (tile 2, inline)
+    entries, records = 64, 64 + 2 * 64
+    record = [None] + [records + 24 * k for k in range(3)]
     if damage == "truncated":
         del raw[-1]
     elif damage == "short head":
-        del raw[table + 20 * 64 - 1:]
+        del raw[records + 24 * 3 - 1:]
     elif damage == "outside":
-        raw[table + 20 * 62:table + 20 * 63] = b"%010d %08d\n" % (len(raw) - 10, 11)
-    elif damage == "not a location":
-        raw[table + 20 * 62:table + 20 * 63] = b"0000000000_00000000\n"
-    else:  # an empty entry with a location
-        raw[64 + 33 * 63:64 + 33 * 64] = b"0" * 32 + b"\n"
-        raw[table + 20 * 63:table + 20 * 64] = raw[table + 20 * 62:table + 20 * 63]
+        raw[record[3] + 16:record[3] + 24] = struct.pack("<II", len(raw) - 10, 11)
+    elif damage == "entry past D":
+        raw[entries + 2 * 62:entries + 2 * 63] = b"\x04\x00"
+    elif damage == "unnamed record":
+        raw[entries + 2 * 63:entries + 2 * 64] = b"\x00\x00"
+    elif damage == "out of order":  # record 3 named before record 2
+        raw[entries + 2 * 62:entries + 2 * 64] = b"\x03\x00\x02\x00"
+    elif damage == "no hash":
+        raw[record[1]:record[1] + 16] = bytes(16)
+    elif damage == "one hash twice":
+        raw[record[3]:record[3] + 16] = raw[record[2]:record[2] + 16]
+    elif damage == "count past the records":  # D says 4: the records end inside the first inline tile
+        raw[57:61] = b"0004"
+    elif damage == "count over n²":
+        raw[57:61] = b"0065"
+    else:
+        raw[57:61] = b" +03"
     Path(path).write_bytes(bytes(raw))
     assert store.get_index("osm", M1) is None
     assert store.get_metatile("osm", M1) is None
@@ -385,6 +404,26 @@ def test_disk_corrupt_pack_counts_as_absent(tmp_path, caplog, damage):
     assert store.get_metatile("osm", M1) == (idx, blobs)
 
 
+def test_disk_pack_of_the_earlier_format_is_absent_and_logged_once(tmp_path, caplog):
+    """Packs of the ASCII format (an index, then 20-byte locations) are
+    recognized, reported once per store and rendered again."""
+    store = DiskStore(tmp_path)
+    idx, blobs = make_index(M1, picks_of((0, 64)))
+    store.put_metatile("osm", *make_index(M2, picks_of((0, 64))))
+    for meta in (M1, Meta(12, 2064, 1360, 8)):
+        old = MetaIndex(meta, idx.hashes, idx.rendered, idx.data)
+        path = Path(store.pack_path("osm", meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(old.encode() + b"0000000000 00000000\n" * 64)
+    assert store.get_index("osm", M1) is None
+    assert store.read_tile("osm", Tile(12, 2048, 1360)) is None
+    assert [i.meta for i in store.iter_indexes("osm")] == [M2]
+    assert store.mark_stale("osm", M1) is False
+    assert caplog.text.count("earlier format (RPYI1)") == 1
+    store.put_metatile("osm", idx, blobs)
+    assert store.get_tile("osm", Tile(12, 2048, 1360)) == (tile_bytes(0), idx)
+
+
 def test_disk_reads_only_the_head_for_indexes(tmp_path, monkeypatch):
     store = DiskStore(tmp_path)
     tiles = [tile_bytes(i) * 100 for i in range(64)]
@@ -392,7 +431,7 @@ def test_disk_reads_only_the_head_for_indexes(tmp_path, monkeypatch):
     idx = MetaIndex(M1, hashes, 1_700_000_000, 1_700_000_000)
     store.put_metatile("osm", idx, dict(zip(hashes, tiles)))
     size = os.path.getsize(store.pack_path("osm", M1))
-    head = 64 + 53 * 64
+    head = 64 + 2 * 64 + 24 * 64
     assert size > 50 * head
     reads = []
     real_open = open

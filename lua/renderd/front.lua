@@ -37,11 +37,13 @@
 -- re-render at priority 1) -> one RENDER per metatile (RENDER) -> on BUSY,
 -- FAIL, timeout or errors: an expired hot-cache copy (STALE) or 503 with
 -- Retry-After. Disk hits: the metatile's pack file is read here (renderd.pack:
--- index, locations, the tiles kept in it) and, for a tile in the shared
--- pool, its pool file; a pool file gone meanwhile (the pack was replaced and
--- the file collected) makes the pack be read once more, then the tile is
--- rendered. An index entry of 32 zeros (no tile there) is a 404 "no tile"
--- with the layer's Cache-Control.
+-- its header, the tile's entry and record, the bytes if kept in the pack)
+-- and, for a tile in the shared pool, its pool file; a pool file gone
+-- meanwhile (the pack was replaced and the file collected) makes the pack be
+-- read once more, then the tile is rendered. A pack of an earlier format
+-- counts as absent (a warning, rate-limited). An empty entry (no tile there:
+-- 32 zeros in an index, 0 in a pack) is a 404 "no tile" with the layer's
+-- Cache-Control.
 
 local json = require "renderd.json"
 local path = require "renderd.path"
@@ -272,12 +274,12 @@ end
 -- store -----------------------------------------------------------------------
 
 -- the whole metatile into the hot cache, from the pack already read
-local function fill_from_disk(premature, layer_name, raw, idx, h)
+local function fill_from_disk(premature, layer_name, raw, h)
     if premature then
         return
     end
-    local blobs, pooled = pack.tiles(raw, h.n)
-    if not blobs then
+    local idx, blobs, pooled = pack.decode(raw, h)
+    if not idx then
         return
     end
     for i = 1, #pooled do
@@ -309,29 +311,26 @@ end
 -- the disk store: t's pack, and its pool file if the tile is in the pool
 local function from_disk(t, xcache)
     local name = t.layer.name
-    local raw, idx, h, hash, body, err
+    local raw, h, hash, body, err, earlier
     for attempt = 1, 2 do
         raw, err = store.read_pack(name, t.z, t.mx, t.my)
         if not raw then
             return false, err
         end
-        idx, err = pack.index(raw)
-        if not idx then
-            return false, pack_error(t, err)
+        h, err, earlier = pack.header(raw, t.z, t.x0, t.y0, t.n)
+        if earlier then -- not converted: render it again, as if absent
+            log.once(WARN, "pack-earlier", pack_error(t, err),
+                     "; such packs count as absent and are rendered again")
+            return false
         end
-        h, err = checked_index(idx, t, "disk")
         if not h then
-            return false, err
-        end
-        hash = index.entry(idx, t.i)
-        if not hash then
-            break
-        end
-        body, err = pack.tile(raw, h.n, t.i)
-        if body == nil then
             return false, pack_error(t, err)
         end
-        if body then
+        hash, body = pack.tile(raw, h, t.i)
+        if hash == nil then
+            return false, pack_error(t, body)
+        end
+        if not hash or body then
             break
         end
         body, err = store.read_pool(hash)
@@ -352,7 +351,7 @@ local function from_disk(t, xcache)
     end
     -- the whole metatile into the hot cache, after this response
     if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
-        timer_at(0, fill_from_disk, name, raw, idx, h)
+        timer_at(0, fill_from_disk, name, raw, h)
     end
     return send(t, hash, body, h.rendered, xcache)
 end

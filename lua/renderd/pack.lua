@@ -1,113 +1,173 @@
 -- renderd.pack: read a metatile pack of the disk store (renderd/store/disk.py,
--- docs/storage.md). A pack of an n x n metatile is, with L = 64 + 33 n^2:
+-- docs/storage.md). A pack of an n x n metatile with D distinct tiles is,
+-- integers unsigned little-endian, E = 64 + 2 n^2:
 --
---   [0, L)                the metatile index (renderd.index)
---   [L, L + 20 n^2)       one location per index entry, x-major, ASCII
---                         "%010d %08d\n": the offset of the tile's bytes from
---                         the start of the file and their length; 0 and 0
---                         means an empty entry, or a tile in the shared pool
---                         ({path}/blobs/ab/cd/<hash>)
+--   [0, 64)               header: the index header's fields at its offsets
+--                         (renderd.index), magic "RPYP2 ", D in 4 digits at 57
+--   [64, E)               one uint16 per tile, x-major: 0 = no tile, k = record k
+--   [E, E + 24 D)         record k (from 1): the content hash's 16 bytes, then
+--                         uint32 offset from the start of the file and uint32
+--                         length of the tile's bytes; 0 and 0 = in the shared
+--                         pool ({path}/blobs/ab/cd/<hash>)
 --   then                  the bytes of the tiles kept in the pack
 --
 --   local pack = require "renderd.pack"
---   local idx, err = pack.index(raw)               -- the index part, for renderd.index
---   local bytes, err = pack.tile(raw, n, i)        -- entry i (0-based): its bytes in the
---                                                  -- pack, false if in the pool, nil, err
---   local inline, pooled, err = pack.tiles(raw, n) -- {hash = bytes}, {hash, ...}: the
---                                                  -- distinct tiles in the pack / the pool
+--   local h, err, earlier = pack.header(raw, z, x0, y0, n)
+--       -- {stale, z, x0, y0, n, rendered, data, ext, count, head} of the pack of
+--       -- that metatile; earlier = true if raw is a pack of the earlier format
+--   local hash, bytes = pack.tile(raw, h, i)   -- entry i (0-based): hash false for
+--       -- no tile, bytes false for a tile in the pool; nil, err if corrupt
+--   local idx, inline, pooled = pack.decode(raw, h)  -- the whole head: the index
+--       -- (renderd.index format), {hash = bytes} kept in the pack, {hash, ...} in
+--       -- the pool, in index order; nil, err if corrupt
 --
--- A location that is not 0/0 must lie after the location table and inside
--- the file, and belong to a non-empty entry; otherwise the pack is corrupt.
-
-local index = require "renderd.index"
+-- A request reads only its entry, its record and its bytes; decode checks
+-- every entry and record as the Python reader does.
 
 local sub = string.sub
+local byte = string.byte
+local format = string.format
 local find = string.find
 local rep = string.rep
+local concat = table.concat
 local tonumber = tonumber
 local type = type
+local ipairs = ipairs
 
 local _M = { _VERSION = "0.1.0" }
 
-local HEADER_SIZE = index.HEADER_SIZE
-local ENTRY_SIZE = index.ENTRY_SIZE
-local LOCATION_SIZE = 20
-local LOCATION = "^" .. rep("%d", 10) .. " " .. rep("%d", 8) .. "\n$"
+local MAGIC = "RPYP2 "
+local EARLIER = "RPYI1 "   -- the ASCII format; nothing converts it
+local HEADER_SIZE = 64
+local ENTRY_SIZE = 2
+local RECORD_SIZE = 24
+local HEX16 = rep("%02x", 16)
+local NO_HASH = rep("0", 32)
 
-_M.LOCATION_SIZE = LOCATION_SIZE
+-- name, first and last position (1-based) of each number in the header
+local FIELDS = {
+    { "z", 9, 10 }, { "x0", 12, 18 }, { "y0", 20, 26 }, { "n", 28, 29 },
+    { "rendered", 31, 40 }, { "data", 42, 51 }, { "count", 58, 61 },
+}
 
---- The index part of a pack (raw:sub(1, L)); nil, err if the file is too
--- short to hold it and its location table. Check it with renderd.index.
-function _M.index(raw)
-    if type(raw) ~= "string" or #raw < HEADER_SIZE then
-        return nil, "not a metatile pack"
+--- The header of the pack of metatile (z, x0, y0, n) (see above); nil, err,
+-- earlier if raw is not that, or is shorter than its head.
+function _M.header(raw, z, x0, y0, n)
+    if type(raw) ~= "string" or #raw < HEADER_SIZE or sub(raw, 1, 6) ~= MAGIC then
+        local earlier = type(raw) == "string" and sub(raw, 1, 6) == EARLIER
+        return nil, earlier and "a pack of an earlier format (RPYI1)" or "not a metatile pack", earlier
     end
-    local n = tonumber(sub(raw, 28, 29))
-    if not n or n < 1 then
-        return nil, "corrupt metatile index header"
+    local h = { stale = sub(raw, 7, 7) == "1", ext = (sub(raw, 53, 56):gsub(" +$", "")) }
+    for _, f in ipairs(FIELDS) do
+        local v = tonumber(sub(raw, f[2], f[3]))
+        if not v then
+            return nil, "corrupt metatile pack header"
+        end
+        h[f[1]] = v
     end
-    if #raw < HEADER_SIZE + (ENTRY_SIZE + LOCATION_SIZE) * n * n then
+    if h.z ~= z or h.x0 ~= x0 or h.y0 ~= y0 or h.n ~= n then
+        return nil, "pack is of metatile " .. h.z .. "/" .. h.x0 .. "/" .. h.y0 .. " of size " .. h.n
+    end
+    if not find(sub(raw, 58, 61), "^%d%d%d%d$") or h.count > n * n then
+        return nil, "corrupt count of distinct tiles"
+    end
+    h.head = HEADER_SIZE + ENTRY_SIZE * n * n + RECORD_SIZE * h.count
+    if #raw < h.head then
         return nil, "truncated pack"
     end
-    return sub(raw, 1, HEADER_SIZE + ENTRY_SIZE * n * n)
+    return h
 end
 
--- offset and length of entry i (0, 0: empty or in the pool), or nil, nil, err
-local function location(raw, n, i)
-    local table_start = HEADER_SIZE + ENTRY_SIZE * n * n
-    local p = table_start + LOCATION_SIZE * i + 1
-    local loc = sub(raw, p, p + LOCATION_SIZE - 1)
-    if not find(loc, LOCATION) then
-        return nil, nil, "corrupt location of entry " .. i
-    end
-    local off, len = tonumber(sub(loc, 1, 10)), tonumber(sub(loc, 12, 19))
-    if off == 0 and len == 0 then
-        return 0, 0
-    end
-    if off < table_start + LOCATION_SIZE * n * n or off + len > #raw then
-        return nil, nil, "location " .. off .. "/" .. len .. " of entry " .. i
-            .. " is outside the pack's tiles"
-    end
-    return off, len
+local function u32(raw, p)
+    local a, b, c, d = byte(raw, p, p + 3)
+    return a + b * 256 + c * 65536 + d * 16777216
 end
 
---- The bytes of entry i (0-based) kept in the pack; false if the entry is
--- in the pool (or empty: see index.entry); nil, err if its location is corrupt.
-function _M.tile(raw, n, i)
-    local off, len, err = location(raw, n, i)
-    if not off then
+-- record k: hash, offset, length (0, 0: in the pool), or nil, err
+local function record(raw, h, k)
+    local p = h.head - RECORD_SIZE * (h.count - k + 1) + 1
+    local hash = format(HEX16, byte(raw, p, p + 15))
+    if hash == NO_HASH then
+        return nil, "record " .. k .. " has no hash"
+    end
+    local off, len = u32(raw, p + 16), u32(raw, p + 20)
+    if (off ~= 0 or len ~= 0) and (off < h.head or off + len > #raw) then
+        return nil, "location " .. off .. "/" .. len .. " of record " .. k .. " is outside the pack's tiles"
+    end
+    return hash, off, len
+end
+
+-- the record number of entry i, or nil, err
+local function entry(raw, h, i)
+    local lo, hi = byte(raw, HEADER_SIZE + ENTRY_SIZE * i + 1, HEADER_SIZE + ENTRY_SIZE * i + 2)
+    local k = lo + hi * 256
+    if k > h.count then
+        return nil, "entry " .. i .. " names record " .. k .. " of " .. h.count
+    end
+    return k
+end
+
+--- Entry i (0-based): its hash and its bytes kept in the pack; hash false
+-- for no tile, bytes false for a tile in the pool; nil, err if corrupt.
+function _M.tile(raw, h, i)
+    local k, err = entry(raw, h, i)
+    if not k then
         return nil, err
     end
-    if len == 0 and off == 0 then
+    if k == 0 then
         return false
     end
-    return sub(raw, off + 1, off + len)
+    local hash, off, len = record(raw, h, k)
+    if not hash then
+        return nil, off
+    end
+    if off == 0 and len == 0 then
+        return hash, false
+    end
+    return hash, sub(raw, off + 1, off + len)
 end
 
---- The distinct tiles of a pack: {hash = bytes} of those kept in it and the
--- list of the hashes in the pool, in index order; nil, nil, err if corrupt.
-function _M.tiles(raw, n)
-    local inline, pooled, seen = {}, {}, {}
-    for i = 0, n * n - 1 do
-        local h = index.entry(raw, i)
-        local off, len, err = location(raw, n, i)
-        if not off then
-            return nil, nil, err
+--- The whole head: the index as renderd.index reads it (what the hot cache
+-- takes), {hash = bytes} of the tiles kept in the pack and the list of the
+-- hashes in the pool, in index order; nil, err if anything is corrupt.
+function _M.decode(raw, h)
+    local hashes, inline, pooled, seen = {}, {}, {}, {}
+    for k = 1, h.count do
+        local hash, off, len = record(raw, h, k)
+        if not hash then
+            return nil, off
         end
-        local in_pool = off == 0 and len == 0
-        if not h and not in_pool then
-            return nil, nil, "empty entry " .. i .. " has a location"
+        if seen[hash] then
+            return nil, "two records have one hash"
         end
-        if h and not seen[h] then
-            seen[h] = true
-            if in_pool then
-                pooled[#pooled + 1] = h
-            else
-                inline[h] = sub(raw, off + 1, off + len)
-            end
+        seen[hash] = true
+        hashes[k] = hash
+        if off == 0 and len == 0 then
+            pooled[#pooled + 1] = hash
+        else
+            inline[hash] = sub(raw, off + 1, off + len)
         end
     end
-    return inline, pooled
+    local lines, last = {}, 0
+    for i = 0, h.n * h.n - 1 do
+        local k, err = entry(raw, h, i)
+        if not k then
+            return nil, err
+        end
+        if k > last then  -- records are numbered in order of first appearance
+            if k ~= last + 1 then
+                return nil, "entry " .. i .. " names record " .. k .. " before record " .. (last + 1)
+            end
+            last = k
+        end
+        lines[i + 1] = k == 0 and NO_HASH or hashes[k]
+    end
+    if last ~= h.count then
+        return nil, "a record is named by no entry"
+    end
+    -- the index header: the same fields at the same offsets, its own magic
+    local idx = EARLIER .. sub(raw, 7, 56) .. rep(" ", 7) .. "\n" .. concat(lines, "\n") .. "\n"
+    return idx, inline, pooled
 end
 
 return _M

@@ -6,23 +6,33 @@ Layout (docs/storage.md; nginx reads it directly)::
     {path}/tiles/{layer}/{z}/{mx}/{my}.pack          one pack per metatile
     {path}/blobs/{h[0:2]}/{h[2:4]}/{h}               the pool: encoded tile bytes by content hash
 
-A pack of an ``n x n`` metatile is, byte for byte:
+A pack of an ``n x n`` metatile with ``D`` distinct non-empty tiles is,
+byte for byte (integers unsigned little-endian; ``E = 64 + 2 n²``):
 
-1. ``[0, L)`` with ``L = 64 + 33 n²``: exactly ``MetaIndex.encode()``
-   (renderd/store/index.py), so the stale byte is at offset 6;
-2. ``[L, L + 20 n²)``: the location table, one 20-byte entry per index
-   entry, in index order (x-major): ASCII ``"%010d %08d\\n" % (offset,
-   length)``, the offset from the start of the file and the length of the
-   tile's bytes. ``0000000000 00000000`` means: the entry is empty (its hash
-   is 32 zeros) or, for any other hash, the tile is in the pool under its
-   hash;
-3. then the inline tiles: the bytes of each distinct tile kept in the pack,
-   concatenated in order of first appearance in the index. Several entries
-   may point to the same bytes.
+1. ``[0, 64)``: the header, ASCII, with the fields and offsets of the
+   index header (renderd/store/index.py) but the magic ``RPYP2 ``, so the
+   stale byte is at offset 6; and ``D`` as 4 decimal digits at offset 57
+   (``MetaIndex.header(PACK_MAGIC, " %04d" % D)``);
+2. ``[64, E)``: ``n²`` entries of 2 bytes, x-major (tile (x, y) is entry
+   ``i = (x - x0) n + (y - y0)``, at byte ``64 + 2 i``): 0 for no tile,
+   ``k`` in ``1..D`` for the k-th distinct tile;
+3. ``[E, E + 24 D)``: the distinct tiles, record ``k`` at byte
+   ``E + 24 (k - 1)``: the 16 bytes of the content hash (its 32 hex digits
+   are the index entry, the ETag and the pool file's name), then the
+   offset of the tile's bytes from the start of the file (4 bytes) and
+   their length (4 bytes); offset and length 0 mean: in the pool;
+4. then the inline tiles: the bytes of each distinct tile kept in the pack,
+   concatenated in record order.
 
-A location that is not ``0/0`` must lie inside the file, after the table,
-and belong to a non-empty entry; a pack that breaks this, or whose index
-part is not a whole index, is corrupt: readers log it and treat it as absent.
+The records are numbered in order of first appearance in the entries (the
+index's ``unique()`` order), so the entries name each of 1..D, and record
+``k`` first after record ``k - 1``. A pack is corrupt, and readers log it
+and treat it as absent, if ``D`` is not 4 digits or exceeds ``n²``, its
+head is cut short, an entry breaks that rule, a record has the hash 0 or
+the hash of another record, or a location other than 0/0 does not lie in
+``[E + 24 D, size)``.
+Another magic is not a pack (``RPYI1 `` is the ASCII format of earlier
+versions: nothing converts it, the metatile is rendered again).
 
 Writer policy (a choice of the writer, not part of the format): a distinct
 tile goes to the pool if it occurs 2 or more times in the metatile, or if
@@ -47,6 +57,7 @@ import logging
 import os
 import re
 import secrets
+import struct
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -56,7 +67,7 @@ from typing import BinaryIO, Callable, Iterator, TypeVar
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
-from .index import EMPTY, ENTRY_SIZE, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
+from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash, decode_header
 
 log = logging.getLogger(__name__)
 
@@ -69,46 +80,49 @@ TMP_MAX_AGE = 3600.0
 SWEEP_BATCH = 1000
 #: A pack file's suffix.
 PACK_EXT = "pack"
-#: One entry of a pack's location table: offset, length.
-LOCATION_SIZE = 20
-LOCATION_FORMAT = "%010d %08d\n"
-LOCATION_RE = re.compile(rb"([0-9]{10}) ([0-9]{8})\n")
+#: A pack's magic and format version; ``MAGIC`` (the ASCII index) is the previous format.
+PACK_MAGIC = b"RPYP2 "
+#: Where the header holds D, the number of distinct tiles, in 4 digits.
+COUNT_OFFSET, COUNT_DIGITS = 57, 4
+#: An entry: 0 (no tile) or the number of a distinct tile's record, from 1.
+ENTRY = struct.Struct("<H")
+#: A distinct tile: its hash's 16 bytes, offset and length (0, 0: in the pool).
+RECORD = struct.Struct("<16sII")
 #: The location of an empty entry or of a tile in the pool.
 POOL = (0, 0)
-MAX_TILE = 99_999_999
+#: Offsets and lengths are 4 bytes: a pack may not reach 4 GiB.
+MAX_PACK = 2 ** 32 - 1
+NO_HASH = bytes(16)
 
 T = TypeVar("T")
 
 
 # --- the pack format -------------------------------------------------------
 
-def index_size(n: int) -> int:
-    """Bytes of the index part of a pack of an ``n x n`` metatile (L)."""
-    return HEADER_SIZE + ENTRY_SIZE * n * n
-
-
-def head_size(n: int) -> int:
-    """Bytes of the index and the location table: where the inline tiles start."""
-    return index_size(n) + LOCATION_SIZE * n * n
+def head_size(n: int, count: int) -> int:
+    """Bytes of the head (header, entries, records), where the inline tiles start."""
+    return HEADER_SIZE + ENTRY.size * n * n + RECORD.size * count
 
 
 def encode_pack(index: MetaIndex, inline: dict[str, bytes]) -> bytes:
     """The pack of ``index`` with the tiles of ``inline`` inside; every other
     non-empty hash of the index is in the pool."""
-    offset = head_size(index.meta.n)
-    where: dict[str, tuple[int, int]] = {}
-    body = []
-    for h in index.unique():
+    unique = index.unique()
+    number = {h: k for k, h in enumerate(unique, 1)}
+    offset = head_size(index.meta.n, len(unique))
+    records, body = [], []
+    for h in unique:
         data = inline.get(h)
-        if data is None:
-            continue
-        if len(data) > MAX_TILE:
-            raise StoreError(f"tile {h} of {index.meta} has {len(data)} bytes, more than a pack can hold")
-        where[h] = (offset, len(data))
-        body.append(data)
-        offset += len(data)
-    table = "".join(LOCATION_FORMAT % where.get(h, POOL) for h in index.hashes)
-    return b"".join([index.encode(), table.encode("ascii"), *body])
+        where = POOL if data is None else (offset, len(data))
+        if data is not None:
+            body.append(data)
+            offset += len(data)
+        records.append(RECORD.pack(bytes.fromhex(h), *where))
+    if offset > MAX_PACK:
+        raise StoreError(f"the pack of {index.meta} would have {offset} bytes, more than a pack can hold")
+    entries = struct.pack(f"<{len(index.hashes)}H", *(number.get(h, 0) for h in index.hashes))
+    head = index.header(PACK_MAGIC, " %0*d" % (COUNT_DIGITS, len(unique)))
+    return b"".join([head, entries, *records, *body])
 
 
 @dataclass(frozen=True)
@@ -132,38 +146,54 @@ class Pack:
         return out
 
 
-def side_of(head: bytes) -> int:
-    """n as the first 64 bytes of a pack say it; 0 if they do not."""
+def head_of(header: bytes) -> int:
+    """The head size that the first 64 bytes of a pack give; 0 if they do not."""
+    digits = header[COUNT_OFFSET:COUNT_OFFSET + COUNT_DIGITS]
     try:
-        return int(head[27:29])
+        n = int(header[27:29])
     except ValueError:
         return 0
+    if n < 1 or not (len(digits) == COUNT_DIGITS and digits.isdigit() and int(digits) <= n * n):
+        return 0
+    return head_size(n, int(digits))
 
 
 def decode_pack(raw: bytes, size: int) -> Pack:
     """Decode the head of a pack file of ``size`` bytes whose first bytes are
     ``raw`` (at least the head; more is ignored). ``StoreError`` if corrupt."""
-    if len(raw) < HEADER_SIZE or not raw.startswith(MAGIC):
-        raise StoreError("not a metatile pack")
-    n = side_of(raw)
-    if n < 1:
-        raise StoreError("corrupt metatile index header")
-    start, end = index_size(n), head_size(n)
+    if raw.startswith(MAGIC):
+        raise StoreError(f"a pack of an earlier format ({MAGIC.decode().strip()})")
+    meta, stale, rendered, data, ext = decode_header(raw, PACK_MAGIC, "metatile pack")
+    end = head_of(raw)
+    if end == 0:
+        raise StoreError("corrupt count of distinct tiles")
     if len(raw) < end or size < end:
-        raise StoreError(f"truncated pack ({size} bytes, the index and locations need {end})")
-    index = MetaIndex.decode(raw[:start])
-    locations = []
-    for i, h in enumerate(index.hashes):
-        if not HASH_RE.fullmatch(h):
-            raise StoreError(f"malformed hash entry {i}")
-        p = start + i * LOCATION_SIZE
-        m = LOCATION_RE.fullmatch(raw, p, p + LOCATION_SIZE)
-        if m is None:
-            raise StoreError(f"corrupt location of entry {i}")
-        loc = int(m.group(1)), int(m.group(2))
-        if loc != POOL and (h == EMPTY or loc[0] < end or loc[0] + loc[1] > size):
-            raise StoreError(f"location {loc[0]}/{loc[1]} of entry {i} is outside the pack's tiles")
-        locations.append(loc)
+        raise StoreError(f"truncated pack ({size} bytes, its head needs {end})")
+    count = meta.n * meta.n
+    entries = struct.unpack_from(f"<{count}H", raw, HEADER_SIZE)
+    records = list(RECORD.iter_unpack(raw[HEADER_SIZE + ENTRY.size * count:end]))
+    hexes = []
+    for k, (digest, off, length) in enumerate(records, 1):
+        if digest == NO_HASH:
+            raise StoreError(f"record {k} has no hash")
+        if (off, length) != POOL and (off < end or off + length > size):
+            raise StoreError(f"location {off}/{length} of record {k} is outside the pack's tiles")
+        hexes.append(digest.hex())
+    if len(set(hexes)) != len(hexes):
+        raise StoreError("two records have one hash")
+    hashes, locations, last = [], [], 0
+    for i, k in enumerate(entries):
+        if k > len(records):
+            raise StoreError(f"entry {i} names record {k} of {len(records)}")
+        if k > last:  # records are numbered in order of first appearance
+            if k != last + 1:
+                raise StoreError(f"entry {i} names record {k} before record {last + 1}")
+            last = k
+        hashes.append(hexes[k - 1] if k else EMPTY)
+        locations.append(records[k - 1][1:] if k else POOL)
+    if last != len(records):
+        raise StoreError("a record is named by no entry")
+    index = MetaIndex(meta, tuple(hashes), rendered, data, ext, stale)
     return Pack(index, tuple(locations))
 
 
@@ -223,6 +253,7 @@ class DiskStore(Store):
         self.tiles_dir = os.path.join(self.path, "tiles")
         self.pool_dir = os.path.join(self.path, "blobs")
         self.lock_path = os.path.join(self.path, "gc.lock")
+        self._earlier_logged = False  # a pack of an earlier format was logged
         try:
             os.makedirs(self.tiles_dir, exist_ok=True)
             os.makedirs(self.pool_dir, exist_ok=True)
@@ -384,8 +415,7 @@ class DiskStore(Store):
         with f:
             yield f
 
-    @staticmethod
-    def _head(f: BinaryIO, path: str, where: Meta | tuple[int, int, int],
+    def _head(self, f: BinaryIO, path: str, where: Meta | tuple[int, int, int],
               whole: bool = False) -> tuple[Pack, bytes] | None:
         """Read and decode the pack open as ``f`` (the head only, unless
         ``whole``): None (logged) if corrupt or not the pack of ``where``, a
@@ -397,13 +427,18 @@ class DiskStore(Store):
             else:
                 size = os.fstat(f.fileno()).st_size
                 raw = f.read(HEADER_SIZE)
-                raw += f.read(max(head_size(side_of(raw)) - len(raw), 0))
+                raw += f.read(max(head_of(raw) - len(raw), 0))
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e.strerror}") from None
         try:
             pack = decode_pack(raw, size)
         except StoreError as e:
-            log.warning("skipping %s: %s", path, e)
+            if not raw.startswith(MAGIC):
+                log.warning("skipping %s: %s", path, e)
+            elif not self._earlier_logged:
+                self._earlier_logged = True
+                log.warning("skipping %s and any other pack of an earlier format (%s): such "
+                            "metatiles count as absent and are rendered again", path, MAGIC.decode().strip())
             return None
         meta = pack.index.meta
         if (meta if isinstance(where, Meta) else _place(meta)) != where:
@@ -562,7 +597,7 @@ class DiskStore(Store):
         except OSError as e:
             raise StoreError(f"cannot open {path}: {e.strerror}") from None
         try:
-            if not os.pread(fd, HEADER_SIZE, 0).startswith(MAGIC):
+            if not os.pread(fd, HEADER_SIZE, 0).startswith(PACK_MAGIC):
                 log.warning("not marking %s stale: not a metatile pack", path)
                 return False
             os.pwrite(fd, b"1", STALE_OFFSET)

@@ -17,6 +17,9 @@ wire, fixed-width ASCII so that Lua reads it with ``string.sub``:
 
 Entries are x-major: tile (x, y) is entry ``(x - x0) * n + (y - y0)``, at
 byte ``64 + 33 * i``. An entry of 32 zeros (``EMPTY``) means no tile.
+
+The disk store's pack files (renderd/store/disk.py) begin with the same
+header under another magic (``MetaIndex.header``, ``decode_header``).
 """
 
 from __future__ import annotations
@@ -68,30 +71,41 @@ class MetaIndex:
     def with_stale(self, stale: bool = True) -> "MetaIndex":
         return replace(self, stale=stale)
 
-    def encode(self) -> bytes:
+    def header(self, magic: bytes = MAGIC, tail: str = "") -> bytes:
+        """The 64-byte header; ``magic`` (6 bytes) in front, ``tail`` right
+        after the extension, in what is otherwise padding."""
         m = self.meta
-        head = "RPYI1 %d %02d %07d %07d %02d %010d %010d %-4s" % (
-            1 if self.stale else 0, m.z, m.x0, m.y0, m.n,
-            int(self.rendered), int(self.data), self.ext[:4])
-        head = head.ljust(HEADER_SIZE - 1) + "\n"
-        body = "".join(h + "\n" for h in self.hashes)
-        return (head + body).encode("ascii")
+        head = "%s%d %02d %07d %07d %02d %010d %010d %-4s%s" % (
+            magic.decode("ascii"), 1 if self.stale else 0, m.z, m.x0, m.y0, m.n,
+            int(self.rendered), int(self.data), self.ext[:4], tail)
+        return (head.ljust(HEADER_SIZE - 1) + "\n").encode("ascii")
+
+    def encode(self) -> bytes:
+        return self.header() + "".join(h + "\n" for h in self.hashes).encode("ascii")
 
     @classmethod
     def decode(cls, raw: bytes) -> "MetaIndex":
-        if len(raw) < HEADER_SIZE or not raw.startswith(MAGIC):
-            raise StoreError("not a metatile index")
-        try:
-            head = raw[:HEADER_SIZE].decode("ascii")
-            stale = head[6] == "1"
-            z, x0, y0, n = int(head[8:10]), int(head[11:18]), int(head[19:26]), int(head[27:29])
-            rendered, data = int(head[30:40]), int(head[41:51])
-            ext = head[52:56].strip()
-        except (ValueError, UnicodeDecodeError):
-            raise StoreError("corrupt metatile index header") from None
-        count = n * n
+        meta, stale, rendered, data, ext = decode_header(raw)
+        count = meta.n * meta.n
         if len(raw) != HEADER_SIZE + count * ENTRY_SIZE:
-            raise StoreError(f"metatile index {z}/{x0}/{y0} is truncated")
+            raise StoreError(f"metatile index {meta.z}/{meta.x0}/{meta.y0} is truncated")
         body = raw[HEADER_SIZE:]
         hashes = tuple(body[i * ENTRY_SIZE:i * ENTRY_SIZE + HASH_HEX].decode("ascii") for i in range(count))
-        return cls(Meta(z, x0, y0, n), hashes, rendered, data, ext, stale)
+        return cls(meta, hashes, rendered, data, ext, stale)
+
+
+def decode_header(raw: bytes, magic: bytes = MAGIC, what: str = "metatile index"
+                  ) -> tuple[Meta, bool, int, int, str]:
+    """(meta, stale, rendered, data, ext) of a header that starts with
+    ``magic``; ``StoreError`` naming ``what`` if it does not, or is corrupt."""
+    if len(raw) < HEADER_SIZE or not raw.startswith(magic):
+        raise StoreError(f"not a {what}")
+    try:
+        head = raw[:HEADER_SIZE].decode("ascii")
+        stale = head[6] == "1"
+        z, x0, y0, n = int(head[8:10]), int(head[11:18]), int(head[19:26]), int(head[27:29])
+        rendered, data = int(head[30:40]), int(head[41:51])
+        ext = head[52:56].strip()
+    except (ValueError, UnicodeDecodeError):
+        raise StoreError(f"corrupt {what} header") from None
+    return Meta(z, x0, y0, n), stale, rendered, data, ext

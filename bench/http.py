@@ -126,6 +126,8 @@ def parse_wrk(text: str) -> dict:
     for pct in ("50", "75", "90", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
         out[f"p{pct}_ms"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"(\d+) requests in", text)
+    out["requests"] = int(m.group(1)) if m else 0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     out["non2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: (.*)", text)
@@ -140,6 +142,7 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.nginx_proc: subprocess.Popen | None = None
         self.redis_port = free_port()
+        self.redis_socket = self.tmp / "redis.sock"
         self.port = free_port()
         self.metrics_port = free_port()
         self.static = self.tmp / "static"
@@ -149,10 +152,12 @@ class Bench:
     # --- the servers ---------------------------------------------------------
     def config(self, store: str, workers: int = 2) -> _config.Config:
         """``store``: redis, disk or cold (an empty Redis database of its own)."""
+        where = (f"unix://{self.redis_socket}?db=" if self.args.redis_socket
+                 else f"redis://127.0.0.1:{self.redis_port}/")
         if store == "redis":
-            store_toml = f'kind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/0"\nprefix = "b"'
+            store_toml = f'kind = "redis"\nurl = "{where}0"\nprefix = "b"'
         elif store == "cold":
-            store_toml = f'kind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/1"\nprefix = "c"'
+            store_toml = f'kind = "redis"\nurl = "{where}1"\nprefix = "c"'
         else:
             store_toml = f'kind = "disk"\npath = "{self.tmp / store}"'
 
@@ -180,6 +185,7 @@ maxzoom = 10
 
     def start_redis(self) -> None:
         proc = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                 "--unixsocket", str(self.redis_socket), "--unixsocketperm", "700",
                                  "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
@@ -265,17 +271,40 @@ location /static/ {{
             out[m.group(1)] = float(m.group(2))
         return out
 
+    def cpu(self, pids: list[int | str]) -> float:
+        """CPU seconds (user + system) used so far by these processes."""
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def nginx_cpu(self) -> float:
+        """CPU seconds used so far by the nginx workers."""
+        pid = self.nginx_proc.pid
+        try:
+            return self.cpu(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except OSError:
+            return 0.0
+
     def wrk(self, paths: list[str]) -> dict:
         listing = self.tmp / "paths.txt"
         listing.write_text("\n".join(paths) + "\n")
         a = self.args
+        cpu0, redis0 = self.nginx_cpu(), self.cpu([self.procs[0].pid])
         r = subprocess.run(["wrk", "-t", str(a.threads), "-c", str(a.connections), "-d", f"{a.duration}s",
                             "--latency", "-s", str(self.wrk_script), self.base],
                            capture_output=True, text=True, env={**os.environ, "BENCH_PATHS": str(listing)},
                            timeout=a.duration + 60)
         if r.returncode != 0:
             raise SystemExit(f"bench: wrk failed: {r.stderr.strip()}")
-        return parse_wrk(r.stdout)
+        out = parse_wrk(r.stdout)
+        out["cpu_us"] = (self.nginx_cpu() - cpu0) * 1e6 / max(out["requests"], 1)
+        out["redis_cpu_us"] = (self.cpu([self.procs[0].pid]) - redis0) * 1e6 / max(out["requests"], 1)
+        return out
 
     def compare(self, zxys: list[str]) -> dict:
         tiles = [f"/tiles/world/{z}.png" for z in zxys]
@@ -294,12 +323,13 @@ location /static/ {{
         out = {}
         for kind, rs in runs.items():
             out[kind] = {k: statistics.median([r[k] for r in rs if r[k] is not None])
-                         for k in ("rps", "p50_ms", "p99_ms")}
+                         for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "redis_cpu_us")}
             out[kind]["non2xx"] = sum(r["non2xx"] for r in rs)
         total = sum(mix.values()) or 1
         out["xcache_share"] = {k: round(v / total, 4) for k, v in sorted(mix.items()) if v}
         out["rps_ratio"] = out["tiles"]["rps"] / out["static"]["rps"]
         out["p99_ratio"] = out["tiles"]["p99_ms"] / out["static"]["p99_ms"]
+        out["cpu_ratio"] = out["static"]["cpu_us"] / out["tiles"]["cpu_us"]
         return out
 
     def cold(self) -> dict:
@@ -389,26 +419,28 @@ location /static/ {{
         zxys = self.prepare()
         sizes = [f.stat().st_size for f in self.static.rglob("*.png")]
         results["setup"]["tile_bytes_mean"] = round(sum(sizes) / len(sizes))
-        if self.args.only == "cold":
+        only = self.args.only
+        if only in ("all", "hot"):
+            say(f"hot: X-Cache {self.xcache_of(zxys)}")
+            results["hot"] = self.compare(zxys)
+        if only in ("all", "redis"):
+            self.start_nginx(cfg, hot_ttl=0.001)
+            time.sleep(0.01)
+            say(f"redis store: X-Cache {self.xcache_of(zxys)}")
+            results["store_redis"] = self.compare(zxys)
+        if only in ("all", "disk"):
+            # the disk store, dict cold, the same way
+            dcfg = self.config("disk")
+            self.start_daemon(dcfg)
+            self.start_nginx(dcfg)
+            for zxy in zxys[:64]:               # one request renders each metatile into the disk store
+                get(f"{self.base}/tiles/world/{zxy}.png")
+            self.start_nginx(dcfg, hot_ttl=0.001)
+            say(f"disk store: X-Cache {self.xcache_of(zxys)}")
+            results["store_disk"] = self.compare(zxys)
+        if only in ("all", "cold"):
+            say("cold tiles")
             results["cold"] = self.cold()
-            return results
-        say(f"hot: X-Cache {self.xcache_of(zxys)}")
-        results["hot"] = self.compare(zxys)
-        self.start_nginx(cfg, hot_ttl=0.001)
-        time.sleep(0.01)
-        say(f"redis store: X-Cache {self.xcache_of(zxys)}")
-        results["store_redis"] = self.compare(zxys)
-        # the disk store, dict cold, the same way
-        dcfg = self.config("disk")
-        self.start_daemon(dcfg)
-        self.start_nginx(dcfg)
-        for zxy in zxys[:64]:               # one request renders each metatile into the disk store
-            get(f"{self.base}/tiles/world/{zxy}.png")
-        self.start_nginx(dcfg, hot_ttl=0.001)
-        say(f"disk store: X-Cache {self.xcache_of(zxys)}")
-        results["store_disk"] = self.compare(zxys)
-        say("cold tiles")
-        results["cold"] = self.cold()
         return results
 
 
@@ -423,8 +455,9 @@ def table(res: dict) -> str:
         f"-d{s['duration_s']}s x {s['rounds']} rounds (median), {s['cpus']} CPUs, "
         f"{s['hot_tiles']} tiles of {s['tile_bytes_mean']} bytes on average",
         "",
-        "| case | req/s | p50 ms | p99 ms | static req/s | static p99 ms | req/s ratio | p99 ratio | goal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | req/s | p50 ms | p99 ms | static req/s | static p99 ms | req/s ratio | p99 ratio "
+        "| nginx CPU us/req (static) | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, name, goal in (("hot", "hot tiles (shared dict, HIT)", "ratio >= 0.9, p99 <= 1.2x"),
                             ("store_redis", "Redis store, dict cold (STORE)", "ratio >= 0.5"),
@@ -436,7 +469,7 @@ def table(res: dict) -> str:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in r.get("xcache_share", {}).items())
         lines.append(f"| {name} [{mix}] | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} "
                      f"| {st['rps']:.0f} | {st['p99_ms']:.2f} | {r['rps_ratio']:.2f} | {r['p99_ratio']:.2f} "
-                     f"| {goal} |")
+                     f"| {t['cpu_us']:.1f} ({st['cpu_us']:.1f}) | {goal} |")
     c = res.get("cold")
     if c:
         lines += ["",
@@ -456,9 +489,12 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--nginx-workers", type=int, default=1)
+    ap.add_argument("--redis-socket", action="store_true",
+                    help="nginx, daemon and tools reach Redis over a unix socket, not TCP on loopback")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
-    ap.add_argument("--only", choices=("all", "cold"), default="all", help="run only the cold-tile part")
+    ap.add_argument("--only", choices=("all", "hot", "redis", "disk", "cold"), default="all",
+                    help="run one case only")
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "redis-server"):
         if not shutil.which(tool):

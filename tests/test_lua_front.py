@@ -553,6 +553,7 @@ def test_redis_down_and_broker_silent(nginx_factory, tmp_path, broker, how):
     st.put_metatile("world", *make_meta("world", Meta(5, 0, 0, 8)))
     st.close()
     assert_tile(request(ng.port, tile_path(5, 0, 0)), 5, 0, 0, "STORE")
+    assert_tile(wait_xcache(ng.port, tile_path(5, 1, 1), "HIT"), 5, 1, 1, "HIT")  # filled after the answer
     if how == "killed":
         srv.stop()
     else:  # accepts connections, never answers
@@ -584,6 +585,33 @@ def test_redis_down_and_broker_silent(nginx_factory, tmp_path, broker, how):
         srv.stop()
 
 
+def test_redis_connection_killed_or_scripts_flushed(nginx_factory, redis_store, redis_url, broker):
+    """The worker's pipelined Redis connection: a connection the server
+    closes is replaced (the commands lost with it are sent again), and a
+    Redis that forgot the scripts (restart, SCRIPT FLUSH) gets them again."""
+    import redis
+    ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint, hot_ttl=0.001))
+    metas = [Meta(9, 8 * i, 0, 8) for i in range(4)]
+    for m in metas:
+        redis_store.put_metatile("world", *make_meta("world", m))
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert_tile(request(ng.port, tile_path(9, 1, 1)), 9, 1, 1, "STORE")
+        r.client_kill_filter(_type="normal", skipme=True)
+        assert_tile(request(ng.port, tile_path(9, 9, 1)), 9, 9, 1, "STORE")
+        r.script_flush()
+        assert_tile(request(ng.port, tile_path(9, 17, 1)), 9, 17, 1, "STORE")
+        r.client_kill_filter(_type="normal", skipme=True)
+        r.script_flush()
+        for x in range(24, 32):
+            res = request(ng.port, tile_path(9, x, 2))
+            assert_tile(res, 9, x, 2, res.h("x-cache"))
+            assert res.h("x-cache") in ("STORE", "HIT")   # (HIT: within the 1 ms of hot_ttl)
+        assert broker.renders() == []
+    finally:
+        r.close()
+
+
 # --- metrics --------------------------------------------------------------------------
 
 def test_metrics(front):
@@ -594,6 +622,7 @@ def test_metrics(front):
     request(ng.port, tile_path(6, 40, 40))
     request(ng.port, "/tiles/nope/1/0/0.png")
     import urllib.request
+    time.sleep(1.2)   # each nginx worker adds its counts to the shared dict every second
     text = urllib.request.urlopen(ng.metrics_url, timeout=10).read().decode()
     # (disk: the hot cache fills just after the first answer, so maybe 2)
     assert re.search(r'renderd_http_requests_total\{cache="STORE",status="200"\} [12]\n', text)
@@ -623,14 +652,16 @@ def test_metrics_without_daemon(nginx_factory, tmp_path):
 
 
 def test_redis_script_matches_python(nginx_factory, tmp_path):
-    from renderd.store.redis import LUA_DISTINCT, META_SCRIPT
+    from renderd.store.redis import LUA_DISTINCT, LUA_SIZE, META_SCRIPT, TILE_SCRIPT
     ng = nginx_factory(extra_server="""
-        location = /t/sha { content_by_lua_block { ngx.print(require("renderd.store").META_SHA) } }
+        location = /t/sha { content_by_lua_block {
+            local store = require("renderd.store")
+            ngx.print(store.META_SHA, " ", store.TILE_SHA) } }
     """)
-    sha = hashlib.sha1(META_SCRIPT.encode()).hexdigest()
+    want = " ".join(hashlib.sha1(x.encode()).hexdigest() for x in (META_SCRIPT, TILE_SCRIPT))
     r = request(ng.port, "/t/sha")
-    assert r.body.decode() == sha, "lua/renderd/store.lua META_SCRIPT differs from renderd/store/redis.py"
-    assert LUA_DISTINCT in META_SCRIPT
+    assert r.body.decode() == want, "lua/renderd/store.lua's scripts differ from renderd/store/redis.py"
+    assert LUA_DISTINCT in META_SCRIPT and LUA_SIZE in TILE_SCRIPT
 
 
 def test_cache_buster_and_absolute_uri(front):
@@ -691,7 +722,7 @@ def test_redis_unix_socket_password_db(nginx_factory, tmp_path, broker):
                                     "db": 3, "prefix": "tp", "host": None, "port": None},
                                    broker.endpoint))
         assert_tile(request(ng.port, tile_path(4, 9, 3)), 4, 9, 3, "STORE")
-        assert_tile(request(ng.port, tile_path(4, 10, 3)), 4, 10, 3, "HIT")
+        assert_tile(wait_xcache(ng.port, tile_path(4, 10, 3), "HIT"), 4, 10, 3, "HIT")
         assert broker.renders() == []
     finally:
         proc.terminate()
@@ -709,26 +740,60 @@ def test_render_over_ipc(nginx_factory, tmp_path, disk_store):
         b.close()
 
 
+class RedisMonitor:
+    """The EVALSHA/EVAL calls a redis-server receives, by script SHA (MONITOR)."""
+
+    def __init__(self, url: str):
+        import redis
+        self.conn = redis.Redis.from_url(url)
+        self.calls: list[str] = []
+        self.mon = self.conn.monitor().__enter__()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        try:
+            while True:
+                cmd = self.mon.next_command()["command"]
+                if cmd.upper().startswith(("EVALSHA ", "EVAL ")):
+                    self.calls.append(cmd)
+        except Exception:
+            pass
+
+    def count(self, sha: str) -> int:
+        return sum(1 for c in self.calls if sha in c)
+
+    def close(self):
+        self.mon.__exit__()
+        self.conn.close()
+
+
 def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, redis_url, broker):
-    import redis
+    """A dict miss reads one tile (TILE_SCRIPT); concurrent requests for that
+    tile in a worker share the read; the metatile goes into the dict once
+    (META_SCRIPT from a timer), however many of its tiles are asked for."""
+    from renderd.store.redis import META_SCRIPT, TILE_SCRIPT
     ng = redis_front
     meta = Meta(11, 800, 800, 8)
     redis_store.put_metatile("world", *make_meta("world", meta))
-    r = redis.Redis.from_url(redis_url)
-    r.config_resetstat()
-    tiles = [(11, t.x, t.y) for t in meta_tiles(meta)]
+    tile_sha, meta_sha = (hashlib.sha1(x.encode()).hexdigest() for x in (TILE_SCRIPT, META_SCRIPT))
+    mon = RedisMonitor(redis_url)
+    try:
+        def one(t):
+            return t, request(ng.port, tile_path(*t))
 
-    def one(t):
-        return t, request(ng.port, tile_path(*t))
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
-        results = list(pool.map(one, tiles))
-    for t, res in results:
-        assert_tile(res, *t, res.h("x-cache"))
-        assert res.h("x-cache") in ("STORE", "HIT")
-    stats = r.info("commandstats")
-    calls = stats.get("cmdstat_evalsha", {}).get("calls", 0) + stats.get("cmdstat_eval", {}).get("calls", 0)
-    # at most one read per nginx worker (2) while the first is under way,
-    # plus a few from requests that arrive just after it ended and missed
-    assert 1 <= calls <= 8, calls
-    r.close()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=48) as pool:
+            results = list(pool.map(one, [(11, 803, 805)] * 48))
+            time.sleep(0.3)
+            # 48 requests at once for one tile: one read per nginx worker (2)
+            # while the first is under way, plus a few that came just after
+            assert 1 <= mon.count(tile_sha) <= 8, mon.count(tile_sha)
+            results += list(pool.map(one, [(11, t.x, t.y) for t in meta_tiles(meta)]))
+        for t, res in results:
+            assert_tile(res, *t, res.h("x-cache"))
+            assert res.h("x-cache") in ("STORE", "HIT")
+        time.sleep(0.3)
+        assert mon.count(meta_sha) == 1, mon.calls
+        assert_tile(request(ng.port, tile_path(11, 807, 807)), 11, 807, 807, "HIT")
+    finally:
+        mon.close()

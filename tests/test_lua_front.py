@@ -18,6 +18,7 @@ import zmq
 
 from renderd.store.index import EMPTY, MetaIndex, content_hash
 from renderd.tilemath import Meta, meta_tiles, metatile_of
+from renderd.store.disk import DiskStore
 from tests.fixtures.servers import RedisServer, free_port
 
 LAYER = {"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8, "ext": "png",
@@ -274,9 +275,12 @@ def test_render_then_hit(front):
     assert msg[0:2] == [b"RPY1", b"RENDER"]
     assert msg[3:6] == [b"world", b"7/100/50", b"0"]
     assert 2000 < int(msg[6]) <= 3100
-    assert msg[7] == b"meta"
+    # disk: the whole metatile comes with the reply; Redis: it is read back
+    # from the store for the hot cache, after the answer
+    assert msg[7] == (b"meta" if isinstance(store, DiskStore) else b"")
     for x, y in [(96, 48), (103, 55), (100, 51)]:
-        assert_tile(request(ng.port, tile_path(7, x, y)), 7, x, y, "HIT")
+        # (the hot cache is filled just after the RENDER answer)
+        assert_tile(wait_xcache(ng.port, tile_path(7, x, y), "HIT"), 7, x, y, "HIT")
     assert len(broker.renders()) == 1
 
 
@@ -284,7 +288,7 @@ def test_small_zoom_metatiles(front):
     ng, store, broker = front
     for z, x, y in [(0, 0, 0), (1, 1, 0), (2, 3, 3)]:
         assert_tile(request(ng.port, tile_path(z, x, y)), z, x, y, "RENDER")
-    assert_tile(request(ng.port, tile_path(2, 0, 1)), 2, 0, 1, "HIT")
+    assert_tile(wait_xcache(ng.port, tile_path(2, 0, 1), "HIT"), 2, 0, 1, "HIT")
     assert len(broker.renders()) == 3
 
 
@@ -299,7 +303,7 @@ def test_stale_served_and_rerender_queued(front):
     assert r.elapsed < 1.0
     (msg,) = broker.wait_renders(1)
     assert msg[3:6] == [b"world", b"6/1/9", b"1"]
-    assert msg[7] == b"meta"
+    assert msg[7] == (b"meta" if isinstance(store, DiskStore) else b"")
     # the background re-render refreshed the hot cache
     r = wait_xcache(ng.port, tile_path(6, 2, 10), "HIT")
     assert_tile(r, 6, 2, 10, "HIT")
@@ -526,7 +530,8 @@ def _concurrent(ng, broker, n=500):
     for (z, x, y), r in results:
         assert r.status == 200, (z, x, y, r.status, r.body[:200])
         assert r.body == tile_bytes("world", z, x, y)
-        assert r.h("x-cache") in ("RENDER", "HIT")
+        # (STORE: came after the answer, before the hot cache was filled)
+        assert r.h("x-cache") in ("RENDER", "HIT", "STORE")
     time.sleep(0.3)
     assert len(broker.renders()) == 1
     return results
@@ -590,7 +595,8 @@ def test_redis_connection_killed_or_scripts_flushed(nginx_factory, redis_store, 
     closes is replaced (the commands lost with it are sent again), and a
     Redis that forgot the scripts (restart, SCRIPT FLUSH) gets them again."""
     import redis
-    ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint, hot_ttl=0.001))
+    # (nginx itself logs the reset connections as errors)
+    ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint, hot_ttl=0.001), expect_errors=True)
     metas = [Meta(9, 8 * i, 0, 8) for i in range(4)]
     for m in metas:
         redis_store.put_metatile("world", *make_meta("world", m))
@@ -608,6 +614,7 @@ def test_redis_connection_killed_or_scripts_flushed(nginx_factory, redis_store, 
             assert_tile(res, 9, x, 2, res.h("x-cache"))
             assert res.h("x-cache") in ("STORE", "HIT")   # (HIT: within the 1 ms of hot_ttl)
         assert broker.renders() == []
+        assert not [e for e in ng.errors() if "recv() failed" not in e], ng.errors()
     finally:
         r.close()
 
@@ -624,8 +631,8 @@ def test_metrics(front):
     import urllib.request
     time.sleep(1.2)   # each nginx worker adds its counts to the shared dict every second
     text = urllib.request.urlopen(ng.metrics_url, timeout=10).read().decode()
-    # (disk: the hot cache fills just after the first answer, so maybe 2)
-    assert re.search(r'renderd_http_requests_total\{cache="STORE",status="200"\} [12]\n', text)
+    # (the hot cache fills just after the first answer, so maybe more than 1)
+    assert re.search(r'renderd_http_requests_total\{cache="STORE",status="200"\} [1-9]\d*\n', text)
     assert re.search(r'renderd_http_requests_total\{cache="HIT",status="200"\} \d+', text)
     assert 'renderd_http_requests_total{cache="RENDER",status="200"} 1' in text
     assert 'renderd_http_requests_total{cache="NONE",status="404"} 1' in text
@@ -734,7 +741,7 @@ def test_render_over_ipc(nginx_factory, tmp_path, disk_store):
     try:
         ng = nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, b.endpoint))
         assert_tile(request(ng.port, tile_path(6, 10, 20)), 6, 10, 20, "RENDER")
-        assert_tile(request(ng.port, tile_path(6, 11, 21)), 6, 11, 21, "HIT")
+        assert_tile(wait_xcache(ng.port, tile_path(6, 11, 21), "HIT"), 6, 11, 21, "HIT")
         assert len(b.renders()) == 1
     finally:
         b.close()

@@ -105,6 +105,7 @@ local _M = { _VERSION = "0.1.0" }
 local cfg
 local layers = {}
 local locks
+local fill_from_redis     -- (below, with the Redis store)
 
 local CONTENT_TYPES = { png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", webp = "image/webp" }
 
@@ -182,6 +183,9 @@ function _M.setup(c)
         locks = locks, timeout = c.timeout,
         on_render = metrics.observe_render,
         on_evict = function(n) metrics.incr("renderd_cache_evictions_total", nil, n) end,
+        -- Redis: a rendered metatile is read back from the store for the hot
+        -- cache, after the answer (a smaller reply from the broker)
+        fill = store.kind == "redis" and function(t) return fill_from_redis(false, t) end or nil,
     })
     cfg, layers = c, by_name
     return true
@@ -394,7 +398,7 @@ local function from_disk(t, xcache, missing)
 end
 
 -- fill the hot cache with a stored metatile (Redis), after the response
-local function fill_from_redis(premature, t)
+function fill_from_redis(premature, t)
     if premature then
         return
     end

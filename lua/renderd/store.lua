@@ -232,17 +232,27 @@ end
 -- run a reader script: EVALSHA, and EVAL if Redis does not know it yet;
 -- the reply (nil if it is nil) or nil, err
 local function run(sha, script, key, ...)
-    local red, err = connect()
-    if not red then
-        return nil, err
-    end
-    local res
-    res, err = red:evalsha(sha, 1, key, cfg.prefix, ...)
-    if not res and err and find(err, "NOSCRIPT", 1, true) then
-        res, err = red:eval(script, 1, key, cfg.prefix, ...)
+    local red, res, err
+    for _ = 1, 2 do
+        red, err = connect()
+        if not red then
+            return nil, err
+        end
+        local reused = red:get_reused_times() or 0
+        res, err = red:evalsha(sha, 1, key, cfg.prefix, ...)
+        if not res and err and find(err, "NOSCRIPT", 1, true) then
+            res, err = red:eval(script, 1, key, cfg.prefix, ...)
+        end
+        if res or not err then
+            break
+        end
+        red:close()
+        -- a pooled connection the server closed (restart, CLIENT KILL): once more on a new one
+        if reused == 0 or not (find(err, "closed", 1, true) or find(err, "reset", 1, true)) then
+            break
+        end
     end
     if not res and err then
-        red:close()
         if flags and (find(err, "timeout", 1, true) or find(err, "closed", 1, true)) then
             flags:set("down|redis", true, cfg.retry)
         end

@@ -211,6 +211,7 @@ def layer_runtime(cfg: Config, lyr: LayerConfig) -> dict[str, Any]:
     return {"name": lyr.name, "minzoom": lyr.minzoom, "maxzoom": lyr.maxzoom,
             "metatile": lyr.metatile, "ext": lyr.ext, "content_type": lyr.content_type,
             "cache_control": lyr.cache_control or cfg.http.cache_control,
+            "cors": cfg.http.cors if lyr.cors is None else lyr.cors,
             "tile_size": lyr.tile_size}
 
 
@@ -222,7 +223,7 @@ def runtime(cfg: Config) -> dict[str, Any]:
         store = redis_settings(cfg.store.url, cfg.store.prefix)
     return {"broker": broker_address(cfg.daemon.broker), "timeout": cfg.http.timeout,
             "store": store, "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers],
-            "blob_location": BLOB_LOCATION, "dicts": dict(DICTS)}
+            "cors": cfg.http.cors, "blob_location": BLOB_LOCATION, "dicts": dict(DICTS)}
 
 
 def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dict[str, Any]:

@@ -303,7 +303,8 @@ def test_stale_served_and_rerender_queued(front):
     assert r.elapsed < 1.0
     (msg,) = broker.wait_renders(1)
     assert msg[3:6] == [b"world", b"6/1/9", b"1"]
-    assert msg[7] == (b"meta" if isinstance(store, DiskStore) else b"")
+    # (force: not answered from the broker's memory of the last render)
+    assert msg[7] == (b"meta,force" if isinstance(store, DiskStore) else b"force")
     # the background re-render refreshed the hot cache
     r = wait_xcache(ng.port, tile_path(6, 2, 10), "HIT")
     assert_tile(r, 6, 2, 10, "HIT")
@@ -617,6 +618,108 @@ def test_redis_connection_killed_or_scripts_flushed(nginx_factory, redis_store, 
         assert not [e for e in ng.errors() if "recv() failed" not in e], ng.errors()
     finally:
         r.close()
+
+
+# --- CORS ---------------------------------------------------------------------------------
+
+def test_cors_by_default(front):
+    """MapLibre GL fetches tiles with CORS: tiles, their 304s and errors say '*'."""
+    ng, store, broker = front
+    z, x, y = 5, 3, 3
+    store.put_metatile("world", *make_meta("world", metatile_of(z, x, y)))
+    r = request(ng.port, tile_path(z, x, y), headers={"Origin": "https://other.example"})
+    assert r.status == 200 and r.h("access-control-allow-origin") == "*"
+    r = wait_xcache(ng.port, tile_path(z, x, y), "HIT")
+    assert r.h("access-control-allow-origin") == "*"
+    r = request(ng.port, tile_path(z, x, y), headers={"If-None-Match": r.h("etag")})
+    assert r.status == 304 and r.h("access-control-allow-origin") == "*"
+    for path in (tile_path(13, 0, 0), "/tiles/nope/1/0/0.png", "/tiles/world/x/0/0.png"):
+        r = request(ng.port, path)
+        assert r.status in (400, 404) and r.h("access-control-allow-origin") == "*", path
+
+
+def test_cors_per_layer_or_none(nginx_factory, disk_store, broker):
+    broker.store = disk_store
+    other = dict(LAYER, name="shared", cors="https://maps.example.org")
+    ng = nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, broker.endpoint, cors="",
+                               layers=[LAYER, other]))
+    r = request(ng.port, tile_path(4, 1, 1))
+    assert r.status == 200 and "access-control-allow-origin" not in r.headers
+    r = request(ng.port, tile_path(4, 1, 1, layer="shared"))
+    assert r.status == 200 and r.h("access-control-allow-origin") == "https://maps.example.org"
+    r = request(ng.port, "/tiles/nope/1/0/0.png")
+    assert r.status == 404 and "access-control-allow-origin" not in r.headers
+    broker.mode = "busy"
+    r = request(ng.port, tile_path(9, 1, 1, layer="shared"))
+    assert r.status == 503 and r.h("access-control-allow-origin") == "https://maps.example.org"
+
+
+# --- purge -----------------------------------------------------------------------------
+
+def purge(ng, body: str, layer="world", mode="dirty", method="POST") -> tuple[int, dict | bytes]:
+    import json as _json
+    c = http.client.HTTPConnection("127.0.0.1", ng.metrics_port, timeout=10)
+    try:
+        c.request(method, f"/purge?layer={layer}&mode={mode}", body=body.encode())
+        r = c.getresponse()
+        data = r.read()
+        return r.status, (_json.loads(data) if r.status == 200 else data)
+    finally:
+        c.close()
+
+
+def test_purge_dirty_marks_hot_copies_stale(front):
+    ng, store, broker = front
+    meta = Meta(6, 16, 8, 8)
+    store.put_metatile("world", *make_meta("world", meta))
+    assert_tile(wait_xcache(ng.port, tile_path(6, 17, 9), "HIT"), 6, 17, 9, "HIT")
+    store.mark_stale("world", meta)   # what expire does first
+    status, rep = purge(ng, "6/20/12\n6/23/15\nnot a tile\n6/99/0\n\n")
+    assert status == 200 and rep == {"metatiles": 1, "tiles": 64, "malformed": 2}, rep
+    r = request(ng.port, tile_path(6, 17, 9))
+    assert_tile(r, 6, 17, 9, "STALE")   # served at once, a re-render queued
+    (msg,) = broker.wait_renders(1)
+    assert msg[3:6] == [b"world", b"6/17/9", b"1"]
+    assert_tile(wait_xcache(ng.port, tile_path(6, 18, 10), "HIT"), 6, 18, 10, "HIT")
+
+
+def test_purge_delete_drops_hot_copies(front):
+    ng, store, broker = front
+    meta = Meta(6, 24, 8, 8)
+    store.put_metatile("world", *make_meta("world", meta))
+    assert_tile(wait_xcache(ng.port, tile_path(6, 25, 9), "HIT"), 6, 25, 9, "HIT")
+    store.delete_metatile("world", meta)
+    status, rep = purge(ng, "6/24/8\n", mode="delete")
+    assert status == 200 and rep["metatiles"] == 1 and rep["tiles"] == 64, rep
+    assert_tile(request(ng.port, tile_path(6, 25, 9)), 6, 25, 9, "RENDER")
+    assert len(broker.renders()) == 1
+
+
+@pytest.mark.parametrize("mode", ["dirty", "delete"])
+def test_purge_beats_a_fill_that_read_the_store_before(front, mode):
+    """A hot-cache fill that read the metatile before the store changed and
+    ends after the purge must not bring the old copy back as fresh."""
+    ng, store, broker = front
+    meta = Meta(7, 40, 40, 8)
+    store.put_metatile("world", *make_meta("world", meta))   # rendered in 2025
+    # the purge comes first here; the index in the store is still the old one
+    status, _ = purge(ng, "7/40/40\n", mode=mode)
+    assert status == 200
+    assert_tile(request(ng.port, tile_path(7, 41, 41)), 7, 41, 41, "STORE")
+    time.sleep(0.3)   # (the fill from the store has run)
+    want = "STALE" if mode == "dirty" else "STORE"
+    assert_tile(request(ng.port, tile_path(7, 42, 42)), 7, 42, 42, want)
+
+
+def test_purge_refuses_bad_requests(front):
+    ng, store, broker = front
+    assert purge(ng, "1/0/0\n", method="GET")[0] == 405
+    assert purge(ng, "1/0/0\n", layer="nope")[0] == 400
+    assert purge(ng, "1/0/0\n", mode="render")[0] == 400
+    # tiles outside the layer's zooms name nothing; nothing reaches the store or broker
+    status, rep = purge(ng, "13/0/0\n")
+    assert status == 200 and rep == {"metatiles": 0, "tiles": 0, "malformed": 0}
+    assert broker.messages == []
 
 
 # --- metrics --------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def test_runtime_json_disk(tmp_path):
     world, photo = rt["layers"]
     assert world == {"name": "world", "minzoom": 0, "maxzoom": 6, "metatile": 8, "ext": "png",
                      "content_type": "image/png", "cache_control": "public, max-age=3600",
-                     "tile_size": 256}
+                     "cors": "*", "tile_size": 256}
+    assert rt["cors"] == "*"
     assert photo["ext"] == "jpg" and photo["content_type"] == "image/jpeg"
     assert photo["cache_control"] == "public, max-age=60"
     assert (photo["metatile"], photo["tile_size"], photo["minzoom"]) == (4, 512, 2)
@@ -311,14 +312,30 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
+def test_runtime_json_cors(tmp_path):
+    _, cfg = make_cfg(tmp_path, http='cors = ""', layers=f"""
+[[layer]]
+name = "a"
+style = "{STYLE}"
+cors = "https://maps.example.org"
+[[layer]]
+name = "b"
+style = "{STYLE}"
+""")
+    rt = nginx.runtime(cfg)
+    assert rt["cors"] == "" and [lyr["cors"] for lyr in rt["layers"]] == ["https://maps.example.org", ""]
+    with pytest.raises(_config.ConfigError, match=r"layer\[0\]\.cors"):
+        _config.parse({"layer": [{"name": "a", "style": "x.xml", "cors": "a b"}]}, None, {}, check_files=False)
+
+
 @pytest.fixture
-def running(tmp_path):
+def running(tmp_path, request):
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed")
     if not (ROOT / "lua" / "renderd" / "front.lua").exists():
         pytest.skip("the Lua front (lua/renderd/front.lua) is not there yet")
     from tests.fixtures.servers import stop, wait_port
-    path, cfg = make_cfg(tmp_path)
+    path, cfg = make_cfg(tmp_path, **getattr(request, "param", {}))
     out = tmp_path / "run"
     conf = nginx.write_conf(cfg, out)
     proc = subprocess.Popen(["nginx", "-p", str(out), "-c", str(conf)],
@@ -355,6 +372,25 @@ def test_tilejson_served_with_request_host(running):
     # a Host that could break the JSON is not copied into it
     _, _, body = _get(base + "/tiles/world.json", {"X-Forwarded-Host": 'x"],"evil":["'})
     assert json.loads(body)["tiles"] == [base + "/tiles/world/{z}/{x}/{y}.png"]
+
+
+@pytest.mark.parametrize("running", [{"http": 'cors = "https://maps.example.org"', "layers": f"""
+[[layer]]
+name = "world"
+style = "{STYLE}"
+[[layer]]
+name = "private"
+style = "{STYLE}"
+cors = ""
+"""}], indirect=True)
+def test_tilejson_cors_per_layer(running):
+    cfg, base, _ = running
+    status, headers, _ = _get(base + "/tiles/world.json")
+    assert status == 200 and headers["access-control-allow-origin"] == "https://maps.example.org"
+    status, headers, _ = _get(base + "/tiles/private.json")
+    assert status == 200 and "access-control-allow-origin" not in headers
+    status, headers, _ = _get(base + "/tiles/nope.json")
+    assert status == 404 and headers["access-control-allow-origin"] == "https://maps.example.org"
 
 
 def test_static_routes(running):

@@ -175,7 +175,8 @@ function _M.setup(c)
     locks = shared(c.dicts.locks, "locks")
     local m = shared(c.dicts.metrics, "metrics")
     log.configure(locks, c.log_interval)
-    cache.configure(tiles, c.hot_ttl)
+    -- (a purge is remembered for as long as a fill may be under way)
+    cache.configure(tiles, c.hot_ttl, c.timeout + 10)
     store.configure(c.store, locks)
     client.configure(c.broker, locks, { retry = tonumber(json.value(c.broker_retry)) or 1 })
     metrics.configure(m, c.dicts, c.metrics_interval)
@@ -313,6 +314,12 @@ local function empty(t, rendered, xcache)
         ngx_header["Last-Modified"] = http_date(rendered)
     end
     return finish(404, "no tile\n")
+end
+
+--- header_filter_by_lua of the TileJSON location (`^/tiles/(NAME)\.json$`):
+-- the layer's Access-Control-Allow-Origin.
+function _M.tilejson_header_filter()
+    allow_origin(layers[ngx_var[1] or ""])
 end
 
 local function send(t, hash, body, rendered, xcache)

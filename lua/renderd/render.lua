@@ -78,7 +78,13 @@ local function ask(t, priority, deadline)
     if ms <= 0 then
         return { status = "TIMEOUT", reason = "no time left" }
     end
-    local r, err = client.render(t.layer.name, t.z, t.x, t.y, priority, ms, cfg.fill and "" or "meta")
+    -- (a re-render of a stale metatile must not be answered from the broker's
+    -- memory of its last render: "force")
+    local flags = cfg.fill and "" or "meta"
+    if priority > 0 then
+        flags = flags == "" and "force" or flags .. ",force"
+    end
+    local r, err = client.render(t.layer.name, t.z, t.x, t.y, priority, ms, flags)
     update_time()
     if not r then
         local status = (err == "timeout") and "TIMEOUT" or "ERROR"

@@ -139,6 +139,9 @@ HTTP = {
     "prefix": Option("", _str(), "directory for nginx's runtime files (default: beside the store)"),
     "cors": Option("*", _str(r"[!-~]*"),
                    "Access-Control-Allow-Origin of tiles and TileJSON (empty: no such header)"),
+    "user": Option("", _str(r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?"),
+                   "user (and group) of nginx's workers when nginx starts as root (default: www-data "
+                   "or nobody if they can read what nginx serves, else root)"),
     "purge_url": Option("", _str(r"|off|https?://\S+"),
                         "where expire and seed tell nginx of changed metatiles "
                         "(default: /purge on [http] metrics; off: nowhere)"),
@@ -248,6 +251,7 @@ class HttpConfig:
     prefix: str
     cors: str
     purge_url: str
+    user: str
 
 
 @dataclass(frozen=True)

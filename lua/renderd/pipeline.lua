@@ -32,6 +32,8 @@ local tcp = ngx.socket.tcp
 local timer_at = ngx.timer.at
 local spawn = ngx.thread.spawn
 local exiting = ngx.worker.exiting
+local log = ngx.log
+local ERR = ngx.ERR
 local null = ngx.null
 local byte = string.byte
 local find = string.find
@@ -250,17 +252,27 @@ local function deliver(s, data)
 end
 
 -- receive the replies of the jobs sent (all that have come, at once)
+local function receive()
+    local s = sock
+    if head > tail or not s then
+        replies:wait(1)
+        return
+    end
+    local data, err = s:receiveany(1048576)
+    if data then
+        deliver(s, data)
+    else
+        broken(s, err)
+    end
+end
+
 local function reader()
     while not exiting() do
-        local s = sock
-        if head > tail or not s then
-            replies:wait(1)
-        else
-            local data, err = s:receiveany(1048576)
-            if data then
-                deliver(s, data)
-            else
-                broken(s, err)
+        local ok, err = pcall(receive)
+        if not ok then
+            log(ERR, "redis pipeline: ", err)
+            if sock then
+                broken(sock, "internal error")
             end
         end
     end
@@ -279,7 +291,7 @@ local function loop(premature)
         if nq > 0 then
             local ok, err = pcall(flush)
             if not ok then
-                ngx.log(ngx.ERR, "redis pipeline: ", err)
+                log(ERR, "redis pipeline: ", err)
             end
         end
     end

@@ -22,8 +22,12 @@
 --   location @rpy_blob_missing {
 --       content_by_lua_block { require("renderd.front").blob_missing() }
 --   }
+--   location ~ ^/tiles/([A-Za-z0-9_-]+)\.json$ {    # TileJSON files
+--       header_filter_by_lua_block { require("renderd.front").tilejson_header_filter() }
+--   }
 --   # loopback-only server:
 --   location = /metrics { content_by_lua_block { require("renderd.metrics").serve() } }
+--   location = /purge { content_by_lua_block { require("renderd.purge").serve() } }
 --
 -- The runtime config JSON (written by nginx-conf):
 --   {"broker": "tcp://127.0.0.1:5555" | "ipc:///path/broker.sock",

@@ -13,9 +13,11 @@
 --
 -- Disk layout: {path}/tiles/{layer}/{z}/{mx}/{my}.idx and
 -- {path}/blobs/{h[0:2]}/{h[2:4]}/{h}. Redis keys: {prefix}:idx:{layer}:{z}:{mx}:{my},
--- {prefix}:blob:{hash}. Redis connections come from the cosocket pool; after
--- a connection failure Redis is not tried again for `retry` seconds
--- (a shared-dict flag), so an outage costs one timeout, not one per request.
+-- {prefix}:blob:{hash}. read_tile (the request path) goes over the worker's
+-- pipelined connection (renderd.pipeline); read_metatile (hot-cache fills)
+-- over connections from the cosocket pool; after a connection failure Redis
+-- is not tried again for `retry` seconds (a shared-dict flag), so an outage
+-- costs one timeout, not one per request.
 
 local redis = require "nginx.redis"
 local index = require "renderd.index"

@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--connections 32]
                                    [--threads 1] [--nginx-workers 1] [--json FILE]
+                                   [--only hot|redis|disk|cold] [--redis-socket]
 
 Starts its own redis-server, daemon (``renderd-py serve``) and nginx (the
 configuration ``renderd-py nginx-conf`` writes, plus one static location)
@@ -26,6 +27,9 @@ under a temp dir on loopback random ports, and measures in one run:
    worker's own draw + encode time, minus that and the store write, and
    minus the worker's whole job (arrival to reply: what the stack adds
    around the worker), which are free of the noise between two processes.
+
+Beside requests/s and latency it reports the CPU time the nginx worker (and
+redis-server) used per request, read from /proc around each wrk run.
 
 wrk and the servers share the machine: runs are alternated (tiles, static,
 tiles, static...) and each figure is the median of the rounds. Not a test:

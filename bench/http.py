@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--connections 32]
                                    [--threads 1] [--nginx-workers 1] [--json FILE]
+                                   [--only hot|redis|disk|cold] [--redis-socket]
 
 Starts its own redis-server, daemon (``renderd-py serve``) and nginx (the
 configuration ``renderd-py nginx-conf`` writes, plus one static location)
@@ -20,10 +21,15 @@ under a temp dir on loopback random ports, and measures in one run:
 3. cold tiles: for metatiles never rendered, the end-to-end latency of one
    request (``X-Cache: RENDER``) minus the in-process render time of the same
    metatile (``renderer.render(meta)``: draw, split, hash, encode, in this
-   process after the same warm-up, fastest of three runs); goal: median
-   overhead under 15 ms. Also shown: the end-to-end latency minus the
-   draw + encode time the worker itself measured for that very job
-   (the daemon's STATUS), which is free of the noise between two processes.
+   process right after the request, by a renderer that has rendered the same
+   sequence); goal: median overhead under 15 ms. Also shown, from the
+   daemon's STATUS for that very job: the end-to-end latency minus the
+   worker's own draw + encode time, minus that and the store write, and
+   minus the worker's whole job (arrival to reply: what the stack adds
+   around the worker), which are free of the noise between two processes.
+
+Beside requests/s and latency it reports the CPU time the nginx worker (and
+redis-server) used per request, read from /proc around each wrk run.
 
 wrk and the servers share the machine: runs are alternated (tiles, static,
 tiles, static...) and each figure is the median of the rounds. Not a test:
@@ -41,6 +47,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
+import http.client
 import json
 import re
 import shutil
@@ -126,6 +133,8 @@ def parse_wrk(text: str) -> dict:
     for pct in ("50", "75", "90", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
         out[f"p{pct}_ms"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"(\d+) requests in", text)
+    out["requests"] = int(m.group(1)) if m else 0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     out["non2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: (.*)", text)
@@ -140,6 +149,7 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.nginx_proc: subprocess.Popen | None = None
         self.redis_port = free_port()
+        self.redis_socket = self.tmp / "redis.sock"
         self.port = free_port()
         self.metrics_port = free_port()
         self.static = self.tmp / "static"
@@ -149,10 +159,12 @@ class Bench:
     # --- the servers ---------------------------------------------------------
     def config(self, store: str, workers: int = 2) -> _config.Config:
         """``store``: redis, disk or cold (an empty Redis database of its own)."""
+        where = (f"unix://{self.redis_socket}?db=" if self.args.redis_socket
+                 else f"redis://127.0.0.1:{self.redis_port}/")
         if store == "redis":
-            store_toml = f'kind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/0"\nprefix = "b"'
+            store_toml = f'kind = "redis"\nurl = "{where}0"\nprefix = "b"'
         elif store == "cold":
-            store_toml = f'kind = "redis"\nurl = "redis://127.0.0.1:{self.redis_port}/1"\nprefix = "c"'
+            store_toml = f'kind = "redis"\nurl = "{where}1"\nprefix = "c"'
         else:
             store_toml = f'kind = "disk"\npath = "{self.tmp / store}"'
 
@@ -180,6 +192,7 @@ maxzoom = 10
 
     def start_redis(self) -> None:
         proc = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                 "--unixsocket", str(self.redis_socket), "--unixsocketperm", "700",
                                  "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(proc)
@@ -265,17 +278,40 @@ location /static/ {{
             out[m.group(1)] = float(m.group(2))
         return out
 
+    def cpu(self, pids: list[int | str]) -> float:
+        """CPU seconds (user + system) used so far by these processes."""
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def nginx_cpu(self) -> float:
+        """CPU seconds used so far by the nginx workers."""
+        pid = self.nginx_proc.pid
+        try:
+            return self.cpu(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except OSError:
+            return 0.0
+
     def wrk(self, paths: list[str]) -> dict:
         listing = self.tmp / "paths.txt"
         listing.write_text("\n".join(paths) + "\n")
         a = self.args
+        cpu0, redis0 = self.nginx_cpu(), self.cpu([self.procs[0].pid])
         r = subprocess.run(["wrk", "-t", str(a.threads), "-c", str(a.connections), "-d", f"{a.duration}s",
                             "--latency", "-s", str(self.wrk_script), self.base],
                            capture_output=True, text=True, env={**os.environ, "BENCH_PATHS": str(listing)},
                            timeout=a.duration + 60)
         if r.returncode != 0:
             raise SystemExit(f"bench: wrk failed: {r.stderr.strip()}")
-        return parse_wrk(r.stdout)
+        out = parse_wrk(r.stdout)
+        out["cpu_us"] = (self.nginx_cpu() - cpu0) * 1e6 / max(out["requests"], 1)
+        out["redis_cpu_us"] = (self.cpu([self.procs[0].pid]) - redis0) * 1e6 / max(out["requests"], 1)
+        return out
 
     def compare(self, zxys: list[str]) -> dict:
         tiles = [f"/tiles/world/{z}.png" for z in zxys]
@@ -294,12 +330,13 @@ location /static/ {{
         out = {}
         for kind, rs in runs.items():
             out[kind] = {k: statistics.median([r[k] for r in rs if r[k] is not None])
-                         for k in ("rps", "p50_ms", "p99_ms")}
+                         for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "redis_cpu_us")}
             out[kind]["non2xx"] = sum(r["non2xx"] for r in rs)
         total = sum(mix.values()) or 1
         out["xcache_share"] = {k: round(v / total, 4) for k, v in sorted(mix.items()) if v}
         out["rps_ratio"] = out["tiles"]["rps"] / out["static"]["rps"]
         out["p99_ratio"] = out["tiles"]["p99_ms"] / out["static"]["p99_ms"]
+        out["cpu_ratio"] = out["static"]["cpu_us"] / out["tiles"]["cpu_us"]
         return out
 
     def cold(self) -> dict:
@@ -307,10 +344,11 @@ location /static/ {{
 
         A daemon with one worker on an empty Redis store renders a warm-up
         sequence, then each metatile of the list once, on request through
-        nginx. This process then renders the same sequence with a renderer of
-        its own (its own encode memo, so it has seen the same tiles as the
-        worker), timing the same metatiles. A first unmeasured pass puts the
-        data files in the page cache for both."""
+        nginx. Right after each request this process renders the same
+        metatile with a renderer of its own that has rendered the same
+        sequence (its own encode memo, so it has seen the same tiles as the
+        worker): both renders run under the same load of this shared machine.
+        A first unmeasured pass puts the data files in the page cache for both."""
         from renderd.client import Client
         from renderd.render.mapnik_renderer import MapnikRenderer
         from renderd.render.tiles import EncodeMemo
@@ -330,39 +368,45 @@ location /static/ {{
             get(f"{self.base}/tiles/world/{m.z}/{m.x0}/{m.y0}.png")
         status_client = Client(nginx.broker_address(cfg.daemon.broker), timeout=5.0)
 
-        def work_seconds() -> float:
+        def work_seconds() -> tuple[float, float, float]:
+            """The workers' draw + encode seconds, store-write seconds and whole
+            job seconds (arrival at the worker to its reply), so far."""
             w = status_client.status(5.0).get("work", {})
-            return float(w.get("draw_seconds", 0)) + float(w.get("encode_seconds", 0))
+            return (float(w.get("draw_seconds", 0)) + float(w.get("encode_seconds", 0)),
+                    float(w.get("store_seconds", 0)), float(w.get("job_seconds", 0)))
 
-        e2e, worker = [], []
+        e2e, worker, store, job, inproc = [], [], [], [], []
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        mine = MapnikRenderer(layer, memo=EncodeMemo())
+        for m in warmup:
+            mine.render(m)
         try:
             for m in metas:
-                url = f"{self.base}/tiles/world/{m.z}/{m.x0 + 3}/{m.y0 + 3}.png"
-                w0 = work_seconds()
+                path = f"/tiles/world/{m.z}/{m.x0 + 3}/{m.y0 + 3}.png"
+                w0, s0, j0 = work_seconds()
                 t0 = time.perf_counter()
-                status, headers, _ = get(url)
+                conn.request("GET", path)      # one kept-alive connection: no connect in the figure
+                r = conn.getresponse()
+                r.read()
                 e2e.append(time.perf_counter() - t0)
-                if status != 200 or headers.get("x-cache") != "RENDER":
-                    raise SystemExit(f"bench: cold {url} answered {status} {headers.get('x-cache')}")
+                if r.status != 200 or r.getheader("x-cache") != "RENDER":
+                    raise SystemExit(f"bench: cold {path} answered {r.status} {r.getheader('x-cache')}")
                 time.sleep(0.05)
-                worker.append(work_seconds() - w0)
+                w1, s1, j1 = work_seconds()
+                worker.append(w1 - w0)
+                store.append(s1 - s0)
+                job.append(j1 - j0)
+                t0 = time.perf_counter()
+                mine.render(m)
+                inproc.append(time.perf_counter() - t0)
         finally:
+            mine.close()
+            conn.close()
             status_client.close()
-        # the same sequence three times, each with a fresh memo; per metatile the fastest
-        reps: list[list[float]] = []
-        for _ in range(3):
-            times = []
-            with MapnikRenderer(layer, memo=EncodeMemo()) as r:
-                for m in warmup:
-                    r.render(m)
-                for m in metas:
-                    t0 = time.perf_counter()
-                    r.render(m)
-                    times.append(time.perf_counter() - t0)
-            reps.append(times)
-        inproc = [min(ts) for ts in zip(*reps)]
         over = [(a - b) * 1000 for a, b in zip(e2e, inproc)]
         over_worker = [(a - b) * 1000 for a, b in zip(e2e, worker)]
+        over_stack = [(a - b - c) * 1000 for a, b, c in zip(e2e, worker, store)]
+        over_transport = [(a - b) * 1000 for a, b in zip(e2e, job)]
         return {"metatiles": len(metas), "zoom": COLD_ZOOM,
                 "e2e_median_ms": statistics.median(e2e) * 1000,
                 "render_median_ms": statistics.median(inproc) * 1000,
@@ -370,9 +414,15 @@ location /static/ {{
                 "overhead_p90_ms": sorted(over)[int(0.9 * (len(over) - 1))],
                 "worker_render_median_ms": statistics.median(worker) * 1000,
                 "overhead_vs_worker_median_ms": statistics.median(over_worker),
+                "store_write_median_ms": statistics.median(store) * 1000,
+                "overhead_vs_worker_and_store_median_ms": statistics.median(over_stack),
+                "worker_job_median_ms": statistics.median(job) * 1000,
+                "overhead_vs_worker_job_median_ms": statistics.median(over_transport),
                 "e2e_ms": [round(x * 1000, 1) for x in e2e],
                 "render_ms": [round(x * 1000, 1) for x in inproc],
                 "worker_ms": [round(x * 1000, 1) for x in worker],
+                "store_ms": [round(x * 1000, 1) for x in store],
+                "job_ms": [round(x * 1000, 1) for x in job],
                 "overhead_ms": [round(o, 1) for o in over]}
 
     def run(self) -> dict:
@@ -389,26 +439,28 @@ location /static/ {{
         zxys = self.prepare()
         sizes = [f.stat().st_size for f in self.static.rglob("*.png")]
         results["setup"]["tile_bytes_mean"] = round(sum(sizes) / len(sizes))
-        if self.args.only == "cold":
+        only = self.args.only
+        if only in ("all", "hot"):
+            say(f"hot: X-Cache {self.xcache_of(zxys)}")
+            results["hot"] = self.compare(zxys)
+        if only in ("all", "redis"):
+            self.start_nginx(cfg, hot_ttl=0.001)
+            time.sleep(0.01)
+            say(f"redis store: X-Cache {self.xcache_of(zxys)}")
+            results["store_redis"] = self.compare(zxys)
+        if only in ("all", "disk"):
+            # the disk store, dict cold, the same way
+            dcfg = self.config("disk")
+            self.start_daemon(dcfg)
+            self.start_nginx(dcfg)
+            for zxy in zxys[:64]:               # one request renders each metatile into the disk store
+                get(f"{self.base}/tiles/world/{zxy}.png")
+            self.start_nginx(dcfg, hot_ttl=0.001)
+            say(f"disk store: X-Cache {self.xcache_of(zxys)}")
+            results["store_disk"] = self.compare(zxys)
+        if only in ("all", "cold"):
+            say("cold tiles")
             results["cold"] = self.cold()
-            return results
-        say(f"hot: X-Cache {self.xcache_of(zxys)}")
-        results["hot"] = self.compare(zxys)
-        self.start_nginx(cfg, hot_ttl=0.001)
-        time.sleep(0.01)
-        say(f"redis store: X-Cache {self.xcache_of(zxys)}")
-        results["store_redis"] = self.compare(zxys)
-        # the disk store, dict cold, the same way
-        dcfg = self.config("disk")
-        self.start_daemon(dcfg)
-        self.start_nginx(dcfg)
-        for zxy in zxys[:64]:               # one request renders each metatile into the disk store
-            get(f"{self.base}/tiles/world/{zxy}.png")
-        self.start_nginx(dcfg, hot_ttl=0.001)
-        say(f"disk store: X-Cache {self.xcache_of(zxys)}")
-        results["store_disk"] = self.compare(zxys)
-        say("cold tiles")
-        results["cold"] = self.cold()
         return results
 
 
@@ -423,8 +475,9 @@ def table(res: dict) -> str:
         f"-d{s['duration_s']}s x {s['rounds']} rounds (median), {s['cpus']} CPUs, "
         f"{s['hot_tiles']} tiles of {s['tile_bytes_mean']} bytes on average",
         "",
-        "| case | req/s | p50 ms | p99 ms | static req/s | static p99 ms | req/s ratio | p99 ratio | goal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | req/s | p50 ms | p99 ms | static req/s | static p99 ms | req/s ratio | p99 ratio "
+        "| nginx CPU us/req (static) | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, name, goal in (("hot", "hot tiles (shared dict, HIT)", "ratio >= 0.9, p99 <= 1.2x"),
                             ("store_redis", "Redis store, dict cold (STORE)", "ratio >= 0.5"),
@@ -436,7 +489,7 @@ def table(res: dict) -> str:
         mix = ", ".join(f"{k} {v:.0%}" for k, v in r.get("xcache_share", {}).items())
         lines.append(f"| {name} [{mix}] | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} "
                      f"| {st['rps']:.0f} | {st['p99_ms']:.2f} | {r['rps_ratio']:.2f} | {r['p99_ratio']:.2f} "
-                     f"| {goal} |")
+                     f"| {t['cpu_us']:.1f} ({st['cpu_us']:.1f}) | {goal} |")
     c = res.get("cold")
     if c:
         lines += ["",
@@ -445,7 +498,11 @@ def table(res: dict) -> str:
                   f"{c['render_median_ms']:.1f} ms, overhead median {c['overhead_median_ms']:.1f} ms "
                   f"(p90 {c['overhead_p90_ms']:.1f} ms; goal: median under 15 ms); the workers' own "
                   f"draw + encode time median {c['worker_render_median_ms']:.1f} ms, end-to-end minus "
-                  f"that: median {c['overhead_vs_worker_median_ms']:.1f} ms"]
+                  f"that: median {c['overhead_vs_worker_median_ms']:.1f} ms; the store write median "
+                  f"{c['store_write_median_ms']:.1f} ms, end-to-end minus draw, encode and store write: "
+                  f"median {c['overhead_vs_worker_and_store_median_ms']:.1f} ms; end-to-end minus the "
+                  f"worker's whole job (arrival to reply): median "
+                  f"{c['overhead_vs_worker_job_median_ms']:.1f} ms"]
     return "\n".join(lines)
 
 
@@ -456,9 +513,12 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
     ap.add_argument("--nginx-workers", type=int, default=1)
+    ap.add_argument("--redis-socket", action="store_true",
+                    help="nginx, daemon and tools reach Redis over a unix socket, not TCP on loopback")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
-    ap.add_argument("--only", choices=("all", "cold"), default="all", help="run only the cold-tile part")
+    ap.add_argument("--only", choices=("all", "hot", "redis", "disk", "cold"), default="all",
+                    help="run one case only")
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "redis-server"):
         if not shutil.which(tool):

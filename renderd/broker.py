@@ -327,6 +327,8 @@ class Broker:
             stats = json.loads(raw)
             self.work["draw_seconds"] += float(stats.get("draw", 0))
             self.work["encode_seconds"] += float(stats.get("encode", 0))
+            self.work["store_seconds"] += float(stats.get("store", 0))
+            self.work["job_seconds"] += float(stats.get("job", 0))
             self.work["encoded"] += int(stats.get("encoded", 0))
             self.work["encodes_saved"] += int(stats.get("reused", 0))
         except (ValueError, TypeError, AttributeError):

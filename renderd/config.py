@@ -137,6 +137,14 @@ HTTP = {
     "cache_control": Option("public, max-age=3600", _str(), "Cache-Control of tiles"),
     "workers": Option(2, _int(1, 256), "nginx worker processes"),
     "prefix": Option("", _str(), "directory for nginx's runtime files (default: beside the store)"),
+    "cors": Option("*", _str(r"[!-~]*"),
+                   "Access-Control-Allow-Origin of tiles and TileJSON (empty: no such header)"),
+    "user": Option("", _str(r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?"),
+                   "user (and group) of nginx's workers when nginx starts as root (default: www-data "
+                   "or nobody if they can read what nginx serves, else root)"),
+    "purge_url": Option("", _str(r"|off|https?://\S+"),
+                        "where expire and seed tell nginx of changed metatiles "
+                        "(default: /purge on [http] metrics; off: nowhere)"),
 }
 
 LAYER = {
@@ -152,6 +160,7 @@ LAYER = {
     "tile_size": Option(256, _int(64, 1024), "pixels along a tile's side"),
     "scale": Option(1.0, _float(), "Mapnik scale factor"),
     "cache_control": Option(None, _str(), "Cache-Control of this layer's tiles (default: [http])"),
+    "cors": Option(None, _str(r"[!-~]*"), "Access-Control-Allow-Origin of this layer (default: [http])"),
     "description": Option("", _str(), "TileJSON description"),
     "attribution": Option("", _str(), "TileJSON attribution"),
     "bounds": Option((-180.0, -85.0511, 180.0, 85.0511), _bounds, "TileJSON bounds"),
@@ -240,6 +249,9 @@ class HttpConfig:
     cache_control: str
     workers: int
     prefix: str
+    cors: str
+    purge_url: str
+    user: str
 
 
 @dataclass(frozen=True)
@@ -255,6 +267,7 @@ class LayerConfig:
     tile_size: int
     scale: float
     cache_control: str | None
+    cors: str | None
     description: str
     attribution: str
     bounds: tuple[float, float, float, float]

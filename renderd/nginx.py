@@ -210,6 +210,7 @@ def layer_runtime(cfg: Config, lyr: LayerConfig) -> dict[str, Any]:
     return {"name": lyr.name, "minzoom": lyr.minzoom, "maxzoom": lyr.maxzoom,
             "metatile": lyr.metatile, "ext": lyr.ext, "content_type": lyr.content_type,
             "cache_control": lyr.cache_control or cfg.http.cache_control,
+            "cors": cfg.http.cors if lyr.cors is None else lyr.cors,
             "tile_size": lyr.tile_size}
 
 
@@ -221,7 +222,7 @@ def runtime(cfg: Config) -> dict[str, Any]:
         store = redis_settings(cfg.store.url, cfg.store.prefix)
     return {"broker": broker_address(cfg.daemon.broker), "timeout": cfg.http.timeout,
             "store": store, "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers],
-            "dicts": dict(DICTS)}
+            "cors": cfg.http.cors, "dicts": dict(DICTS)}
 
 
 def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dict[str, Any]:
@@ -333,22 +334,103 @@ def default_prefix(cfg: Config) -> Path:
     return Path(f"/tmp/renderd-py-{os.geteuid()}/nginx")
 
 
+# --- the user of nginx's workers -----------------------------------------------
+
+#: tried in this order when nginx starts as root and [http] user is empty
+WORKER_USERS = ("www-data", "nobody")
+_USER_RE = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?"
+
+
+def _allowed(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
+    """Whether uid (in groups gids) has the permission ``bits`` (r=4, w=2, x=1)."""
+    if st.st_uid == uid:
+        mode = st.st_mode >> 6
+    elif st.st_gid in gids:
+        mode = st.st_mode >> 3
+    else:
+        mode = st.st_mode
+    return mode & bits == bits
+
+
+def _blocked(path: str, uid: int, gids: set[int], bits: int) -> str | None:
+    """The first place on the way to ``path`` that uid cannot pass (search
+    every directory, then ``bits`` on ``path`` itself), or None. A path that
+    does not exist yet is judged by the directories above it (it will be
+    made with the usual umask)."""
+    parts = Path(os.path.abspath(path)).parts
+    here = Path(parts[0])
+    for i, part in enumerate(parts[1:], 1):
+        here = here / part
+        try:
+            st = here.stat()
+        except OSError:
+            return None
+        last = i == len(parts) - 1
+        need = bits if last else 1
+        if not _allowed(st, uid, gids, need):
+            return str(here)
+    return None
+
+
+def worker_user(cfg: Config, paths: "Paths") -> tuple[str, str]:
+    """The ``user`` directive's value for nginx's workers when nginx starts
+    as root, and a note on why: ``[http] user`` if set, else the first of
+    WORKER_USERS that can read everything the workers read (the Lua code,
+    the web files, the runtime files, a disk store) and connect to the
+    broker's and Redis's unix sockets; else root."""
+    import grp
+    import pwd
+    if cfg.http.user:
+        return cfg.http.user, "[http] user"
+    needs: list[tuple[str, int]] = [(paths.lua_dir, 5), (str(Path(paths.lua_dir) / "renderd" / "front.lua"), 4),
+                                    (paths.web_dir, 5), (paths.conf_dir, 5)]
+    if cfg.store.kind == "disk":
+        needs.append((cfg.store.path, 5))
+    sockets = []
+    endpoint = broker_address(cfg.daemon.broker)
+    if endpoint.startswith("ipc://"):
+        sockets.append(endpoint[len("ipc://"):])
+    if cfg.store.kind == "redis" and redis_settings(cfg.store.url, cfg.store.prefix)["socket"]:
+        sockets.append(redis_settings(cfg.store.url, cfg.store.prefix)["socket"])
+    why = "no user of " + ", ".join(WORKER_USERS)
+    for name in WORKER_USERS:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        gids = set(os.getgrouplist(name, pw.pw_gid))
+        blocked = next((f"{name} cannot read {where}" for path, bits in needs
+                        if (where := _blocked(path, pw.pw_uid, gids, bits))), None)
+        for sock in sockets:
+            if blocked:
+                break
+            if not os.path.exists(sock):
+                blocked = f"{name} may not be able to connect to {sock} (not there yet)"
+            elif where := _blocked(sock, pw.pw_uid, gids, 2):
+                blocked = f"{name} cannot connect to {sock} ({where})"
+        if blocked is None:
+            return f"{name} {grp.getgrgid(pw.pw_gid).gr_name}", "the first of " + ", ".join(WORKER_USERS) \
+                + " that can read what nginx serves"
+        why = why if why.startswith(WORKER_USERS) else blocked
+    return "root", why
+
+
 def render_conf(cfg: Config, prefix: str | os.PathLike[str], *, lua_dir: str | None = None,
                 web_dir: str | None = None, user: str | None = None,
                 error_level: str = "warn", access_log: str | None = None,
                 extra_locations: str = "") -> str:
     """A whole nginx.conf whose files all live under ``prefix``.
 
-    ``user``: the user of nginx's worker processes when it starts as root
-    (default: root itself, so that workers read a store and a checkout that
-    only root may read; pass e.g. www-data for a shared machine).
+    ``user``: the user (and group) of nginx's worker processes when it
+    starts as root (default: ``worker_user``).
     """
     prefix = _path(prefix, "the nginx prefix")
     paths = Paths(conf_dir=prefix, lua_dir=lua_dir or str(share_dir("lua")),
                   web_dir=web_dir or str(share_dir("web")))
+    note = "nginx-conf --user"
     if user is None and os.geteuid() == 0:
-        user = "root"
-    if user is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?", user):
+        user, note = worker_user(cfg, paths)
+    if user is not None and not re.fullmatch(_USER_RE, user):
         raise UsageError(f"{user!r} is not a user name")
     http = http_block(cfg, paths, access_log or f"{prefix}/logs/access.log rpy buffer=64k flush=1s",
                       extra_locations)
@@ -356,7 +438,7 @@ def render_conf(cfg: Config, prefix: str | os.PathLike[str], *, lua_dir: str | N
         "config": cfg.path or "the built-in defaults",
         "prefix": prefix,
         "conf": f"{prefix}/nginx.conf",
-        "user": f"user {user};\n" if user and os.geteuid() == 0 else "",
+        "user": f"# workers' user: {note}\nuser {user};\n" if user and os.geteuid() == 0 else "",
         "workers": str(cfg.http.workers),
         "error_level": error_level,
         "http": _indent(http, 4).rstrip("\n"),

@@ -144,6 +144,7 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
     """Render jobs until told to stop or recycled; returns jobs done."""
     done = 0
     for job in link.jobs():
+        started = time.perf_counter()
         renderer = renderers.get(job.layer)
         if renderer is None:
             link.failed(job, f"unknown layer {job.layer}")
@@ -155,7 +156,9 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
             now = int(time.time())
             data_time = getattr(renderer, "data_time", None) or now
             index = MetaIndex(job.meta, tuple(result.hashes), now, int(data_time), layer.ext)
+            t_store = time.perf_counter()
             store.put_metatile(job.layer, index, result.blobs)
+            store_seconds = time.perf_counter() - t_store
         except RenderdError as e:
             signal.setitimer(signal.ITIMER_REAL, 0)
             log.error("metatile %s %s failed: %s", job.layer, job.meta, e)
@@ -167,6 +170,7 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
         else:
             signal.setitimer(signal.ITIMER_REAL, 0)
             stats = {"draw": round(result.draw_seconds, 6), "encode": round(result.encode_seconds, 6),
+                     "store": round(store_seconds, 6), "job": round(time.perf_counter() - started, 6),
                      "encoded": result.encoded, "reused": result.reused}
             link.done(job, stats, index.encode(), [result.blobs[h] for h in index.unique()])
         done += 1

@@ -78,9 +78,9 @@ def test_demo_map_shows_rendered_tiles(stack, tmp_path):
     # the tiles came from the stack, through the Lua front
     log = (stack.prefix / "logs" / "access.log")
     text = ""
-    for _ in range(30):                       # the access log is buffered (flush=1s)
+    for _ in range(30):                       # the access log is buffered (flush=1s) in each worker
         text = log.read_text() if log.exists() else ""
-        if "/tiles/world/" in text:
+        if "/tiles/world/" in text and "/demo/vendor/leaflet/leaflet.js" in text:
             break
         import time
         time.sleep(0.2)

@@ -88,7 +88,8 @@ def test_runtime_json_disk(tmp_path):
     world, photo = rt["layers"]
     assert world == {"name": "world", "minzoom": 0, "maxzoom": 6, "metatile": 8, "ext": "png",
                      "content_type": "image/png", "cache_control": "public, max-age=3600",
-                     "tile_size": 256}
+                     "cors": "*", "tile_size": 256}
+    assert rt["cors"] == "*"
     assert photo["ext"] == "jpg" and photo["content_type"] == "image/jpeg"
     assert photo["cache_control"] == "public, max-age=60"
     assert (photo["metatile"], photo["tile_size"], photo["minzoom"]) == (4, 512, 2)
@@ -310,14 +311,30 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
+def test_runtime_json_cors(tmp_path):
+    _, cfg = make_cfg(tmp_path, http='cors = ""', layers=f"""
+[[layer]]
+name = "a"
+style = "{STYLE}"
+cors = "https://maps.example.org"
+[[layer]]
+name = "b"
+style = "{STYLE}"
+""")
+    rt = nginx.runtime(cfg)
+    assert rt["cors"] == "" and [lyr["cors"] for lyr in rt["layers"]] == ["https://maps.example.org", ""]
+    with pytest.raises(_config.ConfigError, match=r"layer\[0\]\.cors"):
+        _config.parse({"layer": [{"name": "a", "style": "x.xml", "cors": "a b"}]}, None, {}, check_files=False)
+
+
 @pytest.fixture
-def running(tmp_path):
+def running(tmp_path, request):
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed")
     if not (ROOT / "lua" / "renderd" / "front.lua").exists():
         pytest.skip("the Lua front (lua/renderd/front.lua) is not there yet")
     from tests.fixtures.servers import stop, wait_port
-    path, cfg = make_cfg(tmp_path)
+    path, cfg = make_cfg(tmp_path, **getattr(request, "param", {}))
     out = tmp_path / "run"
     conf = nginx.write_conf(cfg, out)
     proc = subprocess.Popen(["nginx", "-p", str(out), "-c", str(conf)],
@@ -354,6 +371,25 @@ def test_tilejson_served_with_request_host(running):
     # a Host that could break the JSON is not copied into it
     _, _, body = _get(base + "/tiles/world.json", {"X-Forwarded-Host": 'x"],"evil":["'})
     assert json.loads(body)["tiles"] == [base + "/tiles/world/{z}/{x}/{y}.png"]
+
+
+@pytest.mark.parametrize("running", [{"http": 'cors = "https://maps.example.org"', "layers": f"""
+[[layer]]
+name = "world"
+style = "{STYLE}"
+[[layer]]
+name = "private"
+style = "{STYLE}"
+cors = ""
+"""}], indirect=True)
+def test_tilejson_cors_per_layer(running):
+    cfg, base, _ = running
+    status, headers, _ = _get(base + "/tiles/world.json")
+    assert status == 200 and headers["access-control-allow-origin"] == "https://maps.example.org"
+    status, headers, _ = _get(base + "/tiles/private.json")
+    assert status == 200 and "access-control-allow-origin" not in headers
+    status, headers, _ = _get(base + "/tiles/nope.json")
+    assert status == 404 and headers["access-control-allow-origin"] == "https://maps.example.org"
 
 
 def test_static_routes(running):
@@ -414,3 +450,63 @@ def test_nginx_runs_without_root(tmp_path):
         assert not [ln for ln in log.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)], log
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- the user of nginx's workers -----------------------------------------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx switches users only when started as root")
+def test_worker_user_is_not_root_when_it_can_read_everything(tmp_path):
+    """As root, nginx's workers run as www-data (or nobody) when that user
+    can read what they serve; they serve a stored tile as that user."""
+    import pwd
+    import tempfile
+    from renderd.store.disk import DiskStore
+    from renderd.tilemath import Meta
+    from tests.fixtures.servers import stop, wait_port
+    from tests.test_lua_front import make_meta, tile_bytes
+    base = Path(tempfile.mkdtemp(prefix="rpy-user-"))   # pytest's tmp dirs are root-only
+    try:
+        base.chmod(0o755)
+        path, cfg = make_cfg(base, store=f'kind = "disk"\npath = "{base / "cache"}"')
+        DiskStore(cfg.store.path).put_metatile("world", *make_meta("world", Meta(3, 0, 0, 8)))
+        conf = nginx.write_conf(cfg, base / "run")
+        name = nginx.WORKER_USERS[0] if _has_user(nginx.WORKER_USERS[0]) else nginx.WORKER_USERS[1]
+        assert f"\nuser {name} " in conf.read_text()
+        proc = subprocess.Popen(["nginx", "-p", str(conf.parent), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        port = nginx.split_hostport(cfg.http.listen)[1]
+        try:
+            wait_port(port, 15, proc)
+            status, headers, body = _get(f"http://127.0.0.1:{port}/tiles/world/3/1/2.png")
+            assert status == 200 and headers["x-cache"] == "STORE" and body == tile_bytes("world", 3, 1, 2)
+            assert _get(f"http://127.0.0.1:{port}/tiles/world.json")[0] == 200
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            uids = {int(Path(f"/proc/{c}/status").read_text().split("\nUid:\t")[1].split()[0]) for c in children}
+            assert uids == {pwd.getpwnam(name).pw_uid}
+        finally:
+            stop(proc)
+        log = (conf.parent / "logs" / "error.log").read_text()
+        assert not [ln for ln in log.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)], log
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx switches users only when started as root")
+def test_worker_user_falls_back_to_root_and_says_why(tmp_path):
+    _, cfg = make_cfg(tmp_path)          # under pytest's root-only tmp dir
+    text = nginx.render_conf(cfg, tmp_path / "run")
+    assert re.search(r"\n# workers' user: \S+ cannot read /tmp/\S+\nuser root;\n", text), text[:600]
+    _, cfg = make_cfg(tmp_path, http='user = "nobody nogroup"')
+    assert "\n# workers' user: [http] user\nuser nobody nogroup;\n" in nginx.render_conf(cfg, tmp_path / "run")
+    assert "\nuser daemon;\n" in nginx.render_conf(cfg, tmp_path / "run", user="daemon")
+    with pytest.raises(_config.ConfigError, match="http.user"):
+        make_cfg(tmp_path, http='user = "a;b"')

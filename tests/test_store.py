@@ -556,16 +556,25 @@ def test_redis_reader_scripts_in_one_round_trip(redis_url):
         idx, blobs = make_index(M1, picks_of((0, 8), (1, 55), (-1, 1)))
         store.put_metatile("osm", idx, blobs)
         r, key = store._r, "rpy:idx:osm:12:256:170"
-        stale, rendered, data, ext, h, blob = r.eval(TILE_SCRIPT, 1, key, "rpy", 8)
-        assert (stale, rendered, data, ext) == (0, idx.rendered, idx.data, b"png")
-        assert (h.decode(), blob) == (content_hash(tile_bytes(1)), tile_bytes(1))
-        assert r.eval(TILE_SCRIPT, 1, key, "rpy", 63)[4:] == [b"", b""]
+        got = r.eval(TILE_SCRIPT, 1, key, "rpy", 8)
+        assert got == idx.encode()[:64] + content_hash(tile_bytes(1)).encode() + tile_bytes(1)
+        assert r.eval(TILE_SCRIPT, 1, key, "rpy", 63) == idx.encode()[:64] + EMPTY.encode()
         assert r.eval(TILE_SCRIPT, 1, "rpy:idx:osm:12:0:0", "rpy", 0) is None
         with pytest.raises(Exception, match="outside the index"):
             r.eval(TILE_SCRIPT, 1, key, "rpy", 64)
         raw, *tiles = r.eval(META_SCRIPT, 1, key, "rpy")
         assert raw == idx.encode() and tiles == [tile_bytes(0), tile_bytes(1)]
         assert r.eval(META_SCRIPT, 1, "rpy:idx:osm:12:0:0", "rpy") is None
+
+
+def test_redis_read_tile_checks_which_metatile_the_index_is(redis_url, caplog):
+    with RedisStore(redis_url) as store:
+        other, blobs = make_index(M2, picks_of((0, 64)))
+        store.put_metatile("osm", other, blobs)
+        store._r.set(store.index_key("osm", M1), other.encode())   # M2's index at M1's key
+        assert store.read_tile("osm", Tile(12, 2048, 1360)) is None
+        assert "is not the index of metatile" in caplog.text
+        assert store.read_tile("osm", Tile(12, 2056, 1360)).data == tile_bytes(0)
 
 
 def test_redis_scripts_are_documented_verbatim():

@@ -234,3 +234,58 @@ def test_up_without_config_file(up_dir):
     r = _run_up(tmp / "missing.toml")
     assert r.returncode == 2 and "not found" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _renderd(stack: Stack, *args: str, input: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(renderd_py() + [args[0], "-c", str(stack.config), *args[1:]], input=input,
+                          capture_output=True, text=True, timeout=120, cwd=stack.dir)
+
+
+def _wait_xcache(stack: Stack, path: str, want: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = stack.get(path)
+        if r.headers.get("x-cache") == want or time.monotonic() > deadline:
+            return r
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("store", ["disk", "redis"])
+def test_expire_and_seed_reach_nginx_hot_cache(stack_factory, request, store):
+    """expire (dirty): the hot copies turn STALE at once and come back fresh
+    after the re-render; expire --mode delete: they go at once; seed --force:
+    the re-rendered metatiles' hot copies go. nginx not running: a warning."""
+    url = request.getfixturevalue("redis_url") if store == "redis" else None
+    # (the broker answers a repeat within recent_seconds of a render from its
+    # memory, without a render; these steps follow each other faster)
+    stack = stack_factory(store=store, redis_url=url, daemon="recent_seconds = 0.01")
+    tile, neighbour = "/tiles/world/3/4/2.png", "/tiles/world/3/5/3.png"
+    assert stack.get(tile).headers["x-cache"] == "RENDER"
+    assert _wait_xcache(stack, neighbour, "HIT").headers["x-cache"] == "HIT"
+
+    r = _renderd(stack, "expire", "--layer", "world", "--min-zoom", "3", "-", input="3/4/2\n")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "nginx:     64 hot tiles of 1 metatiles marked stale" in r.stdout, r.stdout
+    assert stack.get(neighbour).headers["x-cache"] == "STALE"      # at once, not after hot_ttl
+    assert _wait_xcache(stack, neighbour, "HIT").headers["x-cache"] == "HIT"   # re-rendered
+
+    r = _renderd(stack, "expire", "--layer", "world", "--min-zoom", "3", "--mode", "delete", "--json", "-",
+                 input="3/4/2\n")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    hot = json.loads(r.stdout)["hot_cache"]
+    assert (hot["mode"], hot["metatiles"], hot["tiles"], hot["error"]) == ("delete", 1, 64, None)
+    assert stack.get(neighbour).headers["x-cache"] == "RENDER"
+    assert _wait_xcache(stack, neighbour, "HIT").headers["x-cache"] == "HIT"
+
+    r = _renderd(stack, "seed", "--layer", "world", "--zoom", "3", "--bbox", "0,0,90,60", "--force", "--json",
+                 "-q")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    hot = json.loads(r.stdout.splitlines()[-1])["hot_cache"]
+    assert (hot["mode"], hot["metatiles"], hot["error"]) == ("delete", 1, None), hot
+    assert stack.get(neighbour).headers["x-cache"] in ("STORE", "RENDER")
+
+    assert stack.stop() == 0
+    r = _renderd(stack, "expire", "--layer", "world", "--min-zoom", "3", "-", input="3/4/2\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("renderd-py: warning: could not tell nginx at http://127.0.0.1:")
+    assert r.stderr.count("\n") == 1 and "1 metatiles" in r.stderr, r.stderr

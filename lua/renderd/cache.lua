@@ -5,20 +5,32 @@
 --        (expires after `ttl` seconds; get_stale keeps it as a fallback)
 --        "b|hash"        -> the tile's bytes, once per distinct hash, no
 --        expiry (content-addressed, so never wrong; LRU evicts it)
+--        "p|layer/z/x0/y0" -> when the metatile was purged (user flag 1:
+--        delete, 0: dirty), kept `linger` seconds
 -- A hit reads one small key and the tile's bytes: no more is copied, no I/O.
 --
 --   local cache = require "renderd.cache"
---   cache.configure(ngx.shared.rpy_tiles, 300)
+--   cache.configure(ngx.shared.rpy_tiles, 300, 40)
 --   local e = cache.get(layer, z, x, y [, allow_expired])
 --   -- e = { hash = "..." or nil (empty tile), body = bytes or "",
 --   --       stale = bool, rendered = unix, expired = bool }
 --   local evicted = cache.put_metatile(layer, raw_index, header, blobs)
+--   local n = cache.purge_metatile(layer, z, x0, y0, n, "dirty" | "delete")
+--
+-- Purges (the store's metatile was marked stale or deleted, see
+-- renderd.purge): "dirty" marks the metatile's tiles stale (served at
+-- once, a re-render queued), "delete" drops them. A fill that read the
+-- store before the change may end after the purge: put_metatile treats an
+-- index rendered before the second of a purge of its metatile (within
+-- `linger` seconds) as stale, or leaves it out after a delete. (Times come
+-- from the workers' clocks and nginx's: they must agree to the second.)
 
 local index = require "renderd.index"
 
 local sub = string.sub
 local tonumber = tonumber
 local floor = math.floor
+local now = ngx.now
 local error = error
 local pairs = pairs
 
@@ -26,14 +38,20 @@ local _M = { _VERSION = "0.1.0" }
 
 local dict
 local ttl = 300
+local linger = 40
 local EMPTY = index.EMPTY
 
-function _M.configure(shm, seconds)
+function _M.configure(shm, seconds, purge_seconds)
     if not shm then
         error("cache needs a shared dict", 2)
     end
     dict = shm
     ttl = seconds or ttl
+    linger = purge_seconds or linger
+end
+
+local function purge_key(layer, z, x0, y0)
+    return "p|" .. layer .. "/" .. z .. "/" .. x0 .. "/" .. y0
 end
 
 local function tile_key(layer, z, x, y)
@@ -77,6 +95,15 @@ end
 -- times the dict had to evict live entries (for the metrics).
 function _M.put_metatile(layer, raw, h, blobs)
     local evicted = 0
+    local stale = h.stale
+    local purged, deleted = dict:get(purge_key(layer, h.z, h.x0, h.y0))
+    -- (rendered is in whole seconds: a render in the second of the purge counts as newer)
+    if purged and h.rendered < floor(purged) then
+        if deleted == 1 then
+            return 0
+        end
+        stale = true
+    end
     local have = {}
     for hash, bytes in pairs(blobs) do
         local ok, err, forcible = dict:add("b|" .. hash, bytes)
@@ -88,7 +115,7 @@ function _M.put_metatile(layer, raw, h, blobs)
         end
     end
     local n = h.n
-    local tail = (h.stale and "1" or "0") .. h.rendered
+    local tail = (stale and "1" or "0") .. h.rendered
     for i = 0, n * n - 1 do
         local hash = index.entry(raw, i)
         if not hash or have[hash] then
@@ -104,6 +131,37 @@ function _M.put_metatile(layer, raw, h, blobs)
         end
     end
     return evicted
+end
+
+--- Mark a metatile's tiles stale ("dirty") or drop them ("delete"), and
+-- remember the purge for fills under way. Returns how many tiles were
+-- in the cache.
+function _M.purge_metatile(layer, z, x0, y0, n, mode)
+    local delete = mode == "delete"
+    dict:set(purge_key(layer, z, x0, y0), now(), linger, delete and 1 or 0)
+    local found = 0
+    for x = x0, x0 + n - 1 do
+        for y = y0, y0 + n - 1 do
+            local key = tile_key(layer, z, x, y)
+            if delete then
+                if dict:get_stale(key) then
+                    found = found + 1
+                    dict:delete(key)
+                end
+            else
+                local v = dict:get(key)
+                if v then
+                    found = found + 1
+                    if sub(v, 33, 33) ~= "1" then
+                        local left = dict:ttl(key)
+                        left = left and left > 0 and left or ttl
+                        dict:replace(key, sub(v, 1, 32) .. "1" .. sub(v, 34), left)
+                    end
+                end
+            end
+        end
+    end
+    return found
 end
 
 --- Capacity numbers for the metrics.

@@ -12,8 +12,12 @@
 --
 -- server level:
 --   location /tiles/ { content_by_lua_block { require("renderd.front").serve() } }
+--   location ~ ^/tiles/([A-Za-z0-9_-]+)\.json$ {    # TileJSON files
+--       header_filter_by_lua_block { require("renderd.front").tilejson_header_filter() }
+--   }
 --   # loopback-only server:
 --   location = /metrics { content_by_lua_block { require("renderd.metrics").serve() } }
+--   location = /purge { content_by_lua_block { require("renderd.purge").serve() } }
 --
 -- The runtime config JSON (written by nginx-conf):
 --   {"broker": "tcp://127.0.0.1:5555" | "ipc:///path/broker.sock",
@@ -30,7 +34,15 @@
 -- "retry_after" 5 (the 503's Retry-After), "log_interval" 10 (seconds
 -- between two error-log lines of one cause), store "timeout" 1 (seconds per
 -- Redis operation), store "retry" 2 (seconds Redis is skipped after a
--- failure), "broker_retry" 1 (the same for the broker's connect).
+-- failure), "broker_retry" 1 (the same for the broker's connect), "cors"
+-- "*" (Access-Control-Allow-Origin of tiles and errors, "" for none; a
+-- layer's own "cors" wins), "metrics_interval" 1 (seconds between two
+-- flushes of a worker's counters into the metrics dict).
+--
+-- Redis dict misses: one TILE_SCRIPT round trip (the tile, its index's
+-- header) on the worker's pipelined connection (renderd.pipeline) answers
+-- the request; the whole metatile goes into the hot cache afterwards, from
+-- a timer, once across workers (lock "f|layer/z/x0/y0", as for disk).
 --
 -- Request path: validate (renderd.path; 400/404/405 before any I/O) ->
 -- hot cache (X-Cache: HIT) -> store (STORE, or STALE plus a background
@@ -63,7 +75,6 @@ local ngx_exit = ngx.exit
 local send_headers = ngx.send_headers
 local HTTP_OK = ngx.HTTP_OK
 local get_method = ngx.req.get_method
-local get_headers = ngx.req.get_headers
 local req_start = ngx.req.start_time
 local http_time = ngx.http_time
 local parse_http_time = ngx.parse_http_time
@@ -73,7 +84,6 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local io_open = io.open
 local find = string.find
-local concat = table.concat
 local type = type
 local tostring = tostring
 local tonumber = tonumber
@@ -87,6 +97,7 @@ local _M = { _VERSION = "0.1.0" }
 local cfg
 local layers = {}
 local locks
+local fill_from_redis     -- (below, with the Redis store)
 
 local CONTENT_TYPES = { png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", webp = "image/webp" }
 
@@ -117,6 +128,10 @@ function _M.setup(c)
     c.hot_ttl = tonumber(json.value(c.hot_ttl)) or 300
     c.retry_after = tonumber(json.value(c.retry_after)) or 5
     c.log_interval = tonumber(json.value(c.log_interval)) or 10
+    c.cors = json.value(c.cors) or "*"
+    need(type(c.cors) == "string", "cors must be a string")
+    c.metrics_interval = tonumber(json.value(c.metrics_interval)) or 1
+    need(c.metrics_interval > 0, "metrics_interval must be positive")
     local d = json.value(c.dicts) or {}
     c.dicts = { tiles = d.tiles or "rpy_tiles", locks = d.locks or "rpy_locks",
                 metrics = d.metrics or "rpy_metrics" }
@@ -139,6 +154,8 @@ function _M.setup(c)
         l.ext = json.value(l.ext) or "png"
         l.content_type = json.value(l.content_type) or CONTENT_TYPES[l.ext] or "application/octet-stream"
         l.cache_control = json.value(l.cache_control)
+        l.cors = json.value(l.cors) or c.cors
+        need(type(l.cors) == "string", where .. ".cors must be a string")
         need(not by_name[l.name], "layer " .. l.name .. " twice")
         by_name[l.name] = l
     end
@@ -146,14 +163,18 @@ function _M.setup(c)
     locks = shared(c.dicts.locks, "locks")
     local m = shared(c.dicts.metrics, "metrics")
     log.configure(locks, c.log_interval)
-    cache.configure(tiles, c.hot_ttl)
+    -- (a purge is remembered for as long as a fill may be under way)
+    cache.configure(tiles, c.hot_ttl, c.timeout + 10)
     store.configure(c.store, locks)
     client.configure(c.broker, locks, { retry = tonumber(json.value(c.broker_retry)) or 1 })
-    metrics.configure(m, c.dicts)
+    metrics.configure(m, c.dicts, c.metrics_interval)
     render.configure({
         locks = locks, timeout = c.timeout,
         on_render = metrics.observe_render,
         on_evict = function(n) metrics.incr("renderd_cache_evictions_total", nil, n) end,
+        -- Redis: a rendered metatile is read back from the store for the hot
+        -- cache, after the answer (a smaller reply from the broker)
+        fill = store.kind == "redis" and function(t) return fill_from_redis(false, t) end or nil,
     })
     cfg, layers = c, by_name
     return true
@@ -184,7 +205,9 @@ end
 -- send status and body (none for HEAD and 304) with the headers set so far;
 -- never ngx.exit(status >= 300), which would replace them with nginx's own
 local function finish(status, body)
-    ngx.status = status
+    if status ~= HTTP_OK then
+        ngx.status = status
+    end
     if body and status ~= 304 then
         ngx_header["Content-Length"] = #body
         if get_method() ~= "HEAD" then
@@ -196,14 +219,40 @@ local function finish(status, body)
     return ngx_exit(HTTP_OK)
 end
 
-local function plain(status, msg, xcache)
+-- Access-Control-Allow-Origin of a layer's responses (of the [http]
+-- setting when the layer is not known); "" sends none
+local function allow_origin(layer)
+    local v = layer and layer.cors or cfg.cors
+    if v ~= "" then
+        ngx_header["Access-Control-Allow-Origin"] = v
+    end
+end
+
+local function plain(status, msg, xcache, layer)
     metrics.request(status, xcache)
     ngx_header["Content-Type"] = "text/plain; charset=utf-8"
     ngx_header["Cache-Control"] = "no-store"
+    allow_origin(layer)
     if xcache then
         ngx_header["X-Cache"] = xcache
     end
     return finish(status, msg .. "\n")
+end
+
+-- Last-Modified values, per worker (a metatile's tiles share theirs)
+local dates, ndates = {}, 0
+
+local function http_date(rendered)
+    local d = dates[rendered]
+    if not d then
+        if ndates >= 4096 then
+            dates, ndates = {}, 0
+        end
+        d = http_time(rendered)
+        dates[rendered] = d
+        ndates = ndates + 1
+    end
+    return d
 end
 
 local function tile_headers(layer, hash, rendered, xcache)
@@ -215,23 +264,24 @@ local function tile_headers(layer, hash, rendered, xcache)
         ngx_header["ETag"] = '"' .. hash .. '"'
     end
     if rendered and rendered > 0 then
-        ngx_header["Last-Modified"] = http_time(rendered)
+        ngx_header["Last-Modified"] = http_date(rendered)
+    end
+    if layer.cors ~= "" then
+        ngx_header["Access-Control-Allow-Origin"] = layer.cors
     end
     ngx_header["X-Cache"] = xcache
 end
 
--- the request's validators match this tile?
+-- the request's validators match this tile? (nginx 1.22's $http_ variables
+-- hold the first of repeated headers only: a second If-None-Match line is
+-- not looked at, so such a request gets a 200)
 local function not_modified(hash, rendered)
-    local h = get_headers()
-    local inm = h["if-none-match"]
+    local inm = ngx_var.http_if_none_match
     if inm then
-        if type(inm) == "table" then
-            inm = concat(inm, ",")
-        end
         return inm == "*" or (hash ~= nil and find(inm, '"' .. hash .. '"', 1, true) ~= nil)
     end
-    local ims = h["if-modified-since"]
-    if type(ims) == "string" and rendered and rendered > 0 then
+    local ims = ngx_var.http_if_modified_since
+    if ims and rendered and rendered > 0 then
         local t = parse_http_time(ims)
         return t ~= nil and t >= rendered
     end
@@ -246,11 +296,18 @@ local function empty(t, rendered, xcache)
     if l.cache_control then
         ngx_header["Cache-Control"] = l.cache_control
     end
+    allow_origin(l)
     ngx_header["X-Cache"] = xcache
     if rendered and rendered > 0 then
-        ngx_header["Last-Modified"] = http_time(rendered)
+        ngx_header["Last-Modified"] = http_date(rendered)
     end
     return finish(404, "no tile\n")
+end
+
+--- header_filter_by_lua of the TileJSON location (`^/tiles/(NAME)\.json$`):
+-- the layer's Access-Control-Allow-Origin.
+function _M.tilejson_header_filter()
+    allow_origin(layers[ngx_var[1] or ""])
 end
 
 local function send(t, hash, body, rendered, xcache)
@@ -263,12 +320,12 @@ local function send(t, hash, body, rendered, xcache)
         return finish(304)
     end
     metrics.request(200, xcache)
-    return finish(200, body)
+    return finish(HTTP_OK, body)
 end
 
 local function unavailable(t, why)
     ngx_header["Retry-After"] = tostring(cfg.retry_after)
-    return plain(503, "tile " .. t.z .. "/" .. t.x .. "/" .. t.y .. " unavailable: " .. why)
+    return plain(503, "tile " .. t.z .. "/" .. t.x .. "/" .. t.y .. " unavailable: " .. why, nil, t.layer)
 end
 
 -- store -----------------------------------------------------------------------
@@ -292,16 +349,6 @@ local function fill_from_disk(premature, layer_name, raw, h)
     if evicted > 0 then
         metrics.incr("renderd_cache_evictions_total", nil, evicted)
     end
-end
-
--- the header of a stored index of t, or nil and a message naming the store
-local function checked_index(raw, t, kind)
-    local h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
-    if not h then
-        local where = t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my
-        return nil, kind .. " index " .. where .. ": " .. err
-    end
-    return h
 end
 
 local function pack_error(t, err)
@@ -356,38 +403,58 @@ local function from_disk(t, xcache)
     return send(t, hash, body, h.rendered, xcache)
 end
 
--- the Redis store: index and blobs in one round trip
-local function from_redis(t, xcache)
+-- fill the hot cache with a stored metatile (Redis), after the response
+function fill_from_redis(premature, t)
+    if premature then
+        return
+    end
     local name = t.layer.name
-    local raw, blobs, err, leader = store.read_metatile(name, t.z, t.mx, t.my)
+    local raw, blobs, err = store.read_metatile(name, t.z, t.mx, t.my)
     if not raw then
-        return false, err
+        if err then
+            metrics.incr("renderd_store_errors_total")
+            log.once(WARN, "store-fill", "cannot fill the hot cache: ", err)
+        end
+        return
     end
-    local h
-    h, err = checked_index(raw, t, "redis")
-    if not h then
-        return false, err
-    end
-    if leader then
+    local h = index.check(raw, t.z, t.x0, t.y0, t.n)
+    if h then
         local evicted = cache.put_metatile(name, raw, h, blobs)
         if evicted > 0 then
             metrics.incr("renderd_cache_evictions_total", nil, evicted)
         end
     end
+end
+
+-- the Redis store: t's entry, blob and index header in one round trip; the
+-- whole metatile goes into the hot cache from a timer (once across workers)
+local function from_redis(t, xcache)
+    local name = t.layer.name
+    local r, err = store.read_tile(name, t.z, t.mx, t.my, t.i)
+    if not r then
+        return false, err
+    end
+    local h
+    h, err = index.check(r.header, t.z, t.x0, t.y0, t.n, true)
+    if not h then
+        return false, "redis index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+    end
     if h.stale then
         xcache = "STALE"
         render.refresh(t)
     end
-    local hash = index.entry(raw, t.i)
+    if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
+        timer_at(0, fill_from_redis, t)
+    end
+    local hash = r.hash
     if not hash then
         return empty(t, h.rendered, xcache)
     end
-    local body = blobs[hash]
-    if not body then
+    if r.blob == "" then
         return false, "redis: blob " .. hash .. " of " .. name .. "/" .. t.z .. "/" .. t.x .. "/" .. t.y
             .. " is missing"
     end
-    return send(t, hash, body, h.rendered, xcache)
+    return send(t, hash, r.blob, h.rendered, xcache)
 end
 
 -- read t from the store and answer; returns only if nothing was sent:

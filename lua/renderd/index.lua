@@ -7,6 +7,7 @@
 --   local hash = index.entry(raw, i)       -- i 0-based; nil for EMPTY
 --   local list = index.unique(raw, n)      -- distinct non-empty hashes, in order
 --   local ok, err = index.check(raw, z, x0, y0, n)  -- header matches the metatile
+--   local h, err = index.check(head, z, x0, y0, n, true)  -- the first 64 bytes only
 
 local sub = string.sub
 local find = string.find
@@ -25,8 +26,9 @@ _M.ENTRY_SIZE = ENTRY_SIZE
 _M.EMPTY = ("0"):rep(HASH_HEX)
 local EMPTY = _M.EMPTY
 
---- Parse the header; nil, err for anything that is not a whole index.
-function _M.header(raw)
+--- Parse the header; nil, err for anything that is not a whole index (with
+-- head_only: for anything that does not begin with a whole header).
+function _M.header(raw, head_only)
     if type(raw) ~= "string" or #raw < HEADER_SIZE or sub(raw, 1, 6) ~= MAGIC then
         return nil, "not a metatile index"
     end
@@ -36,11 +38,15 @@ function _M.header(raw)
     local n = tonumber(sub(raw, 28, 29))
     local rendered = tonumber(sub(raw, 31, 40))
     local data = tonumber(sub(raw, 42, 51))
-    local ext = sub(raw, 53, 56):gsub(" +$", "")
+    local ext = sub(raw, 53, 56)
+    local space = find(ext, " ", 1, true)
+    if space then
+        ext = sub(ext, 1, space - 1)
+    end
     if not (z and x0 and y0 and n and rendered and data) or n < 1 then
         return nil, "corrupt metatile index header"
     end
-    if #raw ~= HEADER_SIZE + n * n * ENTRY_SIZE then
+    if not head_only and #raw ~= HEADER_SIZE + n * n * ENTRY_SIZE then
         return nil, "truncated metatile index"
     end
     return {
@@ -51,8 +57,8 @@ function _M.header(raw)
 end
 
 --- The header is for metatile (z, x0, y0, n)?
-function _M.check(raw, z, x0, y0, n)
-    local h, err = _M.header(raw)
+function _M.check(raw, z, x0, y0, n, head_only)
+    local h, err = _M.header(raw, head_only)
     if not h then
         return nil, err
     end

@@ -2,15 +2,19 @@
 -- together with the shared dicts' sizes and the daemon's STATUS.
 --
 --   local metrics = require "renderd.metrics"
---   metrics.configure(ngx.shared.rpy_metrics, { tiles = "rpy_tiles", ... })
+--   metrics.configure(ngx.shared.rpy_metrics, { tiles = "rpy_tiles", ... }, 1)
 --   metrics.incr("renderd_cache_hits_total")
 --   metrics.incr("renderd_http_requests_total", 'cache="HIT",status="200"')
+--   metrics.request(200, "HIT")
 --   metrics.observe_render(0.42, "OK")
 --   -- in a loopback-only server:  location = /metrics {
 --   --     content_by_lua_block { require("renderd.metrics").serve() } }
 --
 -- Keys are "c|<metric>|<labels>" (counters) and "g|<metric>|<labels>"
--- (gauges); serve() groups them by metric name.
+-- (gauges); serve() groups them by metric name. Counting is per worker, in
+-- a Lua table (no shared-dict lock per request); a recurring timer adds the
+-- counts to the shared dict every `interval` seconds (and when the worker
+-- exits), so /metrics lags the requests by at most that long.
 
 local json = require "renderd.json"
 local client = require "renderd.client"
@@ -28,6 +32,8 @@ local ipairs = ipairs
 local type = type
 local tostring = tostring
 local tonumber = tonumber
+local setmetatable = setmetatable
+local ngx_timer_every = ngx.timer.every
 local huge = math.huge
 local floor = math.floor
 local error = error
@@ -64,22 +70,77 @@ local TYPES = {
     renderd_render_seconds = "histogram",
 }
 
-function _M.configure(shm, names)
+local interval = 1
+local pending = {}           -- per worker: key -> count not yet in the dict
+local flushing = false       -- the worker's flush timer runs
+
+function _M.configure(shm, names, seconds)
     if not shm then
         error("metrics need a shared dict", 2)
     end
     dict = shm
     dict_names = names or {}
+    interval = seconds or interval
 end
 
-function _M.incr(name, labels, v)
-    if dict then
-        dict:incr("c|" .. name .. "|" .. (labels or ""), v or 1, 0)
+--- Add this worker's counts to the shared dict.
+function _M.flush()
+    if not dict then
+        return
+    end
+    for key, n in pairs(pending) do
+        if n ~= 0 then
+            dict:incr(key, n, 0)
+            pending[key] = 0
+        end
     end
 end
 
+local function on_timer()
+    -- (also runs once more, "premature", when the worker exits)
+    _M.flush()
+end
+
+local function count(key, v)
+    local n = pending[key]
+    if n then
+        pending[key] = n + v
+        return
+    end
+    pending[key] = v
+    if not flushing and dict then
+        flushing = ngx_timer_every(interval, on_timer) and true
+    end
+end
+
+-- "c|name|labels" keys, made once per name and labels
+local keys = setmetatable({}, { __index = function(t, name)
+    local by_labels = setmetatable({}, { __index = function(t2, labels)
+        local k = "c|" .. name .. "|" .. labels
+        t2[labels] = k
+        return k
+    end })
+    t[name] = by_labels
+    return by_labels
+end })
+
+function _M.incr(name, labels, v)
+    count(keys[name][labels or ""], v or 1)
+end
+
+-- request keys by X-Cache kind and status
+local requests = setmetatable({}, { __index = function(t, xcache)
+    local by_status = setmetatable({}, { __index = function(t2, status)
+        local k = keys.renderd_http_requests_total['cache="' .. xcache .. '",status="' .. status .. '"']
+        t2[status] = k
+        return k
+    end })
+    t[xcache] = by_status
+    return by_status
+end })
+
 function _M.request(status, xcache)
-    _M.incr("renderd_http_requests_total", 'cache="' .. (xcache or "NONE") .. '",status="' .. status .. '"')
+    count(requests[xcache or "NONE"][status], 1)
 end
 
 function _M.observe_render(seconds, status)
@@ -92,12 +153,12 @@ function _M.observe_render(seconds, status)
     end
     for _, le in ipairs(_M.BUCKETS) do
         if seconds <= le then
-            dict:incr("c|renderd_render_seconds_bucket|le=\"" .. le .. "\"", 1, 0)
+            _M.incr("renderd_render_seconds_bucket", 'le="' .. le .. '"')
         end
     end
-    dict:incr("c|renderd_render_seconds_bucket|le=\"+Inf\"", 1, 0)
-    dict:incr("c|renderd_render_seconds_sum|", seconds, 0)
-    dict:incr("c|renderd_render_seconds_count|", 1, 0)
+    _M.incr("renderd_render_seconds_bucket", 'le="+Inf"')
+    _M.incr("renderd_render_seconds_sum", nil, seconds)
+    _M.incr("renderd_render_seconds_count")
 end
 
 local function family(name)
@@ -155,6 +216,7 @@ end
 
 --- Collect every sample: a list of {name, labels, value}.
 function _M.collect()
+    _M.flush()
     local out = {}
     for _, key in ipairs(dict and dict:get_keys(0) or {}) do
         local name, labels = match(key, "^[cg]|([^|]+)|(.*)$")

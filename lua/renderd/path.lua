@@ -43,11 +43,13 @@ function _M.metatile(z, x, y, meta)
     return n, x0, y0, x0 / n, y0 / n, (x - x0) * n + (y - y0)
 end
 
---- Parse a raw request URI. See the module comment.
-function _M.parse(uri, layers)
-    if not uri or #uri > _M.MAX_REQUEST_URI then
-        return nil, 400, "URI too long"
-    end
+-- the common case in one match: a well-formed origin-form path, then the
+-- end or a query string (such a path holds no "%", "..", "//" or other
+-- byte outside the allowed ones)
+local FAST = "^/tiles/([A-Za-z0-9_%-]+)/(%d+)/(%d+)/(%d+)%.([a-z0-9]+)(.?)"
+
+-- every rule, one at a time, for the rest (and their 400 reasons)
+local function slow(uri)
     local q = find(uri, "?", 1, true)
     if q then
         uri = sub(uri, 1, q - 1)
@@ -55,18 +57,36 @@ function _M.parse(uri, layers)
     -- absolute-form request target: "GET http://host/tiles/... HTTP/1.1"
     uri = match(uri, "^[hH][tT][tT][pP][sS]?://[^/]*(/.*)$") or uri
     if #uri > _M.MAX_URI then
-        return nil, 400, "URI too long"
+        return nil, "URI too long"
     end
     if sub(uri, 1, #PREFIX) ~= PREFIX then
-        return nil, 400, "not a tile path"
+        return nil, "not a tile path"
     end
     -- only these bytes may appear at all: no %, no NUL, no "..", no "//"
     if find(uri, "[^A-Za-z0-9_%-%./]") or find(uri, "..", 1, true) or find(uri, "//", 1, true) then
-        return nil, 400, "malformed tile path"
+        return nil, "malformed tile path"
     end
     local name, zs, xs, ys, ext = match(uri, "^/tiles/([A-Za-z0-9_%-]+)/(%d+)/(%d+)/(%d+)%.([a-z0-9]+)$")
     if not name then
-        return nil, 400, "malformed tile path"
+        return nil, "malformed tile path"
+    end
+    return name, zs, xs, ys, ext
+end
+
+--- Parse a raw request URI. See the module comment.
+function _M.parse(uri, layers)
+    if not uri or #uri > _M.MAX_REQUEST_URI then
+        return nil, 400, "URI too long"
+    end
+    local name, zs, xs, ys, ext, rest
+    if #uri <= _M.MAX_URI then
+        name, zs, xs, ys, ext, rest = match(uri, FAST)
+    end
+    if not name or (rest ~= "" and rest ~= "?") then
+        name, zs, xs, ys, ext = slow(uri)
+        if not name then
+            return nil, 400, zs
+        end
     end
     if #name > 64 or #zs > 2 or #xs > 10 or #ys > 10 or #ext > 8 then
         return nil, 400, "malformed tile path"

@@ -1,7 +1,11 @@
 -- renderd.render: one RENDER per metatile however many requests miss it.
 --
 --   local render = require "renderd.render"
---   render.configure({ locks = shm, timeout = 30, on_render = fn(seconds, status) })
+--   render.configure({ locks = shm, timeout = 30, on_render = fn(seconds, status),
+--                      on_evict = fn(n), fill = fn(t) or nil })
+--   -- fill: fills the hot cache with t's metatile read from the store; with
+--   -- it the broker is asked for the tile alone, without: for the whole
+--   -- metatile ("meta"), which then fills the hot cache
 --   local res = render.fetch(t, deadline)       -- t from renderd.path.parse
 --   -- res.status: "OK", "BUSY", "FAIL", "INVALID", "TIMEOUT" or "ERROR"
 --   -- res.reason: why (not OK); with OK and when this worker holds the
@@ -13,9 +17,10 @@
 -- Coalescing: inside a worker the first request for a metatile leads and
 -- the others wait on an ngx.semaphore; across workers the leaders race for
 -- a key in the locks dict ("r|layer/z/x0/y0", expiring after the timeout),
--- the winner asks the broker (flags "meta") and fills the hot cache, the
--- others poll the key and then read the cache. The outcome is left in the
--- locks dict for a few seconds ("o|...") so the pollers know it.
+-- the winner asks the broker, answers its requests, then (from a timer)
+-- fills the hot cache and drops the key; the others poll the
+-- key and then read the cache. The outcome is left in the locks dict for a
+-- few seconds ("o|...") so the pollers know it.
 
 local semaphore = require "ngx.semaphore"
 local client = require "renderd.client"
@@ -44,6 +49,7 @@ function _M.configure(opts)
     cfg.timeout = opts.timeout or cfg.timeout
     cfg.on_render = opts.on_render
     cfg.on_evict = opts.on_evict
+    cfg.fill = opts.fill
 end
 
 local function meta_key(t)
@@ -56,7 +62,15 @@ local function observe(seconds, status)
     end
 end
 
--- ask the broker and fill the hot cache; returns a result table
+-- the hot cache gets a rendered metatile
+local function fill(t, res)
+    local evicted = cache.put_metatile(t.layer.name, res.index, res.header, res.blobs)
+    if evicted > 0 and cfg.on_evict then
+        cfg.on_evict(evicted)
+    end
+end
+
+-- ask the broker; returns a result table (the caller fills the hot cache)
 local function ask(t, priority, deadline)
     update_time()
     local start = now()
@@ -64,7 +78,13 @@ local function ask(t, priority, deadline)
     if ms <= 0 then
         return { status = "TIMEOUT", reason = "no time left" }
     end
-    local r, err = client.render(t.layer.name, t.z, t.x, t.y, priority, ms, "meta")
+    -- (a re-render of a stale metatile must not be answered from the broker's
+    -- memory of its last render: "force")
+    local flags = cfg.fill and "" or "meta"
+    if priority > 0 then
+        flags = flags == "" and "force" or flags .. ",force"
+    end
+    local r, err = client.render(t.layer.name, t.z, t.x, t.y, priority, ms, flags)
     update_time()
     if not r then
         local status = (err == "timeout") and "TIMEOUT" or "ERROR"
@@ -81,10 +101,6 @@ local function ask(t, priority, deadline)
         local h, herr = index.check(r.index, t.z, t.x0, t.y0, t.n)
         if h then
             res.index, res.header, res.blobs = r.index, h, r.blobs
-            local evicted = cache.put_metatile(t.layer.name, r.index, h, r.blobs)
-            if evicted > 0 and cfg.on_evict then
-                cfg.on_evict(evicted)
-            end
         else
             log.once(ERR, "render-index", "broker sent an index that does not fit ",
                      meta_key(t), ": ", herr)
@@ -115,6 +131,29 @@ local function poll(key, deadline)
     end
 end
 
+-- the hot cache gets the metatile of a render result: from the reply, or
+-- read back from the store
+local function fill_after(t, res)
+    local ok, err = true, nil
+    if res.index then
+        ok, err = pcall(fill, t, res)
+    elseif res.status == "OK" and cfg.fill then
+        ok, err = pcall(cfg.fill, t)
+    end
+    if not ok then
+        log.once(ERR, "render-bug", "hot cache fill of ", meta_key(t), " raised: ", tostring(err))
+    end
+end
+
+-- fill the hot cache, then let other workers' requests for it go on
+local function release(premature, t, key, res)
+    if not premature then
+        fill_after(t, res)
+    end
+    locks:set("o|" .. key, res.status, 10)
+    locks:delete("r|" .. key)
+end
+
 local function lead(t, key, deadline)
     update_time()
     local ttl = deadline - now() + 1
@@ -130,8 +169,12 @@ local function lead(t, key, deadline)
         log.once(ERR, "render-bug", "render of ", key, " raised: ", tostring(res))
         res = { status = "ERROR", reason = "internal error" }
     end
-    locks:set("o|" .. key, res.status, 10)
-    locks:delete("r|" .. key)
+    -- the requests of this worker are answered from res at once; those of
+    -- other workers wait for the lock to go and then read the hot cache,
+    -- filled after this request's answer
+    if not (res.status == "OK" and timer_at(0, release, t, key, res)) then
+        release(false, t, key, res)
+    end
     return res
 end
 
@@ -196,6 +239,7 @@ local function refresh(premature, t)
     end
     update_time()
     local res = ask(t, 1, now() + cfg.timeout)
+    fill_after(t, res)
     if res.status ~= "OK" then
         log.once(WARN, "refresh-" .. res.status, "background re-render of ", meta_key(t),
                  " failed: ", res.status, " ", tostring(res.reason))

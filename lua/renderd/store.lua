@@ -5,18 +5,23 @@
 --   -- disk: the metatile's pack file (renderd.pack reads it), a pool tile
 --   local raw, err = store.read_pack(layer, z, mx, my)    -- nil, nil = absent
 --   local bytes, err = store.read_pool(hash)               -- nil, nil = absent
+--   -- redis: one tile and its index's header in one round trip (TILE_SCRIPT)
+--   local r, err = store.read_tile(layer, z, mx, my, i)
 --   -- redis: index and every distinct blob in one round trip (META_SCRIPT)
 --   local raw, blobs, err, leader = store.read_metatile(layer, z, mx, my)
 --
 -- Disk layout: {path}/tiles/{layer}/{z}/{mx}/{my}.pack and the pool,
 -- {path}/blobs/{h[0:2]}/{h[2:4]}/{h}. Redis keys: {prefix}:idx:{layer}:{z}:{mx}:{my},
--- {prefix}:blob:{hash}. Redis connections come from the cosocket pool; after
--- a connection failure Redis is not tried again for `retry` seconds
--- (a shared-dict flag), so an outage costs one timeout, not one per request.
+-- {prefix}:blob:{hash}. read_tile (the request path) goes over the worker's
+-- pipelined connection (renderd.pipeline); read_metatile (hot-cache fills)
+-- over connections from the cosocket pool; after a connection failure Redis
+-- is not tried again for `retry` seconds (a shared-dict flag), so an outage
+-- costs one timeout, not one per request.
 
 local redis = require "nginx.redis"
 local index = require "renderd.index"
 local semaphore = require "ngx.semaphore"
+local pipeline = require "renderd.pipeline"
 
 local io_open = io.open
 local sub = string.sub
@@ -34,16 +39,23 @@ local sha1_bin = ngx.sha1_bin
 
 local _M = { _VERSION = "0.1.0" }
 
--- Same text as renderd/store/redis.py LUA_DISTINCT + META_SCRIPT, so the
--- SHA is the one the Python side loads too. KEYS[1] index key, ARGV[1]
--- prefix; nil if no index, else {index, blob...}: one blob per distinct
--- non-empty hash in order of first appearance ('' if missing).
-_M.META_SCRIPT = [[
+-- The same text as renderd/store/redis.py's LUA_SIZE, LUA_DISTINCT,
+-- TILE_SCRIPT and META_SCRIPT, so the SHAs are the ones the Python side
+-- loads too (docs/storage.md; a test compares them).
+local SIZE = [[
 local EMPTY = string.rep('0', 32)
-local function distinct(raw)
+local function size(raw)
   if type(raw) ~= 'string' or #raw < 64 or string.sub(raw, 1, 6) ~= 'RPYI1 ' then return nil end
   local n = tonumber(string.sub(raw, 28, 29))
   if not n or #raw ~= 64 + n * n * 33 then return nil end
+  return n
+end
+]]
+
+local DISTINCT = SIZE .. [[
+local function distinct(raw)
+  local n = size(raw)
+  if not n then return nil end
   local out, seen = {}, {}
   for i = 0, n * n - 1 do
     local p = 65 + i * 33
@@ -55,6 +67,30 @@ local function distinct(raw)
   end
   return out
 end
+]]
+
+-- KEYS[1] index key, ARGV[1] prefix, ARGV[2] entry; nil if no index, else
+-- the index's 64-byte header .. the entry (32 hex digits, zeros: no tile)
+-- .. the tile's bytes (none if empty or missing)
+_M.TILE_SCRIPT = SIZE .. [[
+local raw = redis.call('GET', KEYS[1])
+local n = size(raw)
+if not n then return nil end
+local i = tonumber(ARGV[2])
+if not i or i < 0 or i >= n * n or i % 1 ~= 0 then
+  return redis.error_reply('ERR entry ' .. tostring(ARGV[2]) .. ' is outside the index')
+end
+local p = 65 + i * 33
+local h = string.sub(raw, p, p + 31)
+local blob = ''
+if h ~= EMPTY then blob = redis.call('GET', ARGV[1] .. ':blob:' .. h) or '' end
+return string.sub(raw, 1, 64) .. h .. blob
+]]
+
+-- KEYS[1] index key, ARGV[1] prefix; nil if no index, else {index, blob...}:
+-- one blob per distinct non-empty hash in order of first appearance ('' if
+-- missing)
+_M.META_SCRIPT = DISTINCT .. [[
 local raw = redis.call('GET', KEYS[1])
 local hashes = distinct(raw)
 if not hashes then return nil end
@@ -68,9 +104,12 @@ local function hex(s)
 end
 
 _M.META_SHA = hex(sha1_bin(_M.META_SCRIPT))
+_M.TILE_SHA = hex(sha1_bin(_M.TILE_SCRIPT))
 
 local cfg            -- the "store" table of the runtime config
 local flags          -- shared dict for the "redis is down" flag
+local tile_cmd       -- the tile script's command up to its key (Redis protocol)
+local prefix_arg     -- the key prefix as a command argument
 _M.kind = nil
 
 --- cfg: the runtime config's "store" table. shm: a shared dict for flags.
@@ -99,6 +138,12 @@ function _M.configure(store_cfg, shm)
             cfg.pool = "rpy-redis:" .. cfg.host .. ":" .. cfg.port .. ":" .. cfg.db
         end
         cfg.pool_size = tonumber(cfg.pool_size) or 32
+        tile_cmd = pipeline.command({ "EVALSHA", _M.TILE_SHA, 1 }, 6)
+        prefix_arg = pipeline.arg(cfg.prefix)
+        pipeline.configure({ host = cfg.host, port = cfg.port, db = cfg.db, timeout_ms = cfg.timeout_ms,
+                             socket = type(cfg.socket) == "string" and cfg.socket ~= "" and cfg.socket or nil,
+                             password = type(cfg.password) == "string" and cfg.password ~= ""
+                                        and cfg.password or nil })
     else
         error("unknown store kind " .. tostring(cfg.kind), 2)
     end
@@ -171,29 +216,77 @@ local function connect()
     return red
 end
 
-local function read_metatile(layer, z, mx, my)
-    local red, err = connect()
-    if not red then
-        return nil, nil, err
-    end
-    local key = cfg.prefix .. ":idx:" .. layer .. ":" .. z .. ":" .. mx .. ":" .. my
-    local res
-    res, err = red:evalsha(_M.META_SHA, 1, key, cfg.prefix)
-    if not res and err and find(err, "NOSCRIPT", 1, true) then
-        res, err = red:eval(_M.META_SCRIPT, 1, key, cfg.prefix)
+-- run a reader script: EVALSHA, and EVAL if Redis does not know it yet;
+-- the reply (nil if it is nil) or nil, err
+local function run(sha, script, key, ...)
+    local red, res, err
+    for _ = 1, 2 do
+        red, err = connect()
+        if not red then
+            return nil, err
+        end
+        local reused = red:get_reused_times() or 0
+        res, err = red:evalsha(sha, 1, key, cfg.prefix, ...)
+        if not res and err and find(err, "NOSCRIPT", 1, true) then
+            res, err = red:eval(script, 1, key, cfg.prefix, ...)
+        end
+        if res or not err then
+            break
+        end
+        red:close()
+        -- a pooled connection the server closed (restart, CLIENT KILL): once more on a new one
+        if reused == 0 or not (find(err, "closed", 1, true) or find(err, "reset", 1, true)) then
+            break
+        end
     end
     if not res and err then
-        red:close()
         if flags and (find(err, "timeout", 1, true) or find(err, "closed", 1, true)) then
             flags:set("down|redis", true, cfg.retry)
         end
-        return nil, nil, "redis: " .. err
+        return nil, "redis: " .. err
     end
     red:set_keepalive(60000, cfg.pool_size)
-    if res == null or type(res) ~= "table" then
+    if res == null then
         return nil
     end
-    local raw = res[1]
+    return res
+end
+
+-- the tile script over the worker's pipelined connection (reads on the
+-- request path; falls back to run() when Redis does not know the script)
+local function run_tile(key, i)
+    if flags and flags:get("down|redis") then
+        return nil, "redis marked down after a recent failure"
+    end
+    local res, err = pipeline.call(tile_cmd .. pipeline.arg(key) .. prefix_arg .. pipeline.arg(i))
+    if res == nil then
+        if err and find(err, "NOSCRIPT", 1, true) then
+            return run(_M.TILE_SHA, _M.TILE_SCRIPT, key, i)
+        end
+        err = tostring(err)
+        if flags and (find(err, "redis connect", 1, true) or find(err, "timeout", 1, true)
+                      or find(err, "closed", 1, true)) then
+            flags:set("down|redis", true, cfg.retry)
+        end
+        return nil, find(err, "^redis") and err or "redis: " .. err
+    end
+    if res == null then
+        return nil
+    end
+    return res
+end
+
+local function index_key(layer, z, mx, my)
+    return cfg.prefix .. ":idx:" .. layer .. ":" .. z .. ":" .. mx .. ":" .. my
+end
+
+local function read_metatile(layer, z, mx, my)
+    local key = index_key(layer, z, mx, my)
+    local res, err = run(_M.META_SHA, _M.META_SCRIPT, key)
+    if not res then
+        return nil, nil, err
+    end
+    local raw = type(res) == "table" and res[1]
     local h = index.header(raw)
     if not h then
         return nil, nil, "redis: corrupt index at " .. key
@@ -209,37 +302,67 @@ local function read_metatile(layer, z, mx, my)
     return raw, blobs
 end
 
-local reading = {}   -- per worker: metatile key -> { sema, waiting, result }
+-- (the tile, nil, err: the shape once() passes on)
+local function read_tile(layer, z, mx, my, i)
+    local res, err = run_tile(index_key(layer, z, mx, my), i)
+    if not res then
+        return nil, nil, err
+    end
+    if type(res) ~= "string" or #res < 96 then
+        return nil, nil, "redis: unexpected reply to the tile script"
+    end
+    local hash = sub(res, 65, 96)
+    return { hash = hash ~= index.EMPTY and hash or nil, blob = sub(res, 97), header = sub(res, 1, 64) }
+end
 
---- Redis: raw index and {hash = bytes} of its distinct blobs in one round
--- trip; nil, nil if the metatile is not stored; nil, nil, err on failure.
--- Concurrent reads of one metatile in a worker share one round trip; the
--- fourth value is true only for the request that made it (the one that
--- should fill the hot cache).
-function _M.read_metatile(layer, z, mx, my)
-    local key = layer .. "/" .. z .. "/" .. mx .. "/" .. my
+local reading = {}   -- per worker: read key -> { sema, waiting, done, results }
+
+-- fn(...) once for concurrent callers with the same key in this worker: the
+-- first caller runs it, the others wait for its three results; a fourth
+-- result is true for the caller that ran it. (The semaphore is made by the
+-- first caller that has to wait: most reads have no company.)
+local function once(key, fn, ...)
     local e = reading[key]
     if e then
         e.waiting = e.waiting + 1
+        e.sema = e.sema or semaphore.new()
         local ok = e.sema:wait(2 * cfg.timeout_ms / 1000 + 0.5)
         if not ok or not e.done then
-            return nil, nil, "redis: timeout waiting for a concurrent read"
+            return nil, nil, "redis: timeout waiting for a concurrent read", false
         end
-        return e.raw, e.blobs, e.err, false
+        return e[1], e[2], e[3], false
     end
-    e = { sema = semaphore.new(), waiting = 0 }
+    e = { waiting = 0 }
     reading[key] = e
-    local ok, raw, blobs, err = pcall(read_metatile, layer, z, mx, my)
+    local ok, a, b, c = pcall(fn, ...)
     if not ok then
-        raw, blobs, err = nil, nil, "redis read raised: " .. tostring(raw)
+        a, b, c = nil, nil, "redis read raised: " .. tostring(a)
     end
-    e.raw, e.blobs, e.err, e.done = raw, blobs, err, true
+    e[1], e[2], e[3], e.done = a, b, c, true
     reading[key] = nil
     if e.waiting > 0 then
         e.sema:post(e.waiting)
     end
-    return raw, blobs, err, true
+    return a, b, c, true
+end
+
+--- Redis: raw index and {hash = bytes} of its distinct blobs in one round
+-- trip; nil, nil if the metatile is not stored; nil, nil, err on failure.
+-- Concurrent reads of one metatile in a worker share one round trip; the
+-- fourth value is true only for the request that made it.
+function _M.read_metatile(layer, z, mx, my)
+    return once("m|" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my, read_metatile, layer, z, mx, my)
+end
+
+--- Redis: entry i of a metatile in one round trip: { hash (nil: no tile
+-- there), blob ("" if the blob is missing), header (the index's first 64
+-- bytes, for index.check(..., true)) }; nil if the
+-- metatile is not stored; nil, err on failure. Concurrent reads of one
+-- tile in a worker share one round trip.
+function _M.read_tile(layer, z, mx, my, i)
+    local r, _, err = once("t|" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my .. "/" .. i,
+                           read_tile, layer, z, mx, my, i)
+    return r, err
 end
 
 return _M
-

@@ -28,6 +28,7 @@ def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurr
     """Mark stale, delete or re-render the metatiles of changed tiles."""
     from ..store import open_store
     from ..tools.expire import expire, open_input
+    from ..tools.purge import FrontPurge, purge_url
     from .seed import Interrupts
 
     lyr = cfg.layer(layer)
@@ -36,20 +37,27 @@ def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurr
         raise click.BadParameter(f"{lo} is outside the layer's zooms {lyr.minzoom}-{lyr.maxzoom}",
                                  param_hint="--min-zoom")
     stream = open_input(path)
+    # nginx's hot copies: stale with the store's (dirty, render), or gone (delete)
+    front = FrontPurge(purge_url(cfg), lyr.name, "delete" if mode == "delete" else "dirty")
     try:
         with open_store(cfg.store) as store, Interrupts() as stop:
             summary = expire(store, lyr.name, stream, (lo, lyr.maxzoom), mode, meta=lyr.metatile,
                              endpoint=cfg.daemon.broker,
                              concurrency=concurrency or max(4, 2 * cfg.daemon.workers),
-                             timeout=timeout, stop=stop)
+                             timeout=timeout, stop=stop, changed=front.add)
     finally:
+        front.close()
         if path not in (None, "-"):
             stream.close()
     if as_json:
-        click.echo(json.dumps(summary.as_dict()))
+        click.echo(json.dumps({**summary.as_dict(), "hot_cache": front.report()}))
     elif not quiet:
         for line in summary.lines_out():
             click.echo(line)
+        if front.url is not None and front.error is None:
+            click.echo(front.line())
+    if front.warning():
+        click.echo(f"renderd-py: {front.warning()}", err=True)
     if summary.malformed and quiet:
         click.echo(f"renderd-py: expire: {summary.malformed} malformed lines ignored", err=True)
     if summary.failed:

@@ -21,7 +21,9 @@ from .options import config_option
               help="nginx's runtime directory (logs, pid, temp files); default: DIR of -o, "
                    "else [http] prefix, else beside the store")
 @click.option("--user", metavar="USER", default=None,
-              help="user of nginx's worker processes when started as root (default: root)")
+              help="user (and group) of nginx's worker processes when started as root "
+                   "(default: [http] user, else www-data or nobody if they can read what nginx "
+                   "serves, else root)")
 def command(cfg, outdir, site, prefix, user):
     """Print the nginx configuration for CONFIG, or write it with -o DIR.
 

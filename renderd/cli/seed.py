@@ -65,6 +65,7 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
     from ..store import open_store
     from ..tools.area import Area
     from ..tools.progress import Progress
+    from ..tools.purge import FrontPurge, purge_url
     from ..tools.seed import SeedOptions, parse_older_than, seed
 
     lyr = cfg.layer(layer)
@@ -78,14 +79,23 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
                        concurrency=concurrency or max(4, 2 * cfg.daemon.workers),
                        timeout=timeout, max_failures=max_failures, grace=grace)
     progress = Progress(0, "metatiles", enabled=not quiet)
-    with open_store(cfg.store) as store, Interrupts() as stop:
-        summary = seed(store, cfg.daemon.broker, lyr.name, region, zooms, opts,
-                       meta=lyr.metatile, progress=progress, stop=stop)
+    # nginx's hot copies of metatiles rendered again are dropped
+    front = FrontPurge(purge_url(cfg), lyr.name, "delete")
+    try:
+        with open_store(cfg.store) as store, Interrupts() as stop:
+            summary = seed(store, cfg.daemon.broker, lyr.name, region, zooms, opts,
+                           meta=lyr.metatile, progress=progress, stop=stop, changed=front.add)
+    finally:
+        front.close()
     if as_json:
-        click.echo(json.dumps(summary.as_dict()))
+        click.echo(json.dumps({**summary.as_dict(), "hot_cache": front.report()}))
     else:
         for line in summary.lines():
             click.echo(line)
+        if front.purged and front.error is None:
+            click.echo(front.line())
+    if front.warning():
+        click.echo(f"renderd-py: {front.warning()}", err=True)
     if summary.gone:
         from ..errors import DaemonError
         raise DaemonError(f"{summary.gone}; run the same command again when it is back")

@@ -177,7 +177,11 @@ def targets(store: Store, layer: str, tiles: set[Tile], zooms: tuple[int, int], 
 def expire(store: Store, layer: str, stream: Iterable[str], zooms: tuple[int, int], mode: str = "dirty",
            meta: int = 8, endpoint: str | Callable[[], Client] | None = None, concurrency: int = 8,
            timeout: float = 3600.0, scan_limit: int = 200_000, stop: StopFlag | None = None,
-           log: Callable[[str], None] | None = None) -> ExpireSummary:
+           log: Callable[[str], None] | None = None,
+           changed: Callable[[Meta], None] | None = None) -> ExpireSummary:
+    """Apply an expiry list; ``changed(meta)`` is called for each metatile
+    marked stale or deleted, right after the store change (for nginx's hot
+    cache, see ``tools.purge``)."""
     if mode not in MODES:
         raise UsageError(f"unknown expire mode {mode!r} (dirty, delete or render)")
     started = time.monotonic()
@@ -207,6 +211,8 @@ def expire(store: Store, layer: str, stream: Iterable[str], zooms: tuple[int, in
                 s.not_stored += 1
                 continue
             s.metatiles += 1
+            if changed is not None:
+                changed(m)
             if mode == "render":
                 if window is None:
                     if endpoint is None:

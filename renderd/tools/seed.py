@@ -343,8 +343,10 @@ def plan(area: Area, zooms: tuple[int, int], meta: int) -> Iterator[Meta]:
 def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: Area,
          zooms: tuple[int, int], opts: SeedOptions, meta: int = 8,
          progress: Progress | None = None, stop: StopFlag | None = None,
-         total: int | None = None) -> SeedSummary:
-    """Seed ``area`` over ``zooms``; returns the summary (also when stopped)."""
+         total: int | None = None, changed: Callable[[Meta], None] | None = None) -> SeedSummary:
+    """Seed ``area`` over ``zooms``; returns the summary (also when stopped).
+    ``changed(meta)`` is called for each metatile that was stored and has
+    been rendered again (for nginx's hot cache, see ``tools.purge``)."""
     stop = stop or _Never()
     started = time.monotonic()
     s = SeedSummary(layer, zooms)
@@ -352,6 +354,7 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
     if progress is not None:
         progress.total = s.metatiles
     seen: set[str] = set()
+    replacing: set[Meta] = set()     # stored metatiles being rendered again
     client: Client | None = None
     window: Window | None = None
 
@@ -360,6 +363,10 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
 
     def on_ok(m: Meta, reply: p.Reply) -> None:
         s.rendered += 1
+        if m in replacing:
+            replacing.discard(m)
+            if changed is not None:
+                changed(m)
         s.tiles_rendered += m.n * m.n
         got = store.metatile_sizes(layer, m)
         if got is not None:
@@ -373,6 +380,7 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
             progress.advance(1, extra())
 
     def on_fail(m: Meta, reason: str) -> None:
+        replacing.discard(m)
         s.failed += 1
         s.tiles_failed += m.n * m.n
         if len(s.failures) < 10:
@@ -384,7 +392,8 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
         for m in plan(area, zooms, meta):
             if stop.is_set():
                 break
-            render, flags = needs_render(store.get_index(layer, m), opts)
+            idx = store.get_index(layer, m)
+            render, flags = needs_render(idx, opts)
             if not render:
                 s.skipped += 1
                 s.tiles_skipped += m.n * m.n
@@ -398,6 +407,8 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
                 window = Window(client, layer, p.BULK, opts.concurrency, opts.timeout, on_ok, on_fail,
                                 flags=("nodata",), stop=stop,
                                 tick=progress.maybe_draw if progress is not None else None)
+            if idx is not None:
+                replacing.add(m)
             if not window.submit(m, flags):
                 break
         if window is not None:

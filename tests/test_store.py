@@ -220,10 +220,10 @@ def test_disk_layout_is_the_documented_one(tmp_path):
     idx, blobs = make_index(M1, picks_of((0, 64)))
     store.put_metatile("osm", idx, blobs)
     h = content_hash(tile_bytes(0))
-    pack = tmp_path / "tiles/osm/12/256/170.pack"
+    pack = tmp_path / "tiles/osm/12/8/5/256_170.pack"  # blocks of 32 x 32 metatiles
     assert pack.read_bytes() == (b"RPYP2 0 12 0002048 0001360 08 1700000000 1699999940 png  0001  \n"
                                  + b"\x01\x00" * 64 + bytes.fromhex(h) + bytes(8))
-    assert (tmp_path / "blobs" / h[:2] / h[2:4] / h).read_bytes() == tile_bytes(0)
+    assert (tmp_path / "blobs" / h[:2] / h).read_bytes() == tile_bytes(0)
     assert (tmp_path / "gc.lock").exists()
     assert store.mark_stale("osm", M1)
     assert pack.read_bytes()[6:7] == b"1"
@@ -246,7 +246,7 @@ def test_disk_pack_bytes_exactly(tmp_path):
             + h2 + struct.pack("<II", head + len(t0), len(t2))
             + t0 + t2)
     assert len(want) == head + len(t0) + len(t2)
-    assert (tmp_path / "tiles/osm/1/0/0.pack").read_bytes() == want
+    assert (tmp_path / "tiles/osm/1/0/0/0_0.pack").read_bytes() == want
     assert stored_blobs(store) == {content_hash(t1): t1}
     assert decode_pack(want, len(want)).locations == ((head, len(t0)), POOL, (head + len(t0), len(t2)), POOL)
     assert encode_pack(idx, {content_hash(t0): t0, content_hash(t2): t2}) == want
@@ -478,27 +478,28 @@ def test_disk_ignores_old_index_files(tmp_path):
 def test_disk_skips_temporary_and_stray_files(tmp_path):
     store = DiskStore(tmp_path)
     store.put_metatile("osm", *make_index(M1, [0] * 64))
-    folder = tmp_path / "tiles/osm/12/256"
-    (folder / ".171.pack.abc.tmp").write_bytes(b"half")
+    folder = tmp_path / "tiles/osm/12/8/5"
+    (folder / ".256_171.pack.abc.tmp").write_bytes(b"half")
+    (folder / "300_171.pack").write_bytes(b"in the wrong block")
     (folder / "notes.txt").write_bytes(b"x")
     assert [i.meta for i in store.iter_indexes("osm")] == [M1]
-    stray = tmp_path / "blobs/aa/bb/.x.tmp"
+    stray = tmp_path / "blobs/aa/.x.tmp"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"half")
     store.collect_garbage()
     assert stray.exists()  # younger than an hour
     old = time.time() - 7200
     os.utime(stray, (old, old))
-    os.utime(folder / ".171.pack.abc.tmp", (old, old))
+    os.utime(folder / ".256_171.pack.abc.tmp", (old, old))
     store.collect_garbage()
-    assert not stray.exists() and not (folder / ".171.pack.abc.tmp").exists()
+    assert not stray.exists() and not (folder / ".256_171.pack.abc.tmp").exists()
     assert (folder / "notes.txt").exists()
 
 
 def test_disk_pack_in_the_wrong_place_is_skipped(tmp_path, caplog):
     store = DiskStore(tmp_path)
     store.put_metatile("osm", *make_index(M1, [0] * 64))
-    os.makedirs(os.path.dirname(store.pack_path("osm", M2)))
+    os.makedirs(os.path.dirname(store.pack_path("osm", M2)), exist_ok=True)
     shutil.copy(store.pack_path("osm", M1), store.pack_path("osm", M2))
     assert store.get_index("osm", M2) is None
     assert [i.meta for i in store.iter_indexes("osm")] == [M1]

@@ -8,7 +8,7 @@
 --   [E, E + 24 D)         record k (from 1): the content hash's 16 bytes, then
 --                         uint32 offset from the start of the file and uint32
 --                         length of the tile's bytes; 0 and 0 = in the shared
---                         pool ({path}/blobs/ab/cd/<hash>)
+--                         pool ({path}/blobs/ab/<hash>)
 --   then                  the bytes of the tiles kept in the pack
 --
 --   local pack = require "renderd.pack"

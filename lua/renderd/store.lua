@@ -10,8 +10,8 @@
 --   -- redis: index and every distinct blob in one round trip (META_SCRIPT)
 --   local raw, blobs, err, leader = store.read_metatile(layer, z, mx, my)
 --
--- Disk layout: {path}/tiles/{layer}/{z}/{mx}/{my}.pack and the pool,
--- {path}/blobs/{h[0:2]}/{h[2:4]}/{h}. Redis keys: {prefix}:idx:{layer}:{z}:{mx}:{my},
+-- Disk layout: {path}/tiles/{layer}/{z}/{mx >> 5}/{my >> 5}/{mx}_{my}.pack and
+-- the pool, {path}/blobs/{h[0:2]}/{h}. Redis keys: {prefix}:idx:{layer}:{z}:{mx}:{my},
 -- {prefix}:blob:{hash}. read_tile (the request path) goes over the worker's
 -- pipelined connection (renderd.pipeline); read_metatile (hot-cache fills)
 -- over connections from the cosocket pool; after a connection failure Redis
@@ -21,6 +21,7 @@
 local redis = require "nginx.redis"
 local index = require "renderd.index"
 local semaphore = require "ngx.semaphore"
+local rshift = require("bit").rshift
 local pipeline = require "renderd.pipeline"
 
 local io_open = io.open
@@ -169,12 +170,14 @@ end
 
 --- Disk: the bytes of a metatile's pack; nil (no error) if it is not stored.
 function _M.read_pack(layer, z, mx, my)
-    return read_file(cfg.path .. "/tiles/" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my .. ".pack")
+    -- {z}/{block x}/{block y}/{mx}_{my}.pack, blocks of 32 x 32 metatiles
+    return read_file(cfg.path .. "/tiles/" .. layer .. "/" .. z .. "/" .. rshift(mx, 5) .. "/"
+                     .. rshift(my, 5) .. "/" .. mx .. "_" .. my .. ".pack")
 end
 
 --- Disk: the bytes of a tile in the shared pool; nil (no error) if it is not there.
 function _M.read_pool(hash)
-    return read_file(cfg.path .. "/blobs/" .. sub(hash, 1, 2) .. "/" .. sub(hash, 3, 4) .. "/" .. hash)
+    return read_file(cfg.path .. "/blobs/" .. sub(hash, 1, 2) .. "/" .. hash)
 end
 
 -- redis -----------------------------------------------------------------------

@@ -3,8 +3,13 @@
 Layout (docs/storage.md; nginx reads it directly)::
 
     {path}/gc.lock                                   flock: writers shared, collector exclusive
-    {path}/tiles/{layer}/{z}/{mx}/{my}.pack          one pack per metatile
-    {path}/blobs/{h[0:2]}/{h[2:4]}/{h}               the pool: encoded tile bytes by content hash
+    {path}/tiles/{layer}/{z}/{bx}/{by}/{mx}_{my}.pack    one pack per metatile
+    {path}/blobs/{h[0:2]}/{h}                        the pool: encoded tile bytes by content hash
+
+``mx``, ``my`` number the metatile (``x0 // n``, ``y0 // n``), and
+``bx = mx >> 5``, ``by = my >> 5`` its block of 32 x 32 metatiles: a
+directory holds at most 1024 packs, or 2048 blocks at zoom 19, and a small
+area takes a few directories per zoom (directories cost a block each).
 
 A pack of an ``n x n`` metatile with ``D`` distinct non-empty tiles is,
 byte for byte (integers unsigned little-endian; ``E = 64 + 2 n²``):
@@ -80,6 +85,9 @@ TMP_MAX_AGE = 3600.0
 SWEEP_BATCH = 1000
 #: A pack file's suffix.
 PACK_EXT = "pack"
+#: A directory of packs holds a block of 2^BLOCK_BITS x 2^BLOCK_BITS metatiles.
+BLOCK_BITS = 5
+PACK_NAME_RE = re.compile(r"([0-9]{1,10})_([0-9]{1,10})\.pack")
 #: A pack's magic and format version; ``MAGIC`` (the ASCII index) is the previous format.
 PACK_MAGIC = b"RPYP2 "
 #: Where the header holds D, the number of distinct tiles, in 4 digits.
@@ -232,6 +240,13 @@ def _numbered(path: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def _blocks(zdir: str) -> Iterator[tuple[int, int, str]]:
+    """(bx, by, path) of the block directories of a zoom directory, in order."""
+    for bx, xdir in _numbered(zdir):
+        for by, bdir in _numbered(xdir):
+            yield bx, by, bdir
+
+
 def _twice(read: Callable[[], tuple[T, bool]]) -> T:
     """``read()`` gives (result, complete); an incomplete read (a pool blob
     the pack named was gone: the pack was replaced and the blob collected
@@ -266,12 +281,14 @@ class DiskStore(Store):
     # --- paths -----------------------------------------------------------
     def pack_path(self, layer: str, meta: Meta) -> str:
         check_layer(layer)
-        return os.path.join(self.tiles_dir, layer, str(meta.z), str(meta.mx), f"{meta.my}.{PACK_EXT}")
+        mx, my = meta.mx, meta.my
+        return os.path.join(self.tiles_dir, layer, str(meta.z), str(mx >> BLOCK_BITS), str(my >> BLOCK_BITS),
+                            f"{mx}_{my}.{PACK_EXT}")
 
     def pool_path(self, digest: str) -> str:
         if not HASH_RE.fullmatch(digest):
             raise StoreError(f"malformed content hash {digest[:40]!r}")
-        return os.path.join(self.pool_dir, digest[0:2], digest[2:4], digest)
+        return os.path.join(self.pool_dir, digest[0:2], digest)
 
     # --- locking ---------------------------------------------------------
     @contextmanager
@@ -468,27 +485,25 @@ class DiskStore(Store):
         root = os.path.join(self.tiles_dir, layer)
         zooms = _numbered(root) if zoom is None else [(zoom, os.path.join(root, str(zoom)))]
         for z, zdir in zooms:
-            for mx, xdir in _numbered(zdir):
-                for my, path in self._packs_in(xdir):
-                    yield path, (z, mx, my)
+            for bx, by, bdir in _blocks(zdir):
+                for mx, my, path in self._packs_in(bdir):
+                    if mx >> BLOCK_BITS == bx and my >> BLOCK_BITS == by:
+                        yield path, (z, mx, my)
 
     @staticmethod
-    def _packs_in(xdir: str) -> list[tuple[int, str]]:
+    def _packs_in(bdir: str) -> list[tuple[int, int, str]]:
         out = []
-        for e in _scandir(xdir):
-            stem, dot, ext = e.name.partition(".")
-            if ext == PACK_EXT and NUMBER_RE.fullmatch(stem):
-                out.append((int(stem), e.path))
+        for e in _scandir(bdir):
+            m = PACK_NAME_RE.fullmatch(e.name)
+            if m:
+                out.append((int(m[1]), int(m[2]), e.path))
         return sorted(out)
 
     def _pool_entries(self) -> Iterator[os.DirEntry]:
         """Every file under ``blobs/`` (pool blobs and temporary files)."""
         for a in _scandir(self.pool_dir):
-            if not a.is_dir(follow_symlinks=False):
-                continue
-            for b in _scandir(a.path):
-                if b.is_dir(follow_symlinks=False):
-                    yield from _scandir(b.path)
+            if a.is_dir(follow_symlinks=False):
+                yield from _scandir(a.path)
 
     # --- writing ---------------------------------------------------------
     def put_metatile(self, layer: str, index: MetaIndex, blobs: dict[str, bytes]) -> int:
@@ -698,8 +713,8 @@ class DiskStore(Store):
         limit = time.time_ns() - int(TMP_MAX_AGE * 1e9)
         for layer in self.layers():
             for _, zdir in _numbered(os.path.join(self.tiles_dir, layer)):
-                for _, xdir in _numbered(zdir):
-                    for e in _scandir(xdir):
+                for _, _, bdir in _blocks(zdir):
+                    for e in _scandir(bdir):
                         if _is_tmp(e.name) and _mtime_ns(e) < limit:
                             _unlink_quietly(e.path)
 

@@ -84,6 +84,7 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local io_open = io.open
 local find = string.find
+local sub = string.sub
 local type = type
 local tostring = tostring
 local tonumber = tonumber
@@ -330,12 +331,21 @@ end
 
 -- store -----------------------------------------------------------------------
 
--- the whole metatile into the hot cache, from the pack already read
-local function fill_from_disk(premature, layer_name, raw, h)
+local function pack_error(t, err)
+    return "disk pack " .. t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+end
+
+-- the whole metatile into the hot cache (disk), after the response
+local function fill_from_disk(premature, t)
     if premature then
         return
     end
-    local idx, blobs, pooled = pack.decode(raw, h)
+    local raw = store.read_pack(t.layer.name, t.z, t.mx, t.my)
+    local h = raw and pack.header(raw, t.z, t.x0, t.y0, t.n)
+    local idx, blobs, pooled
+    if h then
+        idx, blobs, pooled = pack.decode(raw, h)
+    end
     if not idx then
         return
     end
@@ -345,38 +355,77 @@ local function fill_from_disk(premature, layer_name, raw, h)
             blobs[pooled[i]] = data
         end
     end
-    local evicted = cache.put_metatile(layer_name, idx, h, blobs)
+    local evicted = cache.put_metatile(t.layer.name, idx, h, blobs)
     if evicted > 0 then
         metrics.incr("renderd_cache_evictions_total", nil, evicted)
     end
 end
 
-local function pack_error(t, err)
-    return "disk pack " .. t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+-- the first bytes of a pack read at once: the whole head of a metatile of
+-- 8 x 8 (64 + 2 * 64 + 24 * 64 bytes at most), and often its tiles too
+local HEAD_READ = 4096
+
+-- t's header, hash and bytes from its pack (bytes false: in the pool), or
+-- nil, err, earlier; false if the metatile is not stored. Reads the head,
+-- then only the tile's bytes.
+local function read_from_pack(t)
+    local f, err = store.open_pack(t.layer.name, t.z, t.mx, t.my)
+    if not f then
+        if err then
+            return nil, err
+        end
+        return false
+    end
+    local raw = f:read(HEAD_READ) or ""
+    local size = f:seek("end")
+    local h, earlier
+    h, err, earlier = pack.header(raw, t.z, t.x0, t.y0, t.n, size)
+    if h and #raw < h.head then
+        f:seek("set", #raw)
+        raw = raw .. (f:read(h.head - #raw) or "")
+    end
+    local hash, off, len
+    if h then
+        hash, off, len = pack.locate(raw, h, t.i)
+        err = off
+    end
+    local body = off
+    if hash and off then
+        if off + len <= #raw then
+            body = sub(raw, off + 1, off + len)
+        else
+            f:seek("set", off)
+            body = f:read(len)
+            if not body or #body ~= len then
+                hash, err = nil, "short read of a tile"
+            end
+        end
+    end
+    f:close()
+    if not h or hash == nil then
+        return nil, err, earlier
+    end
+    return h, hash, body
 end
 
 -- the disk store: t's pack, and its pool file if the tile is in the pool
 local function from_disk(t, xcache)
-    local name = t.layer.name
-    local raw, h, hash, body, err, earlier
+    local h, hash, body, err
     for attempt = 1, 2 do
-        raw, err = store.read_pack(name, t.z, t.mx, t.my)
-        if not raw then
-            return false, err
-        end
-        h, err, earlier = pack.header(raw, t.z, t.x0, t.y0, t.n)
-        if earlier then -- not converted: render it again, as if absent
-            log.once(WARN, "pack-earlier", pack_error(t, err),
-                     "; such packs count as absent and are rendered again")
+        local second, third
+        h, second, third = read_from_pack(t)
+        if h == false then
             return false
         end
         if not h then
-            return false, pack_error(t, err)
+            if third then -- an earlier format, not converted: render it again
+                log.once(WARN, "pack-earlier", pack_error(t, second),
+                         "; such packs count as absent and are rendered again")
+                return false
+            end
+            return false, pack_error(t, second)
         end
-        hash, body = pack.tile(raw, h, t.i)
-        if hash == nil then
-            return false, pack_error(t, body)
-        end
+        hash, body = second, third
         if not hash or body then
             break
         end
@@ -397,8 +446,8 @@ local function from_disk(t, xcache)
         render.refresh(t)
     end
     -- the whole metatile into the hot cache, after this response
-    if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
-        timer_at(0, fill_from_disk, name, raw, h)
+    if locks:add("f|" .. t.layer.name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
+        timer_at(0, fill_from_disk, t)
     end
     return send(t, hash, body, h.rendered, xcache)
 end

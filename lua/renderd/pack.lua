@@ -12,11 +12,15 @@
 --   then                  the bytes of the tiles kept in the pack
 --
 --   local pack = require "renderd.pack"
---   local h, err, earlier = pack.header(raw, z, x0, y0, n)
---       -- {stale, z, x0, y0, n, rendered, data, ext, count, head} of the pack of
---       -- that metatile; earlier = true if raw is a pack of the earlier format
---   local hash, bytes = pack.tile(raw, h, i)   -- entry i (0-based): hash false for
---       -- no tile, bytes false for a tile in the pool; nil, err if corrupt
+--   local h, err, earlier = pack.header(raw, z, x0, y0, n [, size])
+--       -- {stale, z, x0, y0, n, rendered, data, ext, count, head, size} of the
+--       -- pack of that metatile; earlier = true if raw is a pack of the earlier
+--       -- format. raw: the whole pack, or its first bytes and `size` the
+--       -- file's (then read up to h.head before calling locate)
+--   local hash, off, len = pack.locate(raw, h, i)  -- entry i (0-based): hash false
+--       -- for no tile, off false for a tile in the pool; nil, err if corrupt
+--   local hash, bytes = pack.tile(raw, h, i)   -- the same with the tile's bytes
+--       -- from a whole pack (bytes false for a tile in the pool)
 --   local idx, inline, pooled = pack.decode(raw, h)  -- the whole head: the index
 --       -- (renderd.index format), {hash = bytes} kept in the pack, {hash, ...} in
 --       -- the pool, in index order; nil, err if corrupt
@@ -52,7 +56,7 @@ local FIELDS = {
 
 --- The header of the pack of metatile (z, x0, y0, n) (see above); nil, err,
 -- earlier if raw is not that, or is shorter than its head.
-function _M.header(raw, z, x0, y0, n)
+function _M.header(raw, z, x0, y0, n, size)
     if type(raw) ~= "string" or #raw < HEADER_SIZE or sub(raw, 1, 6) ~= MAGIC then
         local earlier = type(raw) == "string" and sub(raw, 1, 6) == EARLIER
         return nil, earlier and "a pack of an earlier format (RPYI1)" or "not a metatile pack", earlier
@@ -72,7 +76,8 @@ function _M.header(raw, z, x0, y0, n)
         return nil, "corrupt count of distinct tiles"
     end
     h.head = HEADER_SIZE + ENTRY_SIZE * n * n + RECORD_SIZE * h.count
-    if #raw < h.head then
+    h.size = size or #raw
+    if h.size < h.head then
         return nil, "truncated pack"
     end
     return h
@@ -91,7 +96,7 @@ local function record(raw, h, k)
         return nil, "record " .. k .. " has no hash"
     end
     local off, len = u32(raw, p + 16), u32(raw, p + 20)
-    if (off ~= 0 or len ~= 0) and (off < h.head or off + len > #raw) then
+    if (off ~= 0 or len ~= 0) and (off < h.head or off + len > h.size) then
         return nil, "location " .. off .. "/" .. len .. " of record " .. k .. " is outside the pack's tiles"
     end
     return hash, off, len
@@ -107,9 +112,10 @@ local function entry(raw, h, i)
     return k
 end
 
---- Entry i (0-based): its hash and its bytes kept in the pack; hash false
--- for no tile, bytes false for a tile in the pool; nil, err if corrupt.
-function _M.tile(raw, h, i)
+--- Entry i (0-based): its hash and where its bytes are in the pack (offset
+-- from the start, length); hash false for no tile, offset false for a tile
+-- in the pool; nil, err if corrupt. Needs raw up to h.head only.
+function _M.locate(raw, h, i)
     local k, err = entry(raw, h, i)
     if not k then
         return nil, err
@@ -124,7 +130,18 @@ function _M.tile(raw, h, i)
     if off == 0 and len == 0 then
         return hash, false
     end
-    return hash, sub(raw, off + 1, off + len)
+    return hash, off, len
+end
+
+--- Entry i (0-based) of a whole pack: its hash and its bytes kept in the
+-- pack; hash false for no tile, bytes false for a tile in the pool; nil,
+-- err if corrupt.
+function _M.tile(raw, h, i)
+    local hash, off, len = _M.locate(raw, h, i)
+    if hash and off then
+        return hash, sub(raw, off + 1, off + len)
+    end
+    return hash, off
 end
 
 --- The whole head: the index as renderd.index reads it (what the hot cache

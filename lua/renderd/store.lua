@@ -4,6 +4,7 @@
 --   store.configure(cfg.store, ngx.shared.rpy_locks)
 --   -- disk: the metatile's pack file (renderd.pack reads it), a pool tile
 --   local raw, err = store.read_pack(layer, z, mx, my)    -- nil, nil = absent
+--   local f, err = store.open_pack(layer, z, mx, my)      -- the same, as an open file
 --   local bytes, err = store.read_pool(hash)               -- nil, nil = absent
 --   -- redis: one tile and its index's header in one round trip (TILE_SCRIPT)
 --   local r, err = store.read_tile(layer, z, mx, my, i)
@@ -168,14 +169,27 @@ local function read_file(path)
     return data
 end
 
---- Disk: the bytes of a metatile's pack; nil (no error) if it is not stored.
-function _M.read_pack(layer, z, mx, my)
-    -- {z}/{block x}/{block y}/{mx}_{my}.pack, blocks of 32 x 32 metatiles
-    return read_file(cfg.path .. "/tiles/" .. layer .. "/" .. z .. "/" .. rshift(mx, 5) .. "/"
-                     .. rshift(my, 5) .. "/" .. mx .. "_" .. my .. ".pack")
+-- {z}/{block x}/{block y}/{mx}_{my}.pack, blocks of 32 x 32 metatiles
+local function pack_path(layer, z, mx, my)
+    return cfg.path .. "/tiles/" .. layer .. "/" .. z .. "/" .. rshift(mx, 5) .. "/"
+        .. rshift(my, 5) .. "/" .. mx .. "_" .. my .. ".pack"
 end
 
---- Disk: the bytes of a tile in the shared pool; nil (no error) if it is not there.
+--- Disk: the bytes of a metatile's pack; nil (no error) if it is not stored.
+function _M.read_pack(layer, z, mx, my)
+    return read_file(pack_path(layer, z, mx, my))
+end
+
+--- Disk: a metatile's pack opened for reading (the caller closes it); nil
+-- (no error) if it is not stored.
+function _M.open_pack(layer, z, mx, my)
+    local f, err = io_open(pack_path(layer, z, mx, my), "rb")
+    if not f and find(err, "No such file", 1, true) then
+        return nil
+    end
+    return f, err
+end
+
 function _M.read_pool(hash)
     return read_file(cfg.path .. "/blobs/" .. sub(hash, 1, 2) .. "/" .. hash)
 end

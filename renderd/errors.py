@@ -4,6 +4,9 @@ The CLI turns a ``UsageError`` into exit status 2 and any other
 ``RenderdError`` into exit status 1, each as one line on stderr.
 """
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class RenderdError(Exception):
     """Root of every error this package raises on purpose."""
@@ -11,6 +14,20 @@ class RenderdError(Exception):
 
 class UsageError(RenderdError, ValueError):
     """Bad input from the user: arguments, a request, an area file."""
+
+
+@contextmanager
+def file_errors_as_usage(what: str) -> Iterator[None]:
+    """Turn an ``OSError`` of opening or reading ``what`` (e.g. "area file
+    PATH", a file the user named) into a one-line ``UsageError``."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UsageError(f"{what} not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} is a directory") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {what}: {e.strerror or e}") from None
 
 
 class ConfigError(UsageError):

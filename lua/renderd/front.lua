@@ -335,6 +335,22 @@ local function pack_error(t, err)
     return "disk pack " .. t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
 end
 
+-- a metatile read from the store into the hot cache
+local function put_metatile(t, raw_index, h, blobs)
+    local evicted = cache.put_metatile(t.layer.name, raw_index, h, blobs)
+    if evicted > 0 then
+        metrics.incr("renderd_cache_evictions_total", nil, evicted)
+    end
+end
+
+-- fill(premature, t) from a timer, after this response: once across the
+-- workers for a metatile within 5 s (purge.lua drops the lock)
+local function fill_later(t, fill)
+    if locks:add("f|" .. t.layer.name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
+        timer_at(0, fill, t)
+    end
+end
+
 -- the whole metatile into the hot cache (disk), after the response
 local function fill_from_disk(premature, t)
     if premature then
@@ -355,10 +371,7 @@ local function fill_from_disk(premature, t)
             blobs[pooled[i]] = data
         end
     end
-    local evicted = cache.put_metatile(t.layer.name, idx, h, blobs)
-    if evicted > 0 then
-        metrics.incr("renderd_cache_evictions_total", nil, evicted)
-    end
+    put_metatile(t, idx, h, blobs)
 end
 
 -- the first bytes of a pack read at once: the whole head of a metatile of
@@ -445,10 +458,7 @@ local function from_disk(t, xcache)
         xcache = "STALE"
         render.refresh(t)
     end
-    -- the whole metatile into the hot cache, after this response
-    if locks:add("f|" .. t.layer.name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
-        timer_at(0, fill_from_disk, t)
-    end
+    fill_later(t, fill_from_disk)
     return send(t, hash, body, h.rendered, xcache)
 end
 
@@ -468,10 +478,7 @@ function fill_from_redis(premature, t)
     end
     local h = index.check(raw, t.z, t.x0, t.y0, t.n)
     if h then
-        local evicted = cache.put_metatile(name, raw, h, blobs)
-        if evicted > 0 then
-            metrics.incr("renderd_cache_evictions_total", nil, evicted)
-        end
+        put_metatile(t, raw, h, blobs)
     end
 end
 
@@ -492,9 +499,7 @@ local function from_redis(t, xcache)
         xcache = "STALE"
         render.refresh(t)
     end
-    if locks:add("f|" .. name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0, true, 5) then
-        timer_at(0, fill_from_redis, t)
-    end
+    fill_later(t, fill_from_redis)
     local hash = r.hash
     if not hash then
         return empty(t, h.rendered, xcache)

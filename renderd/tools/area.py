@@ -27,7 +27,7 @@ import shapely
 from shapely.geometry import box, mapping, shape
 from shapely.validation import explain_validity
 
-from ..errors import UsageError
+from ..errors import UsageError, file_errors_as_usage
 from ..tilemath import BBox, Meta, metatile_size, parse_bbox, tile_range
 
 MAX_LAT = 85.0511287798066
@@ -174,15 +174,8 @@ def _meta_box(m: Meta) -> tuple[float, float, float, float]:
 def _read(path: str) -> str:
     if not path:
         raise UsageError("--area needs a file name")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(256 * 1024 * 1024 + 1)
-    except FileNotFoundError:
-        raise UsageError(f"area file {path} not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"area file {path} is a directory") from None
-    except OSError as e:
-        raise UsageError(f"cannot read area file {path}: {e.strerror or e}") from None
+    with file_errors_as_usage(f"area file {path}"), open(path, "rb") as f:
+        raw = f.read(256 * 1024 * 1024 + 1)
     if len(raw) > 256 * 1024 * 1024:
         raise UsageError(f"area file {path} is larger than 256 MB")
     try:

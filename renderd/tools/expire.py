@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 
 from .. import protocol as p
 from ..client import Client
-from ..errors import DaemonError, UsageError
+from ..errors import DaemonError, UsageError, file_errors_as_usage
 from ..store.base import Store
 from ..tilemath import Meta, Tile, metatile_of, metatile_size, valid_tile
 from .seed import StopFlag, Window, connect
@@ -242,11 +242,5 @@ def open_input(path: str | None) -> TextIO:
     import sys
     if path in (None, "-"):
         return sys.stdin
-    try:
+    with file_errors_as_usage(f"expiry list {path}"):
         return open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise UsageError(f"expiry list {path} not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"expiry list {path} is a directory") from None
-    except OSError as e:
-        raise UsageError(f"cannot read expiry list {path}: {e.strerror or e}") from None

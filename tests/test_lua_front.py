@@ -175,6 +175,9 @@ def tile_path(z, x, y, layer="world", ext="png"):
 
 
 def runtime(store: dict, broker: str, **kw) -> dict:
+    if store.get("kind") == "redis":
+        from renderd.store.redis import META_SCRIPT
+        store = {"meta_script": META_SCRIPT, **store}
     rt = {"broker": broker, "timeout": 3, "store": store, "layers": [LAYER],
           "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
     rt.update(kw)
@@ -634,6 +637,28 @@ def test_redis_down_and_broker_silent(nginx_factory, tmp_path, broker, how):
         srv.stop()
 
 
+def test_redis_worker_keeps_repeated_blobs(nginx_factory, redis_store, redis_url, broker):
+    """A dict miss reads the index up to the tile's entry, then the blob; a
+    blob that two or more indexes name (the 'ocean' column) is kept by the
+    worker (its bytes never change for its hash), a blob of one index is
+    read each time."""
+    ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint, hot_ttl=0.001), workers=1)
+    for m in (Meta(9, 0, 0, 8), Meta(9, 8, 0, 8)):
+        redis_store.put_metatile("world", *make_meta("world", m))
+    ocean, unique = content_hash(tile_bytes("world", 9, 0, 0)), content_hash(tile_bytes("world", 9, 1, 1))
+    mon = RedisMonitor(redis_url)
+    try:
+        for x, y in ((0, 0), (9, 0), (3, 2), (1, 1), (1, 1)):
+            time.sleep(0.01)                       # (past the hot cache's 1 ms)
+            assert_tile(request(ng.port, tile_path(9, x, y)), 9, x, y, "STORE")
+        time.sleep(0.3)
+        gets = [c for c in mon.calls if c.upper().startswith("GET ") and ":blob:" in c]
+        assert sum(1 for c in gets if ocean in c) == 1, gets
+        assert sum(1 for c in gets if unique in c) == 2, gets
+    finally:
+        mon.close()
+
+
 def test_redis_connection_killed_or_scripts_flushed(nginx_factory, redis_store, redis_url, broker):
     """The worker's pipelined Redis connection: a connection the server
     closes is replaced (the commands lost with it are sent again), and a
@@ -804,17 +829,15 @@ def test_metrics_without_daemon(nginx_factory, tmp_path):
     assert "renderd_daemon_up 0" in text
 
 
-def test_redis_script_matches_python(nginx_factory, tmp_path):
-    from renderd.store.redis import LUA_DISTINCT, LUA_SIZE, META_SCRIPT, TILE_SCRIPT
-    ng = nginx_factory(extra_server="""
+def test_redis_fill_script_comes_from_the_runtime_config(nginx_factory, redis_url, broker):
+    """nginx runs renderd/store/redis.py's META_SCRIPT, passed in the runtime
+    JSON (no copy of it in Lua); a Redis store without it is refused."""
+    from renderd.store.redis import META_SCRIPT
+    ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint), extra_server="""
         location = /t/sha { content_by_lua_block {
-            local store = require("renderd.store")
-            ngx.print(store.META_SHA, " ", store.TILE_SHA) } }
+            ngx.print(require("renderd.store").META_SHA) } }
     """)
-    want = " ".join(hashlib.sha1(x.encode()).hexdigest() for x in (META_SCRIPT, TILE_SCRIPT))
-    r = request(ng.port, "/t/sha")
-    assert r.body.decode() == want, "lua/renderd/store.lua's scripts differ from renderd/store/redis.py"
-    assert LUA_DISTINCT in META_SCRIPT and LUA_SIZE in TILE_SCRIPT
+    assert request(ng.port, "/t/sha").body.decode() == hashlib.sha1(META_SCRIPT.encode()).hexdigest()
 
 
 def test_cache_buster_and_absolute_uri(front):
@@ -830,6 +853,7 @@ def test_cache_buster_and_absolute_uri(front):
     ({"layers": []}, "layers missing"),
     ({"broker": "udp://1.2.3.4:5"}, "broker"),
     ({"store": {"kind": "s3"}}, "unknown store kind"),
+    ({"store": {"kind": "redis", "prefix": "rpy"}}, "store.meta_script missing"),
     ({"layers": [dict(LAYER, name="a/b")]}, "layers[1].name"),
     ({"layers": [dict(LAYER, maxzoom=31)]}, "zooms"),
     ({"dicts": {"tiles": "nope"}}, "lua_shared_dict nope"),
@@ -894,7 +918,8 @@ def test_render_over_ipc(nginx_factory, tmp_path, disk_store):
 
 
 class RedisMonitor:
-    """The EVALSHA/EVAL calls a redis-server receives, by script SHA (MONITOR)."""
+    """The script calls (EVALSHA/EVAL) and reads (GETRANGE, GET) a
+    redis-server receives (MONITOR)."""
 
     def __init__(self, url: str):
         import redis
@@ -907,14 +932,17 @@ class RedisMonitor:
     def run(self):
         try:
             while True:
-                cmd = self.mon.next_command()["command"]
-                if cmd.upper().startswith(("EVALSHA ", "EVAL ")):
+                got = self.mon.next_command()
+                cmd = got["command"]
+                if got.get("client_type") == "lua":      # run by a script
+                    continue
+                if cmd.upper().startswith(("EVALSHA ", "EVAL ", "GETRANGE ", "GET ")):
                     self.calls.append(cmd)
         except Exception:
             pass
 
-    def count(self, sha: str) -> int:
-        return sum(1 for c in self.calls if sha in c)
+    def count(self, word: str) -> int:
+        return sum(1 for c in self.calls if word in c)
 
     def close(self):
         self.mon.__exit__()
@@ -922,14 +950,19 @@ class RedisMonitor:
 
 
 def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, redis_url, broker):
-    """A dict miss reads one tile (TILE_SCRIPT); concurrent requests for that
-    tile in a worker share the read; the metatile goes into the dict once
-    (META_SCRIPT from a timer), however many of its tiles are asked for."""
-    from renderd.store.redis import META_SCRIPT, TILE_SCRIPT
+    """A dict miss reads one tile (the index up to its entry, GETRANGE);
+    concurrent requests for that tile in a worker share the read; the
+    metatile goes into the dict once (META_SCRIPT from a timer), however
+    many of its tiles are asked for."""
+    from renderd.store.redis import META_SCRIPT
     ng = redis_front
     meta = Meta(11, 800, 800, 8)
     redis_store.put_metatile("world", *make_meta("world", meta))
-    tile_sha, meta_sha = (hashlib.sha1(x.encode()).hexdigest() for x in (TILE_SCRIPT, META_SCRIPT))
+    meta_sha = hashlib.sha1(META_SCRIPT.encode()).hexdigest()
+    key = redis_store.index_key("world", meta)
+
+    def tile_reads():
+        return sum(1 for c in mon.calls if c.upper().startswith("GETRANGE") and key in c)
     mon = RedisMonitor(redis_url)
     try:
         def one(t):
@@ -940,7 +973,7 @@ def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, r
             time.sleep(0.3)
             # 48 requests at once for one tile: one read per nginx worker (2)
             # while the first is under way, plus a few that came just after
-            assert 1 <= mon.count(tile_sha) <= 8, mon.count(tile_sha)
+            assert 1 <= tile_reads() <= 8, mon.calls
             results += list(pool.map(one, [(11, t.x, t.y) for t in meta_tiles(meta)]))
         for t, res in results:
             assert_tile(res, *t, res.h("x-cache"))

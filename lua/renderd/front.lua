@@ -24,7 +24,8 @@
 --    "timeout": 30,                       -- seconds a missing tile waits
 --    "store": {"kind": "disk", "path": "/var/cache/renderd-py"}
 --           | {"kind": "redis", "host": "127.0.0.1", "port": 6379, "db": 0,
---              "password": null, "prefix": "rpy", "socket": null},
+--              "password": null, "prefix": "rpy", "socket": null,
+--              "meta_script": "..."},
 --    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
 --                "ext": "png", "content_type": "image/png",
 --                "cache_control": "public, max-age=3600", "tile_size": 256}],
@@ -39,10 +40,12 @@
 -- layer's own "cors" wins), "metrics_interval" 1 (seconds between two
 -- flushes of a worker's counters into the metrics dict).
 --
--- Redis dict misses: one TILE_SCRIPT round trip (the tile, its index's
--- header) on the worker's pipelined connection (renderd.pipeline) answers
--- the request; the whole metatile goes into the hot cache afterwards, from
--- a timer, once across workers (lock "f|layer/z/x0/y0", as for disk).
+-- Redis dict misses: the index up to the tile's entry, then the tile's blob
+-- unless the worker keeps it (plain commands on the worker's pipelined
+-- connection, renderd.pipeline) answer the request; the whole metatile goes
+-- into the hot cache afterwards, from a timer, once across workers (lock
+-- "f|layer/z/x0/y0", as for disk), with the script the runtime config holds
+-- (store "meta_script", renderd/store/redis.py's META_SCRIPT).
 --
 -- Request path: validate (renderd.path; 400/404/405 before any I/O) ->
 -- hot cache (X-Cache: HIT) -> store (STORE, or STALE plus a background
@@ -482,7 +485,28 @@ function fill_from_redis(premature, t)
     end
 end
 
--- the Redis store: t's entry, blob and index header in one round trip; the
+-- parsed index headers by their 64 bytes, per worker (the tiles of a
+-- metatile share theirs; the stale flag and times are part of the bytes)
+local headers, nheaders = {}, 0
+
+local function redis_header(head, t)
+    local h = headers[head]
+    if h and h.z == t.z and h.x0 == t.x0 and h.y0 == t.y0 and h.n == t.n then
+        return h
+    end
+    local err
+    h, err = index.check(head, t.z, t.x0, t.y0, t.n, true)
+    if h then
+        if nheaders >= 4096 then
+            headers, nheaders = {}, 0
+        end
+        headers[head] = h
+        nheaders = nheaders + 1
+    end
+    return h, err
+end
+
+-- the Redis store: t's entry, blob and index header (store.read_tile); the
 -- whole metatile goes into the hot cache from a timer (once across workers)
 local function from_redis(t, xcache)
     local name = t.layer.name
@@ -491,7 +515,7 @@ local function from_redis(t, xcache)
         return false, err
     end
     local h
-    h, err = index.check(r.header, t.z, t.x0, t.y0, t.n, true)
+    h, err = redis_header(r.header, t)
     if not h then
         return false, "redis index " .. name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
     end

@@ -3,11 +3,13 @@
 --   local pipeline = require "renderd.pipeline"
 --   pipeline.configure({ host = "127.0.0.1", port = 6379, socket = nil,
 --                        password = nil, db = 0, timeout_ms = 1000 })
---   local res, err = pipeline.call(pipeline.command({ "EVALSHA", sha, 1, key }))
---   -- (or a prepared start: pipeline.command({ "EVALSHA", sha, 1 }, 4) .. pipeline.arg(key))
+--   local res, err = pipeline.call(pipeline.command({ "GET", key }))
+--   -- (or a prepared start: pipeline.command({ "GETRANGE" }, 4) .. pipeline.arg(key) ...)
 --   -- res: a string, number, table or ngx.null; nil, err on failure: err
 --   -- starts with "redis connect: " (no connection), is "timeout" or
 --   -- "closed"..., or is Redis's own error reply ("NOSCRIPT ...", "ERR ...")
+--   -- several commands sent together, their n replies as a list:
+--   local list, err = pipeline.call(cmd1 .. cmd2, nil, 2)
 --
 -- Why: a request's own round trip over a pooled connection costs a send, a
 -- receive and a wake-up on both sides (in nginx and in Redis) per request;
@@ -155,6 +157,9 @@ local function broken(s, err)
         sent[i] = nil
         if again and not job.retried and not job.abandoned then
             job.retried = true
+            if job.n then
+                job.got, job.list, job.first_err = 0, {}, nil
+            end
             nq = nq + 1
             queue[nq] = job
         else
@@ -244,9 +249,29 @@ local function deliver(s, data)
         end
         pos = nxt
         local job = sent[head]
-        sent[head] = nil
-        head = head + 1
-        finish(job, v, err)
+        local n = job.n
+        if n then
+            -- a job of n commands: its replies as a list (the first error fails it)
+            local got = job.got + 1
+            job.got = got
+            job.list[got] = v
+            if err and not job.first_err then
+                job.first_err = err
+            end
+            if got == n then
+                sent[head] = nil
+                head = head + 1
+                if job.first_err then
+                    finish(job, nil, job.first_err)
+                else
+                    finish(job, job.list)
+                end
+            end
+        else
+            sent[head] = nil
+            head = head + 1
+            finish(job, v, err)
+        end
     end
     unread = sub(b, pos)
 end
@@ -313,22 +338,26 @@ local function start()
 end
 
 --- Send a command (from _M.command) and wait for its reply, up to
--- timeout seconds (default: twice the connection's timeout).
-function _M.call(req, timeout)
+-- timeout seconds (default: twice the connection's timeout). With
+-- nreplies, req holds that many commands and the reply is their replies' list.
+function _M.call(req, timeout, nreplies)
     if not running then
         local ok, err = start()
         if not ok then
             return nil, "cannot start the redis pipeline: " .. tostring(err)
         end
     end
-    local n = #spare
-    local sema = spare[n]
+    local k = #spare
+    local sema = spare[k]
     if sema then
-        spare[n] = nil
+        spare[k] = nil
     else
         sema = semaphore.new()
     end
     local job = { req = req, sema = sema }
+    if nreplies then
+        job.n, job.got, job.list = nreplies, 0, {}
+    end
     nq = nq + 1
     queue[nq] = job
     if nq == 1 then

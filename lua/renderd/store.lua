@@ -6,9 +6,10 @@
 --   local raw, err = store.read_pack(layer, z, mx, my)    -- nil, nil = absent
 --   local f, err = store.open_pack(layer, z, mx, my)      -- the same, as an open file
 --   local bytes, err = store.read_pool(hash)               -- nil, nil = absent
---   -- redis: one tile and its index's header in one round trip (TILE_SCRIPT)
+--   -- redis: one tile, its hash and its index's header (plain commands)
 --   local r, err = store.read_tile(layer, z, mx, my, i)
---   -- redis: index and every distinct blob in one round trip (META_SCRIPT)
+--   -- redis: index and every distinct blob in one round trip (the metatile
+--   -- script, whose text comes in the runtime config from nginx-conf)
 --   local raw, blobs, err, leader = store.read_metatile(layer, z, mx, my)
 --
 -- Disk layout: {path}/tiles/{layer}/{z}/{mx >> 5}/{my >> 5}/{mx}_{my}.pack and
@@ -24,6 +25,7 @@ local index = require "renderd.index"
 local semaphore = require "ngx.semaphore"
 local rshift = require("bit").rshift
 local pipeline = require "renderd.pipeline"
+local lrucache = require "resty.lrucache"
 
 local io_open = io.open
 local sub = string.sub
@@ -41,77 +43,25 @@ local sha1_bin = ngx.sha1_bin
 
 local _M = { _VERSION = "0.1.0" }
 
--- The same text as renderd/store/redis.py's LUA_SIZE, LUA_DISTINCT,
--- TILE_SCRIPT and META_SCRIPT, so the SHAs are the ones the Python side
--- loads too (docs/storage.md; a test compares them).
-local SIZE = [[
-local EMPTY = string.rep('0', 32)
-local function size(raw)
-  if type(raw) ~= 'string' or #raw < 64 or string.sub(raw, 1, 6) ~= 'RPYI1 ' then return nil end
-  local n = tonumber(string.sub(raw, 28, 29))
-  if not n or #raw ~= 64 + n * n * 33 then return nil end
-  return n
-end
-]]
-
-local DISTINCT = SIZE .. [[
-local function distinct(raw)
-  local n = size(raw)
-  if not n then return nil end
-  local out, seen = {}, {}
-  for i = 0, n * n - 1 do
-    local p = 65 + i * 33
-    local h = string.sub(raw, p, p + 31)
-    if h ~= EMPTY and not seen[h] then
-      seen[h] = true
-      out[#out + 1] = h
-    end
-  end
-  return out
-end
-]]
-
--- KEYS[1] index key, ARGV[1] prefix, ARGV[2] entry; nil if no index, else
--- the index's 64-byte header .. the entry (32 hex digits, zeros: no tile)
--- .. the tile's bytes (none if empty or missing)
-_M.TILE_SCRIPT = SIZE .. [[
-local raw = redis.call('GET', KEYS[1])
-local n = size(raw)
-if not n then return nil end
-local i = tonumber(ARGV[2])
-if not i or i < 0 or i >= n * n or i % 1 ~= 0 then
-  return redis.error_reply('ERR entry ' .. tostring(ARGV[2]) .. ' is outside the index')
-end
-local p = 65 + i * 33
-local h = string.sub(raw, p, p + 31)
-local blob = ''
-if h ~= EMPTY then blob = redis.call('GET', ARGV[1] .. ':blob:' .. h) or '' end
-return string.sub(raw, 1, 64) .. h .. blob
-]]
-
--- KEYS[1] index key, ARGV[1] prefix; nil if no index, else {index, blob...}:
--- one blob per distinct non-empty hash in order of first appearance ('' if
--- missing)
-_M.META_SCRIPT = DISTINCT .. [[
-local raw = redis.call('GET', KEYS[1])
-local hashes = distinct(raw)
-if not hashes then return nil end
-local out = {raw}
-for _, h in ipairs(hashes) do out[#out + 1] = redis.call('GET', ARGV[1] .. ':blob:' .. h) or '' end
-return out
-]]
-
 local function hex(s)
     return (gsub(s, ".", function(c) return format("%02x", byte(c)) end))
 end
 
-_M.META_SHA = hex(sha1_bin(_M.META_SCRIPT))
-_M.TILE_SHA = hex(sha1_bin(_M.TILE_SCRIPT))
+-- Repeated tiles' bytes by content hash, per worker: blobs that two or more
+-- indexes name (sea, empty land) are what most requests ask for, and a
+-- hash's bytes never change, so they can be kept without going stale.
+local BLOB_CACHE_ITEMS = 2048
+local BLOB_CACHE_MAX_BYTES = 16384   -- a larger blob is not kept
+local blob_cache = lrucache.new(BLOB_CACHE_ITEMS)
 
 local cfg            -- the "store" table of the runtime config
 local flags          -- shared dict for the "redis is down" flag
-local tile_cmd       -- the tile script's command up to its key (Redis protocol)
-local prefix_arg     -- the key prefix as a command argument
+local GETRANGE = pipeline.command({ "GETRANGE" }, 4)
+local GET = pipeline.command({ "GET" }, 2)
+local arg = pipeline.arg
+local blob_prefix, ref_prefix   -- "{prefix}:blob:", "{prefix}:ref:"
+local HEADER_SIZE, ENTRY_SIZE, EMPTY = index.HEADER_SIZE, index.ENTRY_SIZE, index.EMPTY
+local HASH_HEX = #EMPTY
 _M.kind = nil
 
 --- cfg: the runtime config's "store" table. shm: a shared dict for flags.
@@ -140,8 +90,12 @@ function _M.configure(store_cfg, shm)
             cfg.pool = "rpy-redis:" .. cfg.host .. ":" .. cfg.port .. ":" .. cfg.db
         end
         cfg.pool_size = tonumber(cfg.pool_size) or 32
-        tile_cmd = pipeline.command({ "EVALSHA", _M.TILE_SHA, 1 }, 6)
-        prefix_arg = pipeline.arg(cfg.prefix)
+        if type(cfg.meta_script) ~= "string" or cfg.meta_script == "" then
+            error("store.meta_script missing for a Redis store", 2)
+        end
+        blob_prefix, ref_prefix = cfg.prefix .. ":blob:", cfg.prefix .. ":ref:"
+        _M.META_SCRIPT = cfg.meta_script
+        _M.META_SHA = hex(sha1_bin(cfg.meta_script))
         pipeline.configure({ host = cfg.host, port = cfg.port, db = cfg.db, timeout_ms = cfg.timeout_ms,
                              socket = type(cfg.socket) == "string" and cfg.socket ~= "" and cfg.socket or nil,
                              password = type(cfg.password) == "string" and cfg.password ~= ""
@@ -269,26 +223,20 @@ local function run(sha, script, key, ...)
     return res
 end
 
--- the tile script over the worker's pipelined connection (reads on the
--- request path; falls back to run() when Redis does not know the script)
-local function run_tile(key, i)
+-- commands over the worker's pipelined connection (reads on the request
+-- path): the reply (a list of n replies with n), or nil, err
+local function call(req, n)
     if flags and flags:get("down|redis") then
         return nil, "redis marked down after a recent failure"
     end
-    local res, err = pipeline.call(tile_cmd .. pipeline.arg(key) .. prefix_arg .. pipeline.arg(i))
+    local res, err = pipeline.call(req, nil, n)
     if res == nil then
-        if err and find(err, "NOSCRIPT", 1, true) then
-            return run(_M.TILE_SHA, _M.TILE_SCRIPT, key, i)
-        end
         err = tostring(err)
         if flags and (find(err, "redis connect", 1, true) or find(err, "timeout", 1, true)
                       or find(err, "closed", 1, true)) then
             flags:set("down|redis", true, cfg.retry)
         end
         return nil, find(err, "^redis") and err or "redis: " .. err
-    end
-    if res == null then
-        return nil
     end
     return res
 end
@@ -319,17 +267,56 @@ local function read_metatile(layer, z, mx, my)
     return raw, blobs
 end
 
--- (the tile, nil, err: the shape once() passes on)
+-- (the tile, nil, err: the shape once() passes on). First the index up to
+-- entry i (GETRANGE: its header and the tile's hash), then, unless the
+-- worker keeps that blob, the blob and its reference count (GET, GET): a
+-- blob two or more indexes name is kept. A blob gone between the two reads
+-- (the metatile was just replaced) makes the index be read once more.
 local function read_tile(layer, z, mx, my, i)
-    local res, err = run_tile(index_key(layer, z, mx, my), i)
-    if not res then
-        return nil, nil, err
+    local key = index_key(layer, z, mx, my)
+    local last = HEADER_SIZE + ENTRY_SIZE * i + HASH_HEX - 1
+    local range = GETRANGE .. arg(key) .. arg(0) .. arg(last)
+    local r
+    for _ = 1, 2 do
+        local res, err = call(range)
+        if not res then
+            return nil, nil, err
+        end
+        if res == "" or res == null then
+            return nil
+        end
+        if type(res) ~= "string" or #res ~= last + 1 then
+            return nil, nil, "redis: index " .. key .. " is too short for entry " .. i
+        end
+        local hash = sub(res, last - HASH_HEX + 2, last + 1)
+        r = { header = sub(res, 1, HEADER_SIZE), blob = "" }
+        if hash == EMPTY then
+            return r
+        end
+        if find(hash, "[^0-9a-f]") then
+            return nil, nil, "redis: index " .. key .. " has a corrupt entry " .. i
+        end
+        r.hash = hash
+        local blob = blob_cache:get(hash)
+        if blob then
+            r.blob = blob
+            return r
+        end
+        local pair
+        pair, err = call(GET .. arg(blob_prefix .. hash) .. GET .. arg(ref_prefix .. hash), 2)
+        if not pair then
+            return nil, nil, err
+        end
+        blob = pair[1]
+        if type(blob) == "string" then
+            if (tonumber(pair[2]) or 0) >= 2 and #blob <= BLOB_CACHE_MAX_BYTES then
+                blob_cache:set(hash, blob)
+            end
+            r.blob = blob
+            return r
+        end
     end
-    if type(res) ~= "string" or #res < 96 then
-        return nil, nil, "redis: unexpected reply to the tile script"
-    end
-    local hash = sub(res, 65, 96)
-    return { hash = hash ~= index.EMPTY and hash or nil, blob = sub(res, 97), header = sub(res, 1, 64) }
+    return r
 end
 
 local reading = {}   -- per worker: read key -> { sema, waiting, done, results }
@@ -371,11 +358,11 @@ function _M.read_metatile(layer, z, mx, my)
     return once("m|" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my, read_metatile, layer, z, mx, my)
 end
 
---- Redis: entry i of a metatile in one round trip: { hash (nil: no tile
--- there), blob ("" if the blob is missing), header (the index's first 64
--- bytes, for index.check(..., true)) }; nil if the
--- metatile is not stored; nil, err on failure. Concurrent reads of one
--- tile in a worker share one round trip.
+--- Redis: entry i of a metatile: { hash (nil: no tile there), blob (""
+-- if the blob is missing), header (the index's first 64 bytes, for
+-- index.check(..., true)) }; nil if the metatile is not stored; nil, err
+-- on failure. One round trip for a tile whose blob the worker keeps, else
+-- two. Concurrent reads of one tile in a worker share them.
 function _M.read_tile(layer, z, mx, my, i)
     local r, _, err = once("t|" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my .. "/" .. i,
                            read_tile, layer, z, mx, my, i)

@@ -272,8 +272,7 @@ end
 -- worker keeps that blob, the blob and its reference count (GET, GET): a
 -- blob two or more indexes name is kept. A blob gone between the two reads
 -- (the metatile was just replaced) makes the index be read once more.
-local function read_tile(layer, z, mx, my, i)
-    local key = index_key(layer, z, mx, my)
+local function read_tile(key, i)
     local last = HEADER_SIZE + ENTRY_SIZE * i + HASH_HEX - 1
     local range = GETRANGE .. arg(key) .. arg(0) .. arg(last)
     local r
@@ -364,8 +363,8 @@ end
 -- on failure. One round trip for a tile whose blob the worker keeps, else
 -- two. Concurrent reads of one tile in a worker share them.
 function _M.read_tile(layer, z, mx, my, i)
-    local r, _, err = once("t|" .. layer .. "/" .. z .. "/" .. mx .. "/" .. my .. "/" .. i,
-                           read_tile, layer, z, mx, my, i)
+    local key = index_key(layer, z, mx, my)
+    local r, _, err = once(key .. "#" .. i, read_tile, key, i)
     return r, err
 end
 

@@ -2,7 +2,7 @@
 """HTTP benchmark of the nginx + Lua front, with wrk on loopback.
 
     .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--connections 32]
-                                   [--threads 1] [--nginx-workers 1] [--json FILE]
+                                   [--threads 1] [--nginx-workers 2] [--json FILE]
                                    [--only hot|redis|disk|cold] [--redis-socket]
 
 Starts its own redis-server, daemon (``renderd-py serve``) and nginx (the
@@ -15,9 +15,11 @@ under a temp dir on loopback random ports, and measures in one run:
    goals: requests/s ratio >= 0.9, p99 latency within 1.2x;
 2. store hits with the shared dict cold: the Redis store (``X-Cache:
    STORE``; the runtime JSON's ``hot_ttl`` is set to 1 ms so that no dict
-   entry is ever fresh: every request reads its metatile from Redis and puts
-   it into the dict again: the worst case, a metatile's first request) against
-   the same static files; goal >= 0.5. The disk store is measured the same way;
+   entry is ever fresh: every request reads its tile from Redis, the index
+   up to the tile's entry and then the blob, unless the nginx worker keeps
+   it because two or more metatiles use it; the whole metatile goes into the
+   dict from a timer, at most once per 5 s) against the same static files;
+   goal >= 0.5. The disk store is measured the same way;
 3. cold tiles: for metatiles never rendered, the end-to-end latency of one
    request (``X-Cache: RENDER``) minus the in-process render time of the same
    metatile (``renderer.render(meta)``: draw, split, hash, encode, in this
@@ -28,8 +30,9 @@ under a temp dir on loopback random ports, and measures in one run:
    minus the worker's whole job (arrival to reply: what the stack adds
    around the worker), which are free of the noise between two processes.
 
-Beside requests/s and latency it reports the CPU time the nginx worker (and
-redis-server) used per request, read from /proc around each wrk run.
+Beside requests/s and latency it reports the CPU time the nginx workers (and
+redis-server) used per request, read from /proc around each wrk run. nginx
+runs 2 workers by default, as ``[http] workers`` does (``--nginx-workers``).
 
 wrk and the servers share the machine: runs are alternated (tiles, static,
 tiles, static...) and each figure is the median of the rounds. Not a test:
@@ -512,7 +515,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternated runs per case")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="wrk threads")
-    ap.add_argument("--nginx-workers", type=int, default=1)
+    ap.add_argument("--nginx-workers", type=int, default=2,
+                    help="nginx worker processes, for the tiles and the static files alike "
+                         "(default 2, as [http] workers)")
     ap.add_argument("--redis-socket", action="store_true",
                     help="nginx, daemon and tools reach Redis over a unix socket, not TCP on loopback")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")

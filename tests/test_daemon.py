@@ -25,7 +25,7 @@ from renderd.store import open_store
 from renderd.store.index import MetaIndex, content_hash
 from renderd.tilemath import Meta, Tile
 from renderd import config as _config
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, stop
 
 DATA = Path(__file__).parent / "data"
 RENDERD = [sys.executable, "-m", "renderd.cli.main"]
@@ -82,13 +82,8 @@ class Serve:
         return (self.tmp / "serve.log").read_text()
 
     def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop(self.proc, 30)
         self.log.close()
         return self.proc.returncode if self.proc else 0
 

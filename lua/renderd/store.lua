@@ -281,18 +281,18 @@ local function read_tile(key, i)
         if not res then
             return nil, nil, err
         end
-        if res == "" or res == null then
+        if res == "" then
             return nil
         end
         if type(res) ~= "string" or #res ~= last + 1 then
             return nil, nil, "redis: index " .. key .. " is too short for entry " .. i
         end
-        local hash = sub(res, last - HASH_HEX + 2, last + 1)
         r = { header = sub(res, 1, HEADER_SIZE), blob = "" }
-        if hash == EMPTY then
-            return r
-        end
-        if find(hash, "[^0-9a-f]") then
+        local hash = index.entry(res, i)
+        if not hash then
+            if sub(res, -HASH_HEX) == EMPTY then
+                return r
+            end
             return nil, nil, "redis: index " .. key .. " has a corrupt entry " .. i
         end
         r.hash = hash

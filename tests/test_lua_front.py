@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from renderd.store.index import EMPTY, MetaIndex, content_hash
-from renderd.tilemath import Meta, meta_tiles, metatile_of
+from renderd.tilemath import Meta, Tile, meta_tiles, metatile_of
 from renderd.store.disk import DiskStore
 from tests.fixtures.servers import RedisServer, free_port
 
@@ -657,6 +657,44 @@ def test_redis_worker_keeps_repeated_blobs(nginx_factory, redis_store, redis_url
         assert sum(1 for c in gets if unique in c) == 2, gets
     finally:
         mon.close()
+
+
+@pytest.mark.parametrize("damage, logged", [
+    ("blob", "is missing"),               # collected between the index read and the blob read
+    ("short", "is too short for entry"),  # an index cut off before the tile's entry
+    ("entry", "has a corrupt entry"),     # not 32 hex digits
+])
+def test_redis_damaged_store_rendered_again(redis_front, redis_store, redis_url, broker, damage, logged):
+    """A Redis index or blob that cannot give the tile: one line in the
+    error log, the tile rendered (and stored again), never a wrong tile."""
+    import redis
+    ng = redis_front
+    ng.expect_errors = True
+    meta = Meta(8, 16, 8, 8)
+    idx, blobs = make_meta("world", meta)
+    redis_store.put_metatile("world", idx, blobs)
+    x, y = 17, 10                                  # a tile of its own (not the shared 'ocean')
+    i = (x - 16) * 8 + (y - 8)
+    key = redis_store.index_key("world", meta)
+    r = redis.Redis.from_url(redis_url)
+    if damage == "blob":
+        r.delete(redis_store.blob_key(idx.tile_hash(x, y)))
+    elif damage == "short":
+        r.set(key, r.getrange(key, 0, 64 + 33 * i + 10))
+    else:
+        r.setrange(key, 64 + 33 * i, b"zz")
+    mon = RedisMonitor(redis_url)
+    try:
+        assert_tile(request(ng.port, tile_path(8, x, y)), 8, x, y, "RENDER")
+        assert len(broker.renders()) == 1
+        time.sleep(0.3)
+        index_reads = [c for c in mon.calls if c.upper().startswith("GETRANGE") and key in c]
+        assert len(index_reads) == (2 if damage == "blob" else 1), index_reads   # a gone blob: read again
+        assert ng.log_text().count(logged) == 1
+        assert redis_store.read_tile("world", Tile(8, x, y)).data == tile_bytes("world", 8, x, y)
+    finally:
+        mon.close()
+        r.close()
 
 
 def test_redis_connection_killed_or_scripts_flushed(nginx_factory, redis_store, redis_url, broker):

@@ -4,6 +4,7 @@
     .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--connections 32]
                                    [--threads 1] [--nginx-workers 2] [--json FILE]
                                    [--only hot|redis|disk|cold] [--redis-socket]
+                                   [--lua-before DIR]
 
 Starts its own redis-server, daemon (``renderd-py serve``) and nginx (the
 configuration ``renderd-py nginx-conf`` writes, plus one static location)
@@ -14,7 +15,7 @@ under a temp dir on loopback random ports, and measures in one run:
    ``open_file_cache``: the strongest static baseline);
    goals: requests/s ratio >= 0.9, p99 latency within 1.2x;
 2. store hits with the shared dict cold: the Redis store (``X-Cache:
-   STORE``; the runtime JSON's ``hot_ttl`` is set to 1 ms so that no dict
+   STORE``; ``[http] hot_ttl`` is set to 1 ms so that no dict
    entry is ever fresh: every request reads its tile from Redis, the index
    up to the tile's entry and then the blob, unless the nginx worker keeps
    it because two or more metatiles use it; the whole metatile goes into the
@@ -33,6 +34,13 @@ under a temp dir on loopback random ports, and measures in one run:
 Beside requests/s and latency it reports the CPU time the nginx workers (and
 redis-server) used per request, read from /proc around each wrk run. nginx
 runs 2 workers by default, as ``[http] workers`` does (``--nginx-workers``).
+
+``--lua-before DIR`` measures a second Lua front beside this one, in the same
+run: a second nginx with ``DIR`` as its Lua directory (for example the
+``lua/`` of an earlier commit: ``git archive REV lua | tar -x -C /tmp/before``,
+then ``--lua-before /tmp/before/lua``) on the same store and daemon, its
+wrk runs alternated with this front's and the static files' (before, after,
+static, ...), for the hot and store cases.
 
 wrk and the servers share the machine: runs are alternated (tiles, static,
 tiles, static...) and each figure is the median of the rounds. Not a test:
@@ -150,18 +158,24 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="rpy-bench-"))
         self.procs: list[subprocess.Popen] = []
-        self.nginx_proc: subprocess.Popen | None = None
         self.redis_port = free_port()
         self.redis_socket = self.tmp / "redis.sock"
-        self.port = free_port()
-        self.metrics_port = free_port()
+        #: the fronts measured: name -> (port, metrics port, Lua directory)
+        self.fronts = {"after": (free_port(), free_port(), str(nginx.share_dir("lua")))}
+        if args.lua_before:
+            self.fronts["before"] = (free_port(), free_port(), os.path.abspath(args.lua_before))
+        self.port, self.metrics_port = self.fronts["after"][:2]
+        self.nginx_procs: dict[str, subprocess.Popen] = {}
         self.static = self.tmp / "static"
         self.wrk_script = self.tmp / "rotate.lua"
         self.wrk_script.write_text(WRK_SCRIPT)
 
     # --- the servers ---------------------------------------------------------
-    def config(self, store: str, workers: int = 2) -> _config.Config:
-        """``store``: redis, disk or cold (an empty Redis database of its own)."""
+    def config(self, store: str, workers: int = 2, hot_ttl: float | None = None,
+               front: str = "after") -> _config.Config:
+        """``store``: redis, disk or cold (an empty Redis database of its own);
+        ``hot_ttl``: [http] hot_ttl (default: the configuration's); ``front``:
+        whose listen addresses and prefix."""
         where = (f"unix://{self.redis_socket}?db=" if self.args.redis_socket
                  else f"redis://127.0.0.1:{self.redis_port}/")
         if store == "redis":
@@ -171,6 +185,8 @@ class Bench:
         else:
             store_toml = f'kind = "disk"\npath = "{self.tmp / store}"'
 
+        port, metrics_port, _ = self.fronts[front]
+        name = f"{store}-{front}" + ("" if hot_ttl is None else f"-ttl{hot_ttl:g}")
         text = f"""
 [daemon]
 broker = "ipc://{self.tmp / store}-broker.sock"
@@ -178,18 +194,19 @@ workers = {workers}
 [store]
 {store_toml}
 [http]
-listen = "127.0.0.1:{self.port}"
-metrics = "127.0.0.1:{self.metrics_port}"
+listen = "127.0.0.1:{port}"
+metrics = "127.0.0.1:{metrics_port}"
 workers = {self.args.nginx_workers}
 cache_size = "256m"
 timeout = 60
-prefix = "{self.tmp / ('nginx-' + store)}"
+prefix = "{self.tmp / ('nginx-' + store + '-' + front)}"
+{"" if hot_ttl is None else f"hot_ttl = {hot_ttl}"}
 [[layer]]
 name = "world"
 style = "{STYLE}"
 maxzoom = 10
 """
-        path = self.tmp / f"{store}.toml"
+        path = self.tmp / f"{name}.toml"
         path.write_text(text)
         return _config.load(path, env={})
 
@@ -217,8 +234,9 @@ maxzoom = 10
                 time.sleep(0.2)
         raise SystemExit("bench: the daemon did not become ready")
 
-    def start_nginx(self, cfg: _config.Config, hot_ttl: float | None = None) -> None:
-        stop(self.nginx_proc)
+    def start_nginx(self, cfg: _config.Config, front: str = "after") -> None:
+        stop(self.nginx_procs.get(front))
+        port, _, lua_dir = self.fronts[front]
         static = f"""
 # bench only: the same tile bytes as static files
 location /static/ {{
@@ -228,18 +246,20 @@ location /static/ {{
 }}
 """
         prefix = Path(cfg.http.prefix)
-        conf = nginx.write_conf(cfg, prefix, extra_locations=static)
-        if hot_ttl is not None:
-            rt_path = prefix / nginx.RUNTIME_JSON
-            rt = json.loads(rt_path.read_text())
-            rt["hot_ttl"] = hot_ttl
-            rt_path.write_text(json.dumps(rt))
-        self.nginx_proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.nginx_proc)
+        conf = nginx.write_conf(cfg, prefix, extra_locations=static, lua_dir=lua_dir)
+        proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.nginx_procs[front] = proc
+        wait_port(port, proc)
+
+    def start_fronts(self, store: str, hot_ttl: float | None = None) -> None:
+        """Every front on this store (the daemon of ``store`` running)."""
+        for front in self.fronts:
+            self.start_nginx(self.config(store, hot_ttl=hot_ttl, front=front), front)
 
     def close(self) -> None:
-        stop(self.nginx_proc)
+        for proc in self.nginx_procs.values():
+            stop(proc)
         for p in reversed(self.procs):
             stop(p)
         if not self.args.keep:
@@ -249,6 +269,9 @@ location /static/ {{
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def base_of(self, front: str) -> str:
+        return f"http://127.0.0.1:{self.fronts[front][0]}"
 
     def hot_paths(self) -> list[str]:
         """TILES_PER_META tiles of every metatile of HOT_ZOOM, interleaved so that
@@ -270,11 +293,12 @@ location /static/ {{
             f.write_bytes(body)
         return self.hot_paths()
 
-    def xcache_of(self, zxys: list[str]) -> set[str]:
-        return {get(f"{self.base}/tiles/world/{zxy}.png")[1].get("x-cache", "?") for zxy in zxys[:16]}
+    def xcache_of(self, zxys: list[str]) -> dict[str, set[str]]:
+        return {front: {get(f"{self.base_of(front)}/tiles/world/{zxy}.png")[1].get("x-cache", "?")
+                        for zxy in zxys[:16]} for front in self.fronts}
 
-    def xcache_counts(self) -> dict[str, float]:
-        _, _, body = get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+    def xcache_counts(self, front: str = "after") -> dict[str, float]:
+        _, _, body = get(f"http://127.0.0.1:{self.fronts[front][1]}/metrics")
         out: dict[str, float] = {}
         for m in re.finditer(r'^renderd_http_requests_total\{cache="(\w+)",status="200"\} (\S+)$',
                              body.decode(), re.M):
@@ -292,54 +316,66 @@ location /static/ {{
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
-    def nginx_cpu(self) -> float:
-        """CPU seconds used so far by the nginx workers."""
-        pid = self.nginx_proc.pid
+    def nginx_cpu(self, front: str = "after") -> float:
+        """CPU seconds used so far by the nginx workers of a front."""
+        pid = self.nginx_procs[front].pid
         try:
             return self.cpu(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
         except OSError:
             return 0.0
 
-    def wrk(self, paths: list[str]) -> dict:
+    def wrk(self, paths: list[str], front: str = "after") -> dict:
         listing = self.tmp / "paths.txt"
         listing.write_text("\n".join(paths) + "\n")
         a = self.args
-        cpu0, redis0 = self.nginx_cpu(), self.cpu([self.procs[0].pid])
+        cpu0, redis0 = self.nginx_cpu(front), self.cpu([self.procs[0].pid])
         r = subprocess.run(["wrk", "-t", str(a.threads), "-c", str(a.connections), "-d", f"{a.duration}s",
-                            "--latency", "-s", str(self.wrk_script), self.base],
+                            "--latency", "-s", str(self.wrk_script), self.base_of(front)],
                            capture_output=True, text=True, env={**os.environ, "BENCH_PATHS": str(listing)},
                            timeout=a.duration + 60)
         if r.returncode != 0:
             raise SystemExit(f"bench: wrk failed: {r.stderr.strip()}")
         out = parse_wrk(r.stdout)
-        out["cpu_us"] = (self.nginx_cpu() - cpu0) * 1e6 / max(out["requests"], 1)
+        out["cpu_us"] = (self.nginx_cpu(front) - cpu0) * 1e6 / max(out["requests"], 1)
         out["redis_cpu_us"] = (self.cpu([self.procs[0].pid]) - redis0) * 1e6 / max(out["requests"], 1)
         return out
 
     def compare(self, zxys: list[str]) -> dict:
+        """Each front's tiles against the static files, alternated (the
+        before front first, when there is one)."""
         tiles = [f"/tiles/world/{z}.png" for z in zxys]
         static = [f"/static/world/{z}.png" for z in zxys]
-        runs: dict[str, list[dict]] = {"tiles": [], "static": []}
-        self.wrk(tiles[:8])   # warm-up: connections, page cache, Lua code
+        fronts = sorted(self.fronts, key=lambda f: f != "before")
+        runs: dict[str, list[dict]] = {f: [] for f in fronts}
+        runs["static"] = []
+        for front in fronts:      # warm-up: connections, page cache, Lua code
+            self.wrk(tiles[:8], front)
         self.wrk(static[:8])
-        mix: dict[str, float] = {}
+        mix: dict[str, dict[str, float]] = {f: {} for f in fronts}
         for _ in range(self.args.rounds):
-            before = self.xcache_counts()
-            runs["tiles"].append(self.wrk(tiles))
-            after = self.xcache_counts()
-            for k, v in after.items():
-                mix[k] = mix.get(k, 0) + v - before.get(k, 0)
+            for front in fronts:
+                before = self.xcache_counts(front)
+                runs[front].append(self.wrk(tiles, front))
+                for k, v in self.xcache_counts(front).items():
+                    mix[front][k] = mix[front].get(k, 0) + v - before.get(k, 0)
             runs["static"].append(self.wrk(static))
-        out = {}
+        medians = {}
         for kind, rs in runs.items():
-            out[kind] = {k: statistics.median([r[k] for r in rs if r[k] is not None])
-                         for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "redis_cpu_us")}
-            out[kind]["non2xx"] = sum(r["non2xx"] for r in rs)
-        total = sum(mix.values()) or 1
-        out["xcache_share"] = {k: round(v / total, 4) for k, v in sorted(mix.items()) if v}
-        out["rps_ratio"] = out["tiles"]["rps"] / out["static"]["rps"]
-        out["p99_ratio"] = out["tiles"]["p99_ms"] / out["static"]["p99_ms"]
-        out["cpu_ratio"] = out["static"]["cpu_us"] / out["tiles"]["cpu_us"]
+            medians[kind] = {k: statistics.median([r[k] for r in rs if r[k] is not None])
+                             for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "redis_cpu_us")}
+            medians[kind]["non2xx"] = sum(r["non2xx"] for r in rs)
+        st = medians["static"]
+
+        def versus_static(front: str) -> dict:
+            t = medians[front]
+            total = sum(mix[front].values()) or 1
+            return {"tiles": t, "static": st,
+                    "xcache_share": {k: round(v / total, 4) for k, v in sorted(mix[front].items()) if v},
+                    "rps_ratio": t["rps"] / st["rps"], "p99_ratio": t["p99_ms"] / st["p99_ms"],
+                    "cpu_ratio": st["cpu_us"] / t["cpu_us"]}
+        out = versus_static("after")
+        if "before" in runs:
+            out["before"] = versus_static("before")
         return out
 
     def cold(self) -> dict:
@@ -438,8 +474,11 @@ location /static/ {{
         self.start_redis()
         cfg = self.config("redis")
         self.start_daemon(cfg)
-        self.start_nginx(cfg)
+        self.start_fronts("redis")
         zxys = self.prepare()
+        for front in self.fronts:      # every front's hot cache holds them
+            for zxy in zxys:
+                get(f"{self.base_of(front)}/tiles/world/{zxy}.png")
         sizes = [f.stat().st_size for f in self.static.rglob("*.png")]
         results["setup"]["tile_bytes_mean"] = round(sum(sizes) / len(sizes))
         only = self.args.only
@@ -447,7 +486,7 @@ location /static/ {{
             say(f"hot: X-Cache {self.xcache_of(zxys)}")
             results["hot"] = self.compare(zxys)
         if only in ("all", "redis"):
-            self.start_nginx(cfg, hot_ttl=0.001)
+            self.start_fronts("redis", hot_ttl=0.001)
             time.sleep(0.01)
             say(f"redis store: X-Cache {self.xcache_of(zxys)}")
             results["store_redis"] = self.compare(zxys)
@@ -455,10 +494,10 @@ location /static/ {{
             # the disk store, dict cold, the same way
             dcfg = self.config("disk")
             self.start_daemon(dcfg)
-            self.start_nginx(dcfg)
+            self.start_fronts("disk")
             for zxy in zxys[:64]:               # one request renders each metatile into the disk store
                 get(f"{self.base}/tiles/world/{zxy}.png")
-            self.start_nginx(dcfg, hot_ttl=0.001)
+            self.start_fronts("disk", hot_ttl=0.001)
             say(f"disk store: X-Cache {self.xcache_of(zxys)}")
             results["store_disk"] = self.compare(zxys)
         if only in ("all", "cold"):
@@ -488,11 +527,12 @@ def table(res: dict) -> str:
         r = res.get(key)
         if not r:
             continue
-        t, st = r["tiles"], r["static"]
-        mix = ", ".join(f"{k} {v:.0%}" for k, v in r.get("xcache_share", {}).items())
-        lines.append(f"| {name} [{mix}] | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} "
-                     f"| {st['rps']:.0f} | {st['p99_ms']:.2f} | {r['rps_ratio']:.2f} | {r['p99_ratio']:.2f} "
-                     f"| {t['cpu_us']:.1f} ({st['cpu_us']:.1f}) | {goal} |")
+        for label, v in ((" before", r["before"]), ("", r)) if "before" in r else (("", r),):
+            t, st = v["tiles"], v["static"]
+            mix = ", ".join(f"{k} {x:.0%}" for k, x in v.get("xcache_share", {}).items())
+            lines.append(f"| {name}{label} [{mix}] | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} "
+                         f"| {st['rps']:.0f} | {st['p99_ms']:.2f} | {v['rps_ratio']:.2f} | {v['p99_ratio']:.2f} "
+                         f"| {t['cpu_us']:.1f} ({st['cpu_us']:.1f}) | {goal} |")
     c = res.get("cold")
     if c:
         lines += ["",
@@ -524,6 +564,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     ap.add_argument("--only", choices=("all", "hot", "redis", "disk", "cold"), default="all",
                     help="run one case only")
+    ap.add_argument("--lua-before", metavar="DIR",
+                    help="also measure the Lua front in DIR (an earlier lua/), alternated with this one")
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "redis-server"):
         if not shutil.which(tool):

@@ -145,6 +145,22 @@ HTTP = {
     "purge_url": Option("", _str(r"|off|https?://\S+"),
                         "where expire and seed tell nginx of changed metatiles "
                         "(default: /purge on [http] metrics; off: nowhere)"),
+    # read by the Lua front from the runtime JSON (renderd/nginx/runtime.py);
+    # the front has no defaults of its own
+    "hot_ttl": Option(300.0, _float(), "seconds a hot-cache entry counts as fresh; afterwards it is "
+                                       "served only when the store and the daemon fail"),
+    "retry_after": Option(5, _int(0, 86400), "Retry-After (seconds) of a 503"),
+    "log_interval": Option(10.0, _float(), "seconds between two error-log lines of one cause "
+                                           "(the ones between are counted)"),
+    "metrics_interval": Option(1.0, _float(), "seconds between two flushes of an nginx worker's "
+                                              "counters into /metrics"),
+    "broker_connect_timeout": Option(2.0, _float(), "seconds nginx waits to connect to the broker"),
+    "broker_retry": Option(1.0, _float(), "seconds nginx skips the broker after a failed connect "
+                                          "(answering stale or 503 at once)"),
+    "status_timeout": Option(2.0, _float(), "seconds /metrics waits for the daemon's STATUS"),
+    "store_timeout": Option(1.0, _float(), "seconds nginx waits for a Redis reply"),
+    "store_retry": Option(2.0, _float(), "seconds nginx skips Redis after a failure "
+                                         "(serving stale or rendering)"),
 }
 
 LAYER = {
@@ -252,6 +268,15 @@ class HttpConfig:
     cors: str
     purge_url: str
     user: str
+    hot_ttl: float
+    retry_after: int
+    log_interval: float
+    metrics_interval: float
+    broker_connect_timeout: float
+    broker_retry: float
+    status_timeout: float
+    store_timeout: float
+    store_retry: float
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,14 @@ import zmq
 from renderd.store.index import EMPTY, MetaIndex, content_hash
 from renderd.tilemath import Meta, Tile, meta_tiles, metatile_of
 from renderd.store.disk import DiskStore
+from renderd import config as _config
+from renderd.nginx import front_options
 from tests.fixtures.servers import RedisServer, free_port
 
 LAYER = {"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8, "ext": "png",
          "content_type": "image/png", "cache_control": "public, max-age=3600", "tile_size": 256}
 RENDERED = 1763745600
+FRONT_DEFAULTS = front_options(_config.parse({}).http)
 
 
 def tile_bytes(layer: str, z: int, x: int, y: int) -> bytes:
@@ -175,12 +178,16 @@ def tile_path(z, x, y, layer="world", ext="png"):
 
 
 def runtime(store: dict, broker: str, **kw) -> dict:
+    """A runtime JSON as nginx-conf writes it: the configuration's defaults
+    for the front's knobs, then the test's own values."""
     if store.get("kind") == "redis":
         from renderd.store.redis import META_SCRIPT
         store = {"meta_script": META_SCRIPT, **store}
-    rt = {"broker": broker, "timeout": 3, "store": store, "layers": [LAYER],
+    rt = {**FRONT_DEFAULTS, "broker": broker, "timeout": 3, "store": store, "layers": [LAYER],
           "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
     rt.update(kw)
+    # a layer without a cors of its own gets [http]'s, as nginx-conf writes it
+    rt["layers"] = [dict(lyr, cors=lyr.get("cors", rt["cors"])) for lyr in rt["layers"]]
     return rt
 
 
@@ -873,7 +880,7 @@ def test_redis_fill_script_comes_from_the_runtime_config(nginx_factory, redis_ur
     from renderd.store.redis import META_SCRIPT
     ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint), extra_server="""
         location = /t/sha { content_by_lua_block {
-            ngx.print(require("renderd.store").META_SHA) } }
+            ngx.print(require("renderd.store.redis").META_SHA) } }
     """)
     assert request(ng.port, "/t/sha").body.decode() == hashlib.sha1(META_SCRIPT.encode()).hexdigest()
 

@@ -1,9 +1,8 @@
-"""The pure Lua modules (renderd.json, renderd.path, renderd.index) run
+"""The pure Lua modules (renderd.path, renderd.index, renderd.pack) run
 under the plain Lua 5.1 interpreter, with Python as the oracle."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,54 +27,6 @@ def run_lua(code: str) -> str:
 
 def lua_str(s: str | bytes) -> str:
     return "'" + "".join(f"\\{b}" for b in (s if isinstance(s, bytes) else s.encode())) + "'"
-
-
-# --- json ------------------------------------------------------------------------
-
-DUMP = r"""
-local json = require "renderd.json"
-local function dump(v)
-  local t = type(v)
-  if v == json.null then return "null" end
-  if t == "table" then
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-    local out = {}
-    for _, k in ipairs(keys) do out[#out + 1] = tostring(k) .. "=" .. dump(v[k]) end
-    return "{" .. table.concat(out, ",") .. "}"
-  elseif t == "string" then
-    return string.format("%q", v)
-  end
-  return tostring(v)
-end
-"""
-
-
-@pytest.mark.parametrize("text, want", [
-    ('{"a": 1, "b": [true, false, null], "c": "x\\ny\\u00e9\\ud83d\\ude00"}',
-     '{a=1,b={1=true,2=false,3=null},c="x\\\ny\u00e9\U0001F600"}'),
-    ('  [1.5, -2, 3e2, "\\"\\\\/"]  ', '{1=1.5,2=-2,3=300,4="\\"\\\\/"}'),
-    ("{}", "{}"),
-])
-def test_json_decode(text, want):
-    out = run_lua(DUMP + f"print(dump(json.decode({lua_str(text)})))")
-    assert out.strip() == want
-
-
-@pytest.mark.parametrize("text", ['{"a": 1', '{"a" 1}', "[1,]", '"abc', "tru", "{} x", "", '{"a":01x}'])
-def test_json_rejects(text):
-    out = run_lua(DUMP + f"local v, err = json.decode({lua_str(text)}) print(v == nil, err)")
-    ok, _, err = out.strip().partition("\t")
-    assert ok == "true" and "byte" in err, out
-
-
-def test_json_real_config_roundtrip():
-    cfg = {"broker": "ipc:///run/x.sock", "timeout": 30, "store": {"kind": "redis", "password": None},
-           "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8}]}
-    out = run_lua(DUMP + f"print(dump(json.decode({lua_str(json.dumps(cfg))})))")
-    assert out.strip() == ('{broker="ipc:///run/x.sock",layers={1={maxzoom=12,metatile=8,minzoom=0,'
-                           'name="world"}},store={kind="redis",password=null},timeout=30}')
 
 
 # --- path ---------------------------------------------------------------------------

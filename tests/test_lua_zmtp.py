@@ -327,7 +327,7 @@ CLIENT_LOCATION = r"""
         location = /t/ping {
             content_by_lua_block {
                 local client = require "renderd.client"
-                client.configure(ngx.var.arg_ep, nil)
+                client.configure(ngx.var.arg_ep, nil, { connect_timeout = 2000, retry = 1 })
                 local ok, err = client.ping(tonumber(ngx.var.arg_ms) or 1000)
                 ngx.say(ok and "PONG" or ("ERR " .. tostring(err)))
             }

@@ -2,7 +2,8 @@
 -- (docs/protocol.md) over renderd.zmtp.
 --
 --   local client = require "renderd.client"
---   client.configure("tcp://127.0.0.1:5555", ngx.shared.rpy_locks)
+--   client.configure("tcp://127.0.0.1:5555", ngx.shared.rpy_locks,
+--                    { connect_timeout = 2000, retry = 1 })   -- ms, s
 --   local r, err = client.render("world", z, x, y, 0, 30000, "meta")
 --   -- r = { status = "OK"|"BUSY"|"FAIL"|"INVALID", info = "...", tile = bytes,
 --   --       hash =, rendered =, data =, ext =, index = raw or nil,
@@ -14,11 +15,13 @@
 -- with another id (left over on a pooled connection) are discarded. A
 -- connection goes back to the pool only after its reply was read; on a
 -- timeout or error it is closed. A pooled connection the broker closed is
--- retried once on a fresh one. After a failed connect the broker is not
--- tried again for `retry` seconds (shared-dict flag): callers fail fast.
+-- retried once on a fresh one (renderd.conn decides). After a failed
+-- connect the broker is not tried again for `retry` seconds (a breaker in
+-- the shared dict): callers fail fast.
 
 local zmtp = require "renderd.zmtp"
 local index = require "renderd.index"
+local conn_policy = require "renderd.conn"
 
 local now = ngx.now
 local update_time = ngx.update_time
@@ -27,6 +30,7 @@ local match = string.match
 local find = string.find
 local tonumber = tonumber
 local tostring = tostring
+local type = type
 local error = error
 local min = math.min
 local floor = math.floor
@@ -34,22 +38,25 @@ local floor = math.floor
 local _M = { _VERSION = "0.1.0" }
 
 local endpoint
-local flags
+local down            -- the broker's breaker
+local connect_timeout -- ms
 local seq = 0
 local pid
-_M.connect_timeout = 2000   -- ms
-_M.retry = 1                -- seconds the broker counts as down after a failed connect
 
+--- ep: the broker's endpoint; shm: a shared dict for the breaker (nil: none);
+-- opts.connect_timeout (ms), opts.retry (seconds the broker counts as down
+-- after a failed connect).
 function _M.configure(ep, shm, opts)
     local ok, err = zmtp.parse_endpoint(ep)
     if not ok then
         error("bad broker endpoint: " .. tostring(err), 2)
     end
+    if type(opts) ~= "table" or type(opts.connect_timeout) ~= "number" or type(opts.retry) ~= "number" then
+        error("renderd.client.configure needs opts.connect_timeout and opts.retry", 2)
+    end
     endpoint = ep
-    flags = shm
-    opts = opts or {}
-    _M.connect_timeout = opts.connect_timeout or _M.connect_timeout
-    _M.retry = opts.retry or _M.retry
+    connect_timeout = opts.connect_timeout
+    down = conn_policy.breaker(shm, "broker", opts.retry)
 end
 
 local function next_id()
@@ -60,17 +67,12 @@ local function next_id()
     return pid .. "-" .. seq
 end
 
-local function retryable(err)
-    return err and (find(err, "closed", 1, true) or find(err, "reset", 1, true)
-        or find(err, "broken pipe", 1, true))
-end
-
 --- Send RPY1 cmd id args... and return the reply frames with that id.
 function _M.call(cmd, args, timeout_ms)
     if not endpoint then
         error("renderd.client is not configured", 2)
     end
-    if flags and flags:get("down|broker") then
+    if down:tripped() then
         return nil, "broker marked down after a failed connect"
     end
     update_time()
@@ -82,10 +84,10 @@ function _M.call(cmd, args, timeout_ms)
             return nil, "timeout"
         end
         local conn
-        conn, err = zmtp.connect(endpoint, { timeout = min(_M.connect_timeout, remaining) })
+        conn, err = zmtp.connect(endpoint, { timeout = min(connect_timeout, remaining) })
         if not conn then
-            if flags and not find(err, "timeout", 1, true) then
-                flags:set("down|broker", true, _M.retry)
+            if not find(err, "timeout", 1, true) then
+                down:trip()
             end
             return nil, err
         end
@@ -119,7 +121,7 @@ function _M.call(cmd, args, timeout_ms)
             end
         end
         conn:close()
-        if got or conn.reused == 0 or not retryable(err) then
+        if got or conn.reused == 0 or not conn_policy.dropped(err) then
             break
         end
     end

@@ -2,7 +2,8 @@
 -- together with the shared dicts' sizes and the daemon's STATUS.
 --
 --   local metrics = require "renderd.metrics"
---   metrics.configure(ngx.shared.rpy_metrics, { tiles = "rpy_tiles", ... }, 1)
+--   metrics.configure(ngx.shared.rpy_metrics, { tiles = "rpy_tiles", ... }, 1, 2000)
+--   -- (the dicts to report, seconds between flushes, ms for the daemon's STATUS)
 --   metrics.incr("renderd_cache_hits_total")
 --   metrics.incr("renderd_http_requests_total", 'cache="HIT",status="200"')
 --   metrics.request(200, "HIT")
@@ -16,7 +17,7 @@
 -- counts to the shared dict every `interval` seconds (and when the worker
 -- exits), so /metrics lags the requests by at most that long.
 
-local json = require "renderd.json"
+local cjson = require "cjson.safe"
 local client = require "renderd.client"
 
 local ngx_shared = ngx.shared
@@ -42,7 +43,7 @@ local _M = { _VERSION = "0.1.0" }
 
 local dict
 local dict_names = {}
-_M.status_timeout = 2000     -- ms for the daemon's STATUS
+local status_timeout         -- ms for the daemon's STATUS
 
 --- Render latency buckets (seconds).
 _M.BUCKETS = { 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 }
@@ -70,17 +71,18 @@ local TYPES = {
     renderd_render_seconds = "histogram",
 }
 
-local interval = 1
+local interval               -- seconds between two flushes
 local pending = {}           -- per worker: key -> count not yet in the dict
 local flushing = false       -- the worker's flush timer runs
 
-function _M.configure(shm, names, seconds)
+function _M.configure(shm, names, seconds, status_ms)
     if not shm then
         error("metrics need a shared dict", 2)
     end
     dict = shm
-    dict_names = names or {}
-    interval = seconds or interval
+    dict_names = names
+    interval = seconds
+    status_timeout = status_ms
 end
 
 --- Add this worker's counts to the shared dict.
@@ -176,8 +178,8 @@ end
 
 -- the daemon's STATUS JSON as gauge samples: {name, labels, value}
 local function daemon_samples(out)
-    local text, err = client.status(_M.status_timeout)
-    local st = text and json.decode(text)
+    local text, err = client.status(status_timeout)
+    local st = text and cjson.decode(text)
     if type(st) ~= "table" then
         out[#out + 1] = { "renderd_daemon_up", "", 0 }
         return err or "STATUS is not a JSON object"

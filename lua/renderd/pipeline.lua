@@ -29,6 +29,7 @@
 -- is dropped. The timer and its reader end when the worker exits.
 
 local semaphore = require "ngx.semaphore"
+local conn = require "renderd.conn"
 
 local tcp = ngx.socket.tcp
 local timer_at = ngx.timer.at
@@ -138,10 +139,6 @@ local function finish(job, res, err)
     end
 end
 
-local function retryable(err)
-    return find(err, "closed", 1, true) or find(err, "reset", 1, true) or find(err, "broken pipe", 1, true)
-end
-
 -- the connection s failed: close it, fail every job sent on it (a job
 -- lost to a connection the server closed is sent once more on a new one)
 local function broken(s, err)
@@ -151,7 +148,7 @@ local function broken(s, err)
     sock = nil
     unread = ""
     s:close()
-    local again = retryable(tostring(err))
+    local again = conn.dropped(tostring(err))
     for i = head, tail do
         local job = sent[i]
         sent[i] = nil

@@ -20,8 +20,9 @@
 -- are not a tile of the layer's grid}; 400 for an unknown layer or mode,
 -- 405 for another method.
 
-local front = require "renderd.front"
+local runtime = require "renderd.runtime"
 local cache = require "renderd.cache"
+local fill = require "renderd.fill"
 local path = require "renderd.path"
 
 local ngx_header = ngx.header
@@ -34,7 +35,6 @@ local get_uri_args = ngx.req.get_uri_args
 local read_body = ngx.req.read_body
 local get_body_data = ngx.req.get_body_data
 local get_body_file = ngx.req.get_body_file
-local ngx_shared = ngx.shared
 local io_open = io.open
 local gmatch = string.gmatch
 local match = string.match
@@ -79,8 +79,8 @@ function _M.serve()
         ngx_header["Allow"] = "POST"
         return answer(405, "POST a list of z/x/y lines\n")
     end
-    local cfg, layers = front.config()
-    if not cfg then
+    local rt, layers = runtime.get()
+    if not rt then
         return answer(500, "renderd.front.init() was not called\n")
     end
     local args = get_uri_args()
@@ -92,7 +92,6 @@ function _M.serve()
     if mode ~= "dirty" and mode ~= "delete" then
         return answer(400, "mode must be dirty or delete\n")
     end
-    local locks = ngx_shared[cfg.dicts.locks]
     local name = layer.name
     local seen, metatiles, tiles, malformed = {}, 0, 0, 0
     update_time()
@@ -108,8 +107,7 @@ function _M.serve()
                 seen[key] = true
                 metatiles = metatiles + 1
                 tiles = tiles + cache.purge_metatile(name, z, x0, y0, n, mode)
-                -- the next request reads the store again, however recently it was filled
-                locks:delete("f|" .. key)
+                fill.forget(name, z, x0, y0)
                 if metatiles % _M.BATCH == 0 then
                     ngx_sleep(0)
                 end

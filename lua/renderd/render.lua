@@ -1,11 +1,11 @@
 -- renderd.render: one RENDER per metatile however many requests miss it.
 --
 --   local render = require "renderd.render"
---   render.configure({ locks = shm, timeout = 30, on_render = fn(seconds, status),
---                      on_evict = fn(n), fill = fn(t) or nil })
---   -- fill: fills the hot cache with t's metatile read from the store; with
---   -- it the broker is asked for the tile alone, without: for the whole
---   -- metatile ("meta"), which then fills the hot cache
+--   render.configure({ locks = shm, timeout = 30 })
+--   -- the broker is asked for the whole metatile ("meta") where the store
+--   -- says so (renderd.store.META_IN_REPLY), else for the tile alone; the
+--   -- hot cache then gets the metatile from the reply, or from the store
+--   -- (renderd.fill)
 --   local res = render.fetch(t, deadline)       -- t from renderd.path.parse
 --   -- res.status: "OK", "BUSY", "FAIL", "INVALID", "TIMEOUT" or "ERROR"
 --   -- res.reason: why (not OK); with OK and when this worker holds the
@@ -26,6 +26,9 @@ local semaphore = require "ngx.semaphore"
 local client = require "renderd.client"
 local cache = require "renderd.cache"
 local index = require "renderd.index"
+local store = require "renderd.store"
+local fill = require "renderd.fill"
+local metrics = require "renderd.metrics"
 local log = require "renderd.log"
 
 local now = ngx.now
@@ -41,34 +44,19 @@ local tostring = tostring
 local _M = { _VERSION = "0.1.0" }
 
 local locks
-local cfg = { timeout = 30 }
+local timeout                -- seconds a render may take (the requests' timeout)
 local inflight = {}          -- per worker: metatile key -> { sema, waiting, res }
 
 function _M.configure(opts)
     locks = opts.locks
-    cfg.timeout = opts.timeout or cfg.timeout
-    cfg.on_render = opts.on_render
-    cfg.on_evict = opts.on_evict
-    cfg.fill = opts.fill
+    timeout = opts.timeout
 end
 
 local function meta_key(t)
     return t.layer.name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0
 end
 
-local function observe(seconds, status)
-    if cfg.on_render then
-        cfg.on_render(seconds, status)
-    end
-end
-
--- the hot cache gets a rendered metatile
-local function fill(t, res)
-    local evicted = cache.put_metatile(t.layer.name, res.index, res.header, res.blobs)
-    if evicted > 0 and cfg.on_evict then
-        cfg.on_evict(evicted)
-    end
-end
+local observe = metrics.observe_render
 
 -- ask the broker; returns a result table (the caller fills the hot cache)
 local function ask(t, priority, deadline)
@@ -80,7 +68,7 @@ local function ask(t, priority, deadline)
     end
     -- (a re-render of a stale metatile must not be answered from the broker's
     -- memory of its last render: "force")
-    local flags = cfg.fill and "" or "meta"
+    local flags = store.META_IN_REPLY and "meta" or ""
     if priority > 0 then
         flags = flags == "" and "force" or flags .. ",force"
     end
@@ -136,9 +124,9 @@ end
 local function fill_after(t, res)
     local ok, err = true, nil
     if res.index then
-        ok, err = pcall(fill, t, res)
-    elseif res.status == "OK" and cfg.fill then
-        ok, err = pcall(cfg.fill, t)
+        ok, err = pcall(fill.put, t, res.index, res.header, res.blobs)
+    elseif res.status == "OK" then
+        ok, err = pcall(fill.from_store, t)
     end
     if not ok then
         log.once(ERR, "render-bug", "hot cache fill of ", meta_key(t), " raised: ", tostring(err))
@@ -238,7 +226,7 @@ local function refresh(premature, t)
         return
     end
     update_time()
-    local res = ask(t, 1, now() + cfg.timeout)
+    local res = ask(t, 1, now() + timeout)
     fill_after(t, res)
     if res.status ~= "OK" then
         log.once(WARN, "refresh-" .. res.status, "background re-render of ", meta_key(t),
@@ -250,7 +238,7 @@ end
 -- (once per metatile while one is under way); returns at once.
 function _M.refresh(t)
     local key = meta_key(t)
-    if not locks:add("q|" .. key, true, cfg.timeout + 1) then
+    if not locks:add("q|" .. key, true, timeout + 1) then
         return false
     end
     local ok, err = timer_at(0, refresh, t)

@@ -37,17 +37,17 @@ local pairs = pairs
 local _M = { _VERSION = "0.1.0" }
 
 local dict
-local ttl = 300
-local linger = 40
+local ttl             -- seconds an entry counts as fresh
+local linger          -- seconds a purge is remembered
 local EMPTY = index.EMPTY
 
 function _M.configure(shm, seconds, purge_seconds)
-    if not shm then
-        error("cache needs a shared dict", 2)
+    if not shm or not seconds or not purge_seconds then
+        error("cache.configure needs a shared dict, the ttl and the purge's linger", 2)
     end
     dict = shm
-    ttl = seconds or ttl
-    linger = purge_seconds or linger
+    ttl = seconds
+    linger = purge_seconds
 end
 
 local function purge_key(layer, z, x0, y0)

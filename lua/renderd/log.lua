@@ -17,11 +17,14 @@ local concat = table.concat
 local _M = { _VERSION = "0.1.0" }
 
 local dict
-local interval = 10
+local interval        -- seconds between two lines of one cause
 
 function _M.configure(shm, seconds)
+    if shm and not seconds then
+        error("log.configure needs the interval with the dict", 2)
+    end
     dict = shm
-    interval = seconds or interval
+    interval = seconds
 end
 
 --- Log at `level` unless `cause` was logged less than `interval` ago.

@@ -24,7 +24,8 @@
 -- send error or a read that takes longer than timeout_ms closes the
 -- connection and fails every command sent on it (the next batch connects
 -- again), except that commands lost to a connection the server closed
--- (restart, CLIENT KILL, an idle timeout) are sent once more on a new one.
+-- (restart, CLIENT KILL, an idle timeout: renderd.conn.dropped) are sent
+-- once more on a new one.
 -- A request stops waiting after its own timeout; a reply that comes later
 -- is dropped. The timer and its reader end when the worker exits.
 

@@ -8,7 +8,6 @@ deadline passes raises ``TimeoutError_`` here, and the broker drops it.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from typing import Iterable
 
@@ -92,7 +91,7 @@ class Client:
 
     def ping(self, timeout: float = 2.0) -> bool:
         rid = self.next_id()
-        self._sock.send_multipart([p.CLIENT, p.PING, rid])
+        self._sock.send_multipart(p.ping_frames(rid))
         try:
             return self._wait(rid, timeout).status == p.PONG
         except TimeoutError_:
@@ -100,9 +99,9 @@ class Client:
 
     def status(self, timeout: float = 5.0) -> dict:
         rid = self.next_id()
-        self._sock.send_multipart([p.CLIENT, p.STATUS, rid])
+        self._sock.send_multipart(p.status_frames(rid))
         reply = self._wait(rid, timeout)
         try:
-            return json.loads(reply.info)
-        except ValueError:
+            return p.decode_status(reply.info)
+        except ProtocolError:
             raise DaemonError("broker sent a malformed STATUS") from None

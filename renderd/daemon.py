@@ -209,9 +209,7 @@ class Daemon:
             old = [w for w in self.broker.workers.values()
                    if w.info.get("pool") == self.token and w.generation < self.reload_generation]
             for w in old:
-                if not w.stopping:
-                    w.stopping = True
-                    self.broker.send([w.ident, b"RPW1", b"STOP"])
+                self.broker.stop_worker(w)
             log.info("reloaded: generation %d serving", self.reload_generation)
             self.reload_generation = None
             notify("READY=1")

@@ -9,8 +9,9 @@ A render that passes its timeout is ended by the kernel: the worker arms
 even if a C library holds the interpreter lock. The pool sees the death and
 the broker re-queues the job.
 
-Exit status 3 means a style could not load: the pool stops instead of
-restarting workers in a loop.
+Exit status ``EXIT_STYLE`` (3) means a style could not load, ``EXIT_USAGE``
+(2) that the configuration did not: the pool stops instead of restarting
+workers in a loop (``renderd.exitcodes``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,10 @@ import zmq
 from . import config as _config
 from . import protocol as p
 from .errors import ConfigError, ProtocolError, RenderdError, StyleError
+from .exitcodes import EXIT_OK, EXIT_STYLE, EXIT_USAGE
 from .store import MetaIndex, open_store
 
 log = logging.getLogger("renderd.worker")
-
-EXIT_STYLE = 3
-EXIT_CONFIG = 2
 
 
 class BrokerLink:
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config.load(args.config)
     except ConfigError as e:
         print(f"renderd-py worker: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     logging.basicConfig(level=getattr(logging, cfg.daemon.log_level.upper()),
                         format=f"renderd-py worker[{os.getpid()}]: %(levelname)s %(message)s")
     renderers = {}
@@ -211,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         for r in renderers.values():
             r.__exit__(None, None, None)
         store.close()
-    return 0
+    return EXIT_OK
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -57,9 +57,9 @@ def test_disabled_and_durations():
 
 
 def test_bar_on_a_real_pseudo_terminal(monkeypatch):
-    """Standard error on a fresh pty, which reports 0 columns and 0 rows (as
-    under ``script``): the bar is still drawn, 80 columns wide, and ends its
-    line."""
+    """Standard error on a fresh pty, which reports 0 columns and 0 rows (a
+    terminal of unknown size): the bar is still drawn, 80 columns wide, and
+    ends its line."""
     import os
     import pty
     import sys

@@ -33,9 +33,10 @@ sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _HERE] 
 
 from common import (WORLD_LAYER, free_port, helsinki, osm_layer, osm_lnglat_bbox,  # noqa: E402
                     run_plain, start_daemon, stop_daemon, write_config)
-from renderd import config as _config, metafile  # noqa: E402
+from renderd import config as _config  # noqa: E402
 from renderd.store import open_store  # noqa: E402
 from renderd.tilemath import index_tile  # noqa: E402
+from renderd.tools import metafile  # noqa: E402
 from renderd.tools.area import Area  # noqa: E402
 
 WORLD = ("world", "-180,-85,180,85", (0, 7))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -162,7 +161,7 @@ class Broker:
         now = self.clock()
         if now >= self._next_beat:
             for w in self.workers.values():
-                self.send([w.ident, p.WORKER, p.HEARTBEAT])
+                self.send([w.ident] + p.heartbeat_frames())
             self._next_beat = now + self.heartbeat
         self.purge_waiters(now)
         self.purge_workers(now)
@@ -171,20 +170,18 @@ class Broker:
     # --- clients ---------------------------------------------------------
     def handle_client(self, ident: bytes, cmd: bytes, rest: list[bytes]) -> None:
         if cmd == p.RENDER:
-            rid = rest[0] if rest and len(rest[0]) <= p.MAX_ID else b""
             try:
                 req = p.decode_render(rest)
             except ProtocolError as e:
                 self.counters["invalid"] += 1
                 self._bad("render", f"refused a RENDER: {e}")
-                self.reply(ident, p.Reply(p.INVALID, rid, str(e).encode()))
+                self.reply(ident, p.Reply(p.INVALID, p.render_id(rest), str(e).encode()))
                 return
             self.request(ident, req)
         elif cmd == p.PING:
-            self.send([ident, p.CLIENT, p.PONG, rest[0] if rest else b""])
+            self.send([ident] + p.pong_frames(p.decode_ping(rest)))
         elif cmd == p.STATUS:
-            body = json.dumps(self.status(), separators=(",", ":")).encode()
-            self.send([ident, p.CLIENT, p.OK, rest[0] if rest else b"", body])
+            self.send([ident] + p.status_reply_frames(p.decode_ping(rest), self.status()))
         else:
             raise ProtocolError(f"unknown client command {cmd[:16]!r}")
 
@@ -198,7 +195,7 @@ class Broker:
             return self._refuse(ident, req.rid, f"zoom {t.z} outside {layer.minzoom}-{layer.maxzoom}")
         if not self.accepting:
             self.counters["failed"] += 1
-            return self.reply(ident, p.Reply(p.FAIL, req.rid, b"shutting down"))
+            return self.reply(ident, p.Reply(p.FAIL, req.rid, p.SHUTTING_DOWN))
         now = self.clock()
         meta = metatile_of(t.z, t.x, t.y, layer.metatile)
         key = (req.layer, meta.z, meta.x0, meta.y0)
@@ -271,15 +268,15 @@ class Broker:
         if worker is None:
             if cmd in (p.HEARTBEAT, p.DONE, p.FAILED):
                 # we restarted or dropped it: ask it to introduce itself again
-                self.send([ident, p.WORKER, p.READY])
+                self.send([ident] + p.ask_ready_frames())
             return
         worker.expiry = now + self.heartbeat * self.liveness
         if cmd == p.HEARTBEAT:
             return
         if cmd == p.DONE:
-            self.job_done(worker, rest, now)
+            self.job_done(worker, p.decode_done(rest), now)
         elif cmd == p.FAILED:
-            self.job_failed(worker, rest)
+            self.job_failed(worker, p.decode_failed(rest))
         elif cmd == p.BYE:
             self.lose_worker(worker, "left")
         else:
@@ -296,21 +293,18 @@ class Broker:
         self._forget(job)
         return job
 
-    def job_done(self, worker: Worker, rest: list[bytes], now: float) -> None:
-        if len(rest) < 3:
-            raise ProtocolError("DONE needs a job id, stats and an index")
-        job = self._take_job(worker, rest[0])
+    def job_done(self, worker: Worker, done: p.Done, now: float) -> None:
+        job = self._take_job(worker, done.job_id)
         if job is None:
             return
         try:
-            index = MetaIndex.decode(rest[2])
+            index = MetaIndex.decode(done.index)
         except StoreError as e:
             self._fail_waiters(job, f"worker sent a bad index: {e}")
             return
-        self._count_stats(rest[1])
-        raw_index = rest[2]
-        unique = index.unique()
-        blobs = dict(zip(unique, rest[3:]))
+        self._count_stats(done.stats)
+        raw_index = done.index
+        blobs = dict(zip(index.unique(), done.blobs))
         elapsed = now - job.started
         self.render_seconds[job.priority] += elapsed
         self.render_count[job.priority] += 1
@@ -320,26 +314,23 @@ class Broker:
                 self.answer(w, index, raw_index, blobs)
         self._remember(job.key, index, raw_index, blobs, now)
 
-    def _count_stats(self, raw: bytes) -> None:
+    def _count_stats(self, stats: p.JobStats | None) -> None:
         """Add a worker's per-job figures (draw and encode time, encodes
         done and saved by deduplication) to the totals in STATUS."""
-        try:
-            stats = json.loads(raw)
-            self.work["draw_seconds"] += float(stats.get("draw", 0))
-            self.work["encode_seconds"] += float(stats.get("encode", 0))
-            self.work["store_seconds"] += float(stats.get("store", 0))
-            self.work["job_seconds"] += float(stats.get("job", 0))
-            self.work["encoded"] += int(stats.get("encoded", 0))
-            self.work["encodes_saved"] += int(stats.get("reused", 0))
-        except (ValueError, TypeError, AttributeError):
+        if stats is None:
             self._bad("stats", "worker sent unreadable stats")
+            return
+        self.work["draw_seconds"] += stats.draw
+        self.work["encode_seconds"] += stats.encode
+        self.work["store_seconds"] += stats.store
+        self.work["job_seconds"] += stats.job
+        self.work["encoded"] += stats.encoded
+        self.work["encodes_saved"] += stats.reused
 
-    def job_failed(self, worker: Worker, rest: list[bytes]) -> None:
-        if not rest:
-            raise ProtocolError("FAILED needs a job id")
-        job = self._take_job(worker, rest[0])
+    def job_failed(self, worker: Worker, failed: p.Failed) -> None:
+        job = self._take_job(worker, failed.job_id)
         if job is not None:
-            reason = rest[1].decode("utf-8", "replace")[:200] if len(rest) > 1 else "render failed"
+            reason = failed.reason[:200]
             log.error("metatile %s %s failed: %s", job.layer, job.meta, reason)
             self._fail_waiters(job, reason)
 
@@ -469,9 +460,13 @@ class Broker:
         """Ask workers (of one generation, or all) to leave after their job."""
         for w in self.workers.values():
             if generation is None or w.generation == generation:
-                if not w.stopping:
-                    w.stopping = True
-                    self.send([w.ident, p.WORKER, p.STOP])
+                self.stop_worker(w)
+
+    def stop_worker(self, worker: Worker) -> None:
+        """Ask one worker to leave after its job (once)."""
+        if not worker.stopping:
+            worker.stopping = True
+            self.send([worker.ident] + p.stop_frames())
 
     def shutdown(self) -> None:
         """Refuse new work, fail what is queued, let running jobs finish."""
@@ -479,7 +474,7 @@ class Broker:
         for queue in self.queues:
             for job in list(queue.values()):
                 self._forget(job)
-                self._fail_waiters(job, "shutting down")
+                self._fail_waiters(job, p.SHUTTING_DOWN.decode())
         self.stop_workers()
 
     @property

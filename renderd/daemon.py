@@ -25,11 +25,11 @@ import zmq
 from . import config as _config
 from .broker import Broker, Worker
 from .errors import ConfigError, DaemonError
+from .exitcodes import BOOT_FAILURES, EXIT_OK, EXIT_STYLE
 from .sdnotify import notify
 
 log = logging.getLogger("renderd.daemon")
 
-EXIT_STYLE = 3
 SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup", signal.SIGCHLD: "chld"}
 
 
@@ -190,7 +190,7 @@ class Daemon:
                 self.broker.tick()
                 self._check_ready()
                 if self.stopping and self._stopped():
-                    return 0
+                    return EXIT_OK
         finally:
             notify("STOPPING=1")
             self.pool.terminate_all(5.0)
@@ -209,9 +209,7 @@ class Daemon:
             old = [w for w in self.broker.workers.values()
                    if w.info.get("pool") == self.token and w.generation < self.reload_generation]
             for w in old:
-                if not w.stopping:
-                    w.stopping = True
-                    self.broker.send([w.ident, b"RPW1", b"STOP"])
+                self.broker.stop_worker(w)
             log.info("reloaded: generation %d serving", self.reload_generation)
             self.reload_generation = None
             notify("READY=1")
@@ -260,7 +258,7 @@ class Daemon:
             self.broker.worker_exited(pid)
             if self.stopping:
                 continue
-            if code == EXIT_STYLE or code == 2:
+            if code in BOOT_FAILURES:
                 what = "style" if code == EXIT_STYLE else "configuration"
                 if child.generation == self.reload_generation:
                     log.error("reload failed: a new worker could not load its %s; keeping generation %d",
@@ -303,11 +301,11 @@ def run_pool(cfg: _config.Config, endpoint: str, size: int) -> int:
         while not pending:
             time.sleep(0.2)
             for pid, child, code in pool.reap():
-                if code in (EXIT_STYLE, 2):
+                if code in BOOT_FAILURES:
                     log.error("a worker could not load its style or configuration; stopping")
                     return EXIT_STYLE
                 pool.spawn()
     finally:
         notify("STOPPING=1")
         pool.terminate_all(cfg.daemon.shutdown_timeout)
-    return 0
+    return EXIT_OK

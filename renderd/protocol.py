@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .errors import ProtocolError
 from .tilemath import Meta, Tile, valid_tile
@@ -41,6 +41,11 @@ PRIORITY_NAMES = ("missing", "stale", "bulk", "expiry")
 FLAGS = frozenset({"meta", "nodata", "force"})
 MAX_ID = 64
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+#: bytes of a FAILED reason a worker sends at the most
+MAX_REASON = 500
+#: the ``FAIL`` reason of every request while the broker stops; a client
+#: leaves the metatile for another run instead of counting it failed
+SHUTTING_DOWN = b"shutting down"
 _TILE_RE = re.compile(rb"(\d{1,2})/(\d{1,10})/(\d{1,10})")
 _NAME_RE = re.compile(rb"[A-Za-z0-9_\-]{1,64}")
 
@@ -85,6 +90,12 @@ class RenderRequest:
                 ",".join(sorted(self.flags)).encode()]
 
 
+def render_id(frames: list[bytes]) -> bytes:
+    """The request id of a RENDER that may not decode (frames after
+    ``RPY1 RENDER``), to answer ``INVALID`` to: empty if missing or too long."""
+    return frames[0] if frames and len(frames[0]) <= MAX_ID else b""
+
+
 def decode_render(frames: list[bytes]) -> RenderRequest:
     """Frames after ``RPY1 RENDER``: id, layer, tile, priority, timeout, flags."""
     if len(frames) < 5:
@@ -108,6 +119,39 @@ def decode_render(frames: list[bytes]) -> RenderRequest:
         timeout_ms=_int(frames[4], "timeout", 0, MAX_TIMEOUT_MS),
         flags=flags,
     )
+
+
+def ping_frames(rid: bytes) -> list[bytes]:
+    return [CLIENT, PING, rid]
+
+
+def status_frames(rid: bytes) -> list[bytes]:
+    return [CLIENT, STATUS, rid]
+
+
+def decode_ping(frames: list[bytes]) -> bytes:
+    """Frames after ``RPY1 PING`` or ``RPY1 STATUS``: the request id (may be empty)."""
+    return frames[0] if frames else b""
+
+
+def pong_frames(rid: bytes) -> list[bytes]:
+    return [CLIENT, PONG, rid]
+
+
+def status_reply_frames(rid: bytes, status: dict) -> list[bytes]:
+    """``RPY1 OK id JSON``: the answer to ``STATUS``."""
+    return [CLIENT, OK, rid, json.dumps(status, separators=(",", ":")).encode()]
+
+
+def decode_status(info: bytes) -> dict:
+    """The JSON of a ``STATUS`` answer (its info frame)."""
+    try:
+        status = json.loads(info)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("STATUS answer is not JSON") from None
+    if not isinstance(status, dict):
+        raise ProtocolError("STATUS answer is not an object")
+    return status
 
 
 def ok_info(digest: str | None, rendered: int, data: int, stale: bool, ext: str) -> bytes:
@@ -191,3 +235,109 @@ def decode_ready(frames: list[bytes]) -> dict:
     if not isinstance(info, dict):
         raise ProtocolError("READY info is not an object")
     return info
+
+
+def decode_worker_message(frames: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """A message from the broker as a worker receives it: its command and
+    the frames after it."""
+    if len(frames) < 2 or frames[0] != WORKER:
+        raise ProtocolError("not an RPW1 message")
+    return frames[1], frames[2:]
+
+
+def heartbeat_frames() -> list[bytes]:
+    """``RPW1 HEARTBEAT``, sent both ways."""
+    return [WORKER, HEARTBEAT]
+
+
+def stop_frames() -> list[bytes]:
+    """``RPW1 STOP`` (broker to worker): finish the current job, then exit."""
+    return [WORKER, STOP]
+
+
+def ask_ready_frames() -> list[bytes]:
+    """``RPW1 READY`` (broker to worker): the broker does not know this
+    worker; it is to send its ``READY`` with its info again."""
+    return [WORKER, READY]
+
+
+def bye_frames() -> list[bytes]:
+    """``RPW1 BYE`` (worker to broker): the worker is leaving."""
+    return [WORKER, BYE]
+
+
+@dataclass
+class JobStats:
+    """A worker's figures for one job, the STATS of ``DONE``: seconds spent
+    drawing, encoding, storing and on the whole job; tiles encoded, and
+    encodes saved by deduplication (``reused``)."""
+
+    draw: float = 0.0
+    encode: float = 0.0
+    store: float = 0.0
+    job: float = 0.0
+    encoded: int = 0
+    reused: int = 0
+
+
+def decode_stats(raw: bytes) -> JobStats:
+    """The STATS frame of ``DONE``: a JSON object; missing figures are 0,
+    other keys are ignored."""
+    try:
+        info = json.loads(raw)
+        return JobStats(float(info.get("draw", 0)), float(info.get("encode", 0)),
+                        float(info.get("store", 0)), float(info.get("job", 0)),
+                        int(info.get("encoded", 0)), int(info.get("reused", 0)))
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        raise ProtocolError("DONE stats are unreadable") from None
+
+
+@dataclass
+class Done:
+    """``RPW1 DONE JOBID STATS INDEX BLOB...``: a job rendered and stored.
+
+    ``index`` is the metatile index as stored (docs/storage.md), ``blobs``
+    the bytes of each distinct hash of it in order of first appearance.
+    ``stats`` is None when a worker sent STATS that do not parse: the result
+    still counts, only the figures are lost.
+    """
+
+    job_id: bytes
+    stats: JobStats | None
+    index: bytes
+    blobs: list[bytes] = field(default_factory=list)
+
+    def frames(self) -> list[bytes]:
+        stats = json.dumps(asdict(self.stats or JobStats()), separators=(",", ":")).encode()
+        return [WORKER, DONE, self.job_id, stats, self.index, *self.blobs]
+
+
+def decode_done(frames: list[bytes]) -> Done:
+    """Frames after ``RPW1 DONE``."""
+    if len(frames) < 3:
+        raise ProtocolError("DONE needs a job id, stats and an index")
+    try:
+        stats: JobStats | None = decode_stats(frames[1])
+    except ProtocolError:
+        stats = None
+    return Done(frames[0], stats, frames[2], list(frames[3:]))
+
+
+@dataclass
+class Failed:
+    """``RPW1 FAILED JOBID REASON``: the render raised; not retried."""
+
+    job_id: bytes
+    reason: str = "render failed"
+
+    def frames(self) -> list[bytes]:
+        return [WORKER, FAILED, self.job_id, self.reason.encode()[:MAX_REASON]]
+
+
+def decode_failed(frames: list[bytes]) -> Failed:
+    """Frames after ``RPW1 FAILED``; the reason may be missing."""
+    if not frames:
+        raise ProtocolError("FAILED needs a job id")
+    if len(frames) == 1:
+        return Failed(frames[0])
+    return Failed(frames[0], frames[1].decode("utf-8", "replace"))

@@ -9,14 +9,14 @@ A render that passes its timeout is ended by the kernel: the worker arms
 even if a C library holds the interpreter lock. The pool sees the death and
 the broker re-queues the job.
 
-Exit status 3 means a style could not load: the pool stops instead of
-restarting workers in a loop.
+Exit status ``EXIT_STYLE`` (3) means a style could not load, ``EXIT_USAGE``
+(2) that the configuration did not: the pool stops instead of restarting
+workers in a loop (``renderd.exitcodes``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -32,12 +32,10 @@ import zmq
 from . import config as _config
 from . import protocol as p
 from .errors import ConfigError, ProtocolError, RenderdError, StyleError
+from .exitcodes import EXIT_OK, EXIT_STYLE, EXIT_USAGE
 from .store import MetaIndex, open_store
 
 log = logging.getLogger("renderd.worker")
-
-EXIT_STYLE = 3
-EXIT_CONFIG = 2
 
 
 class BrokerLink:
@@ -76,16 +74,15 @@ class BrokerLink:
             except ProtocolError as e:
                 log.warning("dropped a malformed job: %s", e)
 
-    def done(self, job: p.Job, stats: dict, raw_index: bytes, blobs: list[bytes]) -> None:
-        frames = [p.WORKER, p.DONE, job.job_id, json.dumps(stats, separators=(",", ":")).encode(), raw_index]
-        self._main.send_multipart(frames + blobs, copy=False)
+    def done(self, job: p.Job, stats: p.JobStats, raw_index: bytes, blobs: list[bytes]) -> None:
+        self._main.send_multipart(p.Done(job.job_id, stats, raw_index, blobs).frames(), copy=False)
 
     def failed(self, job: p.Job, reason: str) -> None:
-        self._main.send_multipart([p.WORKER, p.FAILED, job.job_id, reason.encode()[:500]])
+        self._main.send_multipart(p.Failed(job.job_id, reason).frames())
 
     def close(self) -> None:
         """Say BYE and stop the I/O thread."""
-        self._main.send_multipart([p.WORKER, p.BYE])
+        self._main.send_multipart(p.bye_frames())
         self._stop.set()
         self._thread.join(5)
         self._main.close(0)
@@ -116,18 +113,20 @@ class BrokerLink:
             if broker in events:
                 frames = broker.recv_multipart()
                 heard = now
-                if len(frames) >= 2 and frames[0] == p.WORKER:
-                    cmd = frames[1]
-                    if cmd == p.JOB:
-                        self._io_end.send_multipart(frames)
-                    elif cmd == p.STOP:
-                        self._io_end.send_multipart([p.STOP])
-                    elif cmd == p.READY:
-                        broker.send_multipart(p.ready_frames(self.info))
+                try:
+                    cmd, _ = p.decode_worker_message(frames)
+                except ProtocolError:
+                    cmd = b""  # not for a worker: ignored
+                if cmd == p.JOB:
+                    self._io_end.send_multipart(frames)
+                elif cmd == p.STOP:
+                    self._io_end.send_multipart([p.STOP])
+                elif cmd == p.READY:
+                    broker.send_multipart(p.ready_frames(self.info))
             if self._stop.is_set():
                 break
             if now >= next_beat:
-                broker.send_multipart([p.WORKER, p.HEARTBEAT])
+                broker.send_multipart(p.heartbeat_frames())
                 next_beat = now + self.heartbeat
             if now - heard > self.heartbeat * self.liveness:
                 log.warning("broker at %s silent for %.0fs: reconnecting", self.endpoint, now - heard)
@@ -169,9 +168,9 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
             link.failed(job, f"{type(e).__name__}: {e}")
         else:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            stats = {"draw": round(result.draw_seconds, 6), "encode": round(result.encode_seconds, 6),
-                     "store": round(store_seconds, 6), "job": round(time.perf_counter() - started, 6),
-                     "encoded": result.encoded, "reused": result.reused}
+            stats = p.JobStats(round(result.draw_seconds, 6), round(result.encode_seconds, 6),
+                               round(store_seconds, 6), round(time.perf_counter() - started, 6),
+                               result.encoded, result.reused)
             link.done(job, stats, index.encode(), [result.blobs[h] for h in index.unique()])
         done += 1
         if max_jobs and done >= max_jobs:
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config.load(args.config)
     except ConfigError as e:
         print(f"renderd-py worker: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     logging.basicConfig(level=getattr(logging, cfg.daemon.log_level.upper()),
                         format=f"renderd-py worker[{os.getpid()}]: %(levelname)s %(message)s")
     renderers = {}
@@ -211,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         for r in renderers.values():
             r.__exit__(None, None, None)
         store.close()
-    return 0
+    return EXIT_OK
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -260,3 +260,44 @@ def test_shutdown_fails_queued_and_stops_workers():
 def test_decode_render_refuses(frames):
     with pytest.raises(p.ProtocolError):
         p.decode_render(frames[2:])
+
+
+def test_worker_frames_round_trip():
+    stats = p.JobStats(0.5, 0.25, 0.125, 1.0, 3, 61)
+    done = p.Done(b"7", stats, b"INDEX", [b"a", b"b"])
+    frames = done.frames()
+    assert frames == [p.WORKER, p.DONE, b"7",
+                      b'{"draw":0.5,"encode":0.25,"store":0.125,"job":1.0,"encoded":3,"reused":61}',
+                      b"INDEX", b"a", b"b"]
+    assert p.decode_done(frames[2:]) == done
+    failed = p.Failed(b"8", "style blew up " + "x" * 600)
+    frames = failed.frames()
+    assert frames[:3] == [p.WORKER, p.FAILED, b"8"] and len(frames[3]) == p.MAX_REASON
+    assert p.decode_failed(frames[2:]).reason == frames[3].decode()
+    assert p.decode_failed([b"9"]) == p.Failed(b"9", "render failed")
+    assert p.stop_frames() == [b"RPW1", b"STOP"] and p.bye_frames() == [b"RPW1", b"BYE"]
+    assert p.heartbeat_frames() == [b"RPW1", b"HEARTBEAT"] and p.ask_ready_frames() == [b"RPW1", b"READY"]
+    assert p.decode_worker_message([b"RPW1", b"JOB", b"1"]) == (b"JOB", [b"1"])
+
+
+@pytest.mark.parametrize("decode, frames", [
+    (p.decode_done, []), (p.decode_done, [b"1", b"{}"]), (p.decode_failed, []),
+    (p.decode_worker_message, [b"RPY1", b"JOB"]), (p.decode_worker_message, [b"RPW1"]),
+])
+def test_worker_decoders_refuse(decode, frames):
+    with pytest.raises(p.ProtocolError):
+        decode(frames)
+
+
+@pytest.mark.parametrize("raw", [b"garbage", b"[1]", b'{"draw":"x"}', b'{"encoded":1e999}', b"\xff"])
+def test_unreadable_stats_lose_the_figures_not_the_tiles(raw):
+    assert p.decode_done([b"1", raw, b"INDEX"]).stats is None
+    h = Harness()
+    h.worker(b"w1")
+    h.render(b"c1", b"r1", (5, 3, 9))
+    [job] = h.jobs_for(b"w1")
+    idx = MetaIndex(job.meta, tuple(content_hash(b"sea") for _ in meta_tiles(job.meta)), 100, 90, "png")
+    h.b.handle([b"w1", p.WORKER, p.DONE, job.job_id, raw, idx.encode(), b"sea"])
+    [reply] = h.replies_to(b"c1")
+    assert reply.ok and reply.tile == b"sea"
+    assert h.b.counters["bad_messages"] == 1 and h.b.work["encoded"] == 0

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from renderd import config, importmeta
-from renderd import metafile as mf
+from renderd import config
+from renderd.tools import importmeta
+from renderd.tools import metafile as mf
 from renderd.errors import UsageError
 from renderd.store import content_hash, open_store
 from renderd.tilemath import Tile, metatile_of

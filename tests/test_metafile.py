@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from renderd import metafile as mf
+from renderd.tools import metafile as mf
 from renderd.errors import RenderdError
 
 

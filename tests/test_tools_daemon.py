@@ -305,9 +305,8 @@ def test_window_gives_up_on_a_broker_that_stopped_answering():
     """A real ROUTER that takes requests and never answers (a hung or
     vanished daemon): the window PINGs it after its liveness and gives up."""
     import zmq
-    from renderd.client import Client
+    from renderd.client import Client, Window
     from renderd.tilemath import Meta
-    from renderd.tools.seed import Window
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)

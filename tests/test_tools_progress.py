@@ -54,3 +54,32 @@ def test_disabled_and_durations():
     assert out.getvalue() == ""
     assert fmt_duration(59.6) == "1:00" and fmt_duration(3725) == "1:02:05"
     assert fmt_duration(float("nan")) == "?"
+
+
+def test_bar_on_a_real_pseudo_terminal(monkeypatch):
+    """Standard error on a fresh pty, which reports 0 columns and 0 rows (a
+    terminal of unknown size): the bar is still drawn, 80 columns wide, and
+    ends its line."""
+    import os
+    import pty
+    import sys
+    monkeypatch.delenv("COLUMNS", raising=False)
+    master, slave = pty.openpty()
+    clock = Clock()
+    with os.fdopen(slave, "w") as tty:
+        monkeypatch.setattr(sys, "stderr", tty)
+        pr = Progress(8, "metatiles", clock=clock)
+        assert pr.tty
+        for _ in range(8):
+            clock.t += 1.0
+            pr.advance()
+        pr.finish()
+        got = b""
+        while not got.endswith(b"\n"):
+            got += os.read(master, 4096)
+    os.close(master)
+    last = got.decode().rstrip("\r\n").rsplit("\r", 1)[-1]
+    bar, text = last[1:].split("] ", 1)
+    assert set(bar) == {"#"} and len(bar) >= 10
+    assert text.rstrip() == "8/8 metatiles  100.0%  1.0/s  ETA 0:00"
+    assert len(last.rstrip()) < 80

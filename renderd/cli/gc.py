@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..importmeta import format_bytes
 from ..store import open_store
+from ..tools.importmeta import format_bytes
 from .options import config_option
 
 

@@ -8,9 +8,9 @@ import sys
 import click
 
 from ..errors import RenderdError
-from ..importmeta import ImportStats, import_dir, summary
 from ..store import open_store
 from ..tilemath import parse_zoom_range
+from ..tools.importmeta import ImportStats, import_dir, summary
 from .options import config_option, layer_option
 
 

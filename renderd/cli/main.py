@@ -1,7 +1,8 @@
 """``renderd-py``: a thin click front; one module per subcommand.
 
 Errors become one line on stderr: exit status 2 for bad arguments or
-configuration, 1 for runtime failures; a traceback only with ``--debug``.
+configuration, 1 for runtime failures, 130 when interrupted (the names are
+in ``renderd.exitcodes``); a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from .. import __version__
 from ..errors import RenderdError, UsageError
+from ..exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 
 #: subcommand -> module under renderd.cli defining ``command``
 COMMANDS = {
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
-        _fail("aborted", 130)
+        _fail("aborted", EXIT_INTERRUPTED)
     except click.ClickException as e:
         if debug:
             raise
@@ -83,19 +85,19 @@ def main(argv: list[str] | None = None) -> Any:
     except UsageError as e:
         if debug:
             raise
-        _fail(f"error: {e}", 2)
+        _fail(f"error: {e}", EXIT_USAGE)
     except RenderdError as e:
         if debug:
             raise
-        _fail(f"error: {e}", 1)
+        _fail(f"error: {e}", EXIT_FAILURE)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)
     except Exception as e:  # a bug: still one line unless --debug
         if debug:
             raise
-        _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", 1)
+        _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", EXIT_FAILURE)
 
 
 if __name__ == "__main__":

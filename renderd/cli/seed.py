@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..exitcodes import EXIT_INTERRUPTED
 from ..tilemath import parse_zoom_range
 from .options import area_options, config_option, layer_option, zoom_option
 
@@ -104,4 +105,4 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
         raise RenderdError(f"{summary.failed} metatiles failed (more than --max-failures {max_failures})")
     if summary.interrupted:
         click.echo("renderd-py: seed stopped; run the same command again to continue", err=True)
-        raise SystemExit(130)
+        raise SystemExit(EXIT_INTERRUPTED)

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TextIO
 
 from .. import protocol as p
-from ..client import Client
+from ..client import Client, Endpoint, StopFlag, Window, connect
 from ..errors import DaemonError, UsageError, file_errors_as_usage
 from ..store.base import Store
 from ..tilemath import Meta, Tile, metatile_of, metatile_size, valid_tile
-from .seed import StopFlag, Window, connect
 
 MODES = ("dirty", "delete", "render")
 _LINE = re.compile(r"\s*(\d{1,2})\s*/\s*(\d{1,10})\s*/\s*(\d{1,10})\s*")
@@ -175,7 +174,7 @@ def targets(store: Store, layer: str, tiles: set[Tile], zooms: tuple[int, int], 
 
 
 def expire(store: Store, layer: str, stream: Iterable[str], zooms: tuple[int, int], mode: str = "dirty",
-           meta: int = 8, endpoint: str | Callable[[], Client] | None = None, concurrency: int = 8,
+           meta: int = 8, endpoint: Endpoint | None = None, concurrency: int = 8,
            timeout: float = 3600.0, scan_limit: int = 200_000, stop: StopFlag | None = None,
            log: Callable[[str], None] | None = None,
            changed: Callable[[Meta], None] | None = None) -> ExpireSummary:
@@ -217,17 +216,13 @@ def expire(store: Store, layer: str, stream: Iterable[str], zooms: tuple[int, in
                 if window is None:
                     if endpoint is None:
                         raise UsageError("--mode render needs the daemon's address")
-                    client = endpoint() if callable(endpoint) else connect(endpoint)
+                    client = connect(endpoint)
                     window = Window(client, layer, p.EXPIRY, concurrency, timeout, on_ok, on_fail,
                                     flags=("nodata", "force"), stop=stop)
                 if not window.submit(m):
                     break
         if window is not None:
-            while window.outstanding() and not (stop is not None and stop.is_set()):
-                window.poll(0.2)
-            if window.outstanding():
-                window.drain(5.0)
-            window.abandon()
+            window.finish(grace=5.0)
             if window.gone:
                 raise DaemonError(f"{window.gone}; {s.rendered} of {s.metatiles} re-renders done "
                                   "(the rest are marked stale)")

@@ -37,7 +37,7 @@ from pmtiles.tile import Compression, Entry, TileType, tileid_to_zxy, zxy_to_til
 from pmtiles.writer import Writer
 
 from .. import protocol as p
-from ..client import Client
+from ..client import Endpoint, StopFlag, Window, connect
 from ..config import LayerConfig
 from ..errors import DaemonError, RenderdError, StoreError, UsageError
 from ..store.base import Store
@@ -45,7 +45,7 @@ from ..store.index import EMPTY, MetaIndex
 from ..tilemath import Meta, index_tile, metatile_of
 from .area import Area
 from .progress import Progress
-from .seed import StopFlag, Window, connect, plan
+from .seed import plan
 
 FORMATS = {".mbtiles": "mbtiles", ".pmtiles": "pmtiles"}
 
@@ -240,7 +240,7 @@ class _PMTiles:
 
 # --- the export ------------------------------------------------------------------
 
-def _render_missing(store: Store, endpoint: str | Callable[[], Client], layer: str, area: Area,
+def _render_missing(store: Store, endpoint: Endpoint, layer: str, area: Area,
                     zooms: tuple[int, int], meta: int, s: ExportSummary, concurrency: int,
                     timeout: float, progress: Progress | None, stop: StopFlag | None) -> None:
     missing = [m for m in plan(area, zooms, meta) if store.get_index(layer, m) is None]
@@ -262,16 +262,14 @@ def _render_missing(store: Store, endpoint: str | Callable[[], Client], layer: s
         if progress is not None:
             progress.advance()
 
-    client = endpoint() if callable(endpoint) else connect(endpoint)
+    client = connect(endpoint)
     try:
         win = Window(client, layer, p.BULK, concurrency, timeout, on_ok, on_fail,
                      flags=("nodata",), stop=stop)
         for m in missing:
             if not win.submit(m):
                 break
-        while win.outstanding() and not (stop is not None and stop.is_set()):
-            win.poll(0.2)
-        win.abandon()
+        win.finish()
         if win.gone:
             raise DaemonError(f"{win.gone} while rendering missing metatiles")
     finally:
@@ -338,7 +336,7 @@ def tiles_of(store: Store, layer: str, area: Area, zooms: tuple[int, int], meta:
 
 
 def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], out: str,
-           render_missing: bool = False, endpoint: str | Callable[[], Client] | None = None,
+           render_missing: bool = False, endpoint: Endpoint | None = None,
            concurrency: int = 8, timeout: float = 600.0, progress: Progress | None = None,
            stop: StopFlag | None = None) -> ExportSummary:
     fmt = format_of(out)

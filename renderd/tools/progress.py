@@ -1,9 +1,12 @@
 """Progress for long tools: a live bar on a terminal, plain lines otherwise.
 
-On a terminal the bar is redrawn in place at most ``refresh`` times a
-second: done/total, percentage, rate and ETA. Anywhere else (a log file,
-systemd's journal, a CI log) a plain line is printed every ``interval``
-seconds, so logs stay readable and small. Nothing but the standard library.
+On a terminal a tqdm bar is redrawn in place at most ``refresh`` times a
+second: done/total, percentage, rate and ETA, then what the tool adds.
+Anywhere else (a log file, systemd's journal, a CI log) a plain line is
+printed every ``interval`` seconds, so logs stay readable and small.
+
+The figures are this module's, from its own (injectable) clock, and so are
+the plain lines; tqdm draws the bar, in place, and clears it for a note.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import shutil
 import sys
 import time
 from typing import Callable, TextIO
+
+from tqdm import tqdm
 
 
 def fmt_duration(seconds: float) -> str:
@@ -24,12 +29,22 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+def columns(stream: TextIO) -> int:
+    """The terminal's width: ``$COLUMNS``, else that of the terminal
+    ``stream`` writes to, else standard output's, else 80."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size((80, 20)).columns
+
+
+class _Bar(tqdm):
+    """tqdm drawing only: ``Progress`` says when, so no monitor thread."""
+
+    monitor_interval = 0
 
 
 class Progress:
@@ -52,7 +67,7 @@ class Progress:
         self.done = 0
         self.extra = ""
         self._last = float("-inf")
-        self._drawn = False
+        self._bar: _Bar | None = None
 
     # --- counting ----------------------------------------------------------
     def advance(self, n: int = 1, extra: str | None = None) -> None:
@@ -92,28 +107,38 @@ class Progress:
     def draw(self) -> None:
         if not self.enabled:
             return
-        text = self.text()
         if self.tty:
-            width = shutil.get_terminal_size((80, 20)).columns
-            if len(text) + 14 > width:  # a narrow terminal: the counts, not the details
-                text = self.text(extra=False)
-            barw = max(10, min(40, width - len(text) - 4))
-            frac = self.done / self.total if self.total else 1.0
-            fill = int(barw * min(1.0, frac))
-            line = f"[{'#' * fill}{'.' * (barw - fill)}] {text}"
-            self.stream.write("\r" + line[: width - 1] + "\x1b[K")
-            self._drawn = True
+            if not self._sync_bar():
+                self._bar.refresh()
         else:
-            self.stream.write(f"progress: {text}\n")
+            self.stream.write(f"progress: {self.text()}\n")
         self.stream.flush()
+
+    def _sync_bar(self) -> bool:
+        """Give the bar the current figures; True if it was made (and drawn) now."""
+        width = columns(self.stream)
+        text = self.text()
+        if len(text) + 14 > width:  # a narrow terminal: the counts, not the details
+            text = self.text(extra=False)
+        barw = max(10, min(40, width - len(text) - 4))
+        total, done = (self.total, min(self.done, self.total)) if self.total else (1, 1)
+        fmt = f"[{{bar:{barw}}}] {{desc}}"
+        if self._bar is None:
+            # one bar on the line the cursor is on: its height is not asked
+            # for (a terminal of unknown size would hide the bar)
+            self._bar = _Bar(total=total, initial=done, desc=text, bar_format=fmt, ncols=width - 1,
+                             nrows=20, ascii=".#", file=self.stream, position=0, leave=True)
+            return True
+        bar = self._bar
+        bar.total, bar.n, bar.desc, bar.bar_format, bar.ncols = total, done, text, fmt, width - 1
+        return False
 
     def note(self, message: str) -> None:
         """A one-off line that does not break the bar."""
         if not self.enabled:
             return
-        if self.tty and self._drawn:
-            self.stream.write("\r\x1b[K")
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.clear()
         self.stream.write(message + "\n")
         self.stream.flush()
         if self.tty:
@@ -123,8 +148,9 @@ class Progress:
         if not self.enabled:
             return
         if self.tty:
-            self.draw()
-            self.stream.write("\n")
+            self._sync_bar()
+            self._bar.close()  # drawn a last time, then the line is ended
+            self._bar = None
             self.stream.flush()
         elif self.done and self.clock() - self._last > 0:
             self.draw()

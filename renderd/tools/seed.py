@@ -5,199 +5,30 @@ up in the store (one index read, no daemon): with ``--missing`` (default) a
 stored, fresh metatile is skipped, so a seed stopped by Ctrl-C continues
 where it was when run again. What is left goes to the broker at the bulk
 priority with the ``nodata`` flag (the reply carries no tile bytes) through
-a ``Window``: at most ``concurrency`` requests in flight, ``BUSY`` answers
-retried after a back-off, a request unanswered past its deadline failed.
-The broker keeps part of its pool for interactive requests, so a seed
-never starves users.
-
-``Window`` is shared with ``export --render-missing`` and
-``expire --mode render``.
+a ``Window`` (``renderd.client``, shared with ``export --render-missing``
+and ``expire --mode render``): at most ``concurrency`` requests in flight,
+``BUSY`` answers retried after a back-off, a request unanswered past its
+deadline failed. The broker keeps part of its pool for interactive
+requests, so a seed never starves users.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterator
 
 from .. import protocol as p
-from ..client import Client
-from ..errors import DaemonError, UsageError
+from ..client import Client, Endpoint, Never, StopFlag, Window, connect
+from ..errors import UsageError
 from ..store.base import Store
 from ..store.index import MetaIndex
-from ..tilemath import Meta, Tile
+from ..tilemath import Meta
 from .area import Area
 from .progress import Progress
 
 MODES = ("missing", "force", "older")
-#: the broker's FAIL reason while it stops (renderd/broker.py)
-SHUTTING_DOWN = b"shutting down"
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-
-
-class _Never:
-    def is_set(self) -> bool:
-        return False
-
-
-# --- the window of requests in flight ------------------------------------
-
-@dataclass
-class _Pending:
-    meta: Meta
-    flags: frozenset[str]
-    deadline: float
-    busy: int = 0
-
-
-class Window:
-    """Keeps up to ``size`` render requests in flight on one ``Client``.
-
-    ``submit`` blocks while the window is full, handling replies as they
-    come; ``drain`` waits for the rest. ``on_ok(meta, reply)`` and
-    ``on_fail(meta, reason)`` are called once per metatile.
-    """
-
-    def __init__(self, client: Client, layer: str, priority: int, size: int,
-                 timeout: float, on_ok: Callable[[Meta, p.Reply], None],
-                 on_fail: Callable[[Meta, str], None], flags: Iterable[str] = ("nodata",),
-                 stop: StopFlag | None = None, tick: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        if size < 1:
-            raise UsageError("concurrency must be at least 1")
-        self.client = client
-        self.layer = layer
-        self.priority = priority
-        self.size = size
-        self.timeout = timeout
-        self.flags = frozenset(flags)
-        self.on_ok = on_ok
-        self.on_fail = on_fail
-        self.stop = stop or _Never()
-        self.tick = tick
-        self.clock = clock
-        self.in_flight: dict[bytes, _Pending] = {}
-        self.retry: deque[tuple[float, _Pending]] = deque()
-        self.busy_answers = 0
-        self.sent = 0
-        #: with requests in flight and no answer for this long, PING the broker
-        self.liveness = min(30.0, timeout)
-        self._heard = clock()
-        #: why the daemon cannot be used any more (shutting down, not answering)
-        self.gone: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.in_flight) + len(self.retry)
-
-    def outstanding(self) -> int:
-        """Requests still to be answered (BUSY retries count until the daemon is gone)."""
-        return len(self.in_flight) + (0 if self.gone else len(self.retry))
-
-    def _send(self, pend: _Pending) -> None:
-        req = p.RenderRequest(self.client.next_id(), self.layer, Tile(pend.meta.z, pend.meta.x0, pend.meta.y0),
-                              self.priority, int(self.timeout * 1000), pend.flags)
-        pend.deadline = self.clock() + self.timeout + 5.0
-        self.client.send(req)
-        self.in_flight[req.rid] = pend
-        self.sent += 1
-
-    def submit(self, meta: Meta, extra_flags: Iterable[str] = ()) -> bool:
-        """Queue ``meta``; False if stopped (or the daemon went) before it could be sent."""
-        while len(self) >= self.size:
-            if self.stop.is_set() or self.gone:
-                return False
-            self.poll(0.2)
-        if self.stop.is_set() or self.gone:
-            return False
-        self._send(_Pending(meta, self.flags | frozenset(extra_flags), 0.0))
-        return True
-
-    def poll(self, wait: float) -> None:
-        """Handle replies for up to ``wait`` seconds, resend BUSY ones, expire late ones."""
-        now = self.clock()
-        while self.retry and self.retry[0][0] <= now and not self.gone:
-            _, pend = self.retry.popleft()
-            self._send(pend)
-        if self.retry:
-            wait = min(wait, max(0.0, self.retry[0][0] - now))
-        reply = self.client.recv(wait) if self.in_flight else (time.sleep(wait) if wait > 0 else None)
-        while reply is not None:
-            self._heard = self.clock()
-            self._handle(reply)
-            reply = self.client.recv(0)
-        now = self.clock()
-        if not self.in_flight:
-            self._heard = now
-        elif now - self._heard > self.liveness:
-            self._check_broker()
-        late = [rid for rid, pend in self.in_flight.items() if pend.deadline < now]
-        for rid in late:
-            pend = self.in_flight.pop(rid)
-            self.on_fail(pend.meta, f"no answer in {self.timeout:g}s")
-        if self.tick is not None:
-            self.tick()
-
-    def _check_broker(self) -> None:
-        """Long silence: a PING on a socket of its own (this one's replies
-        must not be consumed) tells a slow render from a daemon gone. When
-        it is gone, what is in flight is given up (not failed)."""
-        probe = Client(self.client.endpoint)
-        try:
-            alive = probe.ping(min(5.0, max(1.0, self.liveness)))
-        finally:
-            probe.close()
-        self._heard = self.clock()
-        if not alive:
-            self.gone = f"the daemon at {self.client.endpoint} stopped answering"
-            self.abandon()
-
-    def _handle(self, reply: p.Reply) -> None:
-        pend = self.in_flight.pop(reply.rid, None)
-        if pend is None:
-            return  # an answer to a request already given up on
-        if reply.status == p.OK:
-            self.on_ok(pend.meta, reply)
-        elif reply.status == p.FAIL and reply.info == SHUTTING_DOWN:
-            # not the metatile's fault: it is left for the next run
-            self.gone = f"the daemon at {self.client.endpoint} is shutting down"
-        elif reply.status == p.BUSY:
-            self.busy_answers += 1
-            pend.busy += 1
-            backoff = min(5.0, 0.1 * (2 ** min(pend.busy, 6)))
-            self.retry.append((self.clock() + backoff, pend))
-        else:
-            reason = reply.info.decode("utf-8", "replace") or reply.status.decode()
-            self.on_fail(pend.meta, f"{reply.status.decode()}: {reason}")
-
-    def drain(self, limit: float | None = None) -> bool:
-        """Wait for every request; True if none is left (False after ``limit`` s)."""
-        end = None if limit is None else self.clock() + limit
-        while self.outstanding():
-            if end is not None and self.clock() >= end:
-                return False
-            self.poll(0.2 if end is None else max(0.0, min(0.2, end - self.clock())))
-        return True
-
-    def abandon(self) -> list[Meta]:
-        """Forget what is still pending (the broker may still render it)."""
-        left = [pend.meta for pend in self.in_flight.values()] + [pend.meta for _, pend in self.retry]
-        self.in_flight.clear()
-        self.retry.clear()
-        return left
-
-
-def connect(endpoint: str, timeout: float = 5.0) -> Client:
-    """A client of the broker, checked with a PING; ``DaemonError`` if none answers."""
-    client = Client(endpoint)
-    if not client.ping(timeout):
-        client.close()
-        raise DaemonError(f"no daemon answers at {endpoint} (is `renderd-py serve` running?)")
-    return client
 
 
 # --- seeding -------------------------------------------------------------
@@ -340,14 +171,14 @@ def plan(area: Area, zooms: tuple[int, int], meta: int) -> Iterator[Meta]:
         yield from area.metatiles(z, meta)
 
 
-def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: Area,
+def seed(store: Store, endpoint: Endpoint, layer: str, area: Area,
          zooms: tuple[int, int], opts: SeedOptions, meta: int = 8,
          progress: Progress | None = None, stop: StopFlag | None = None,
          total: int | None = None, changed: Callable[[Meta], None] | None = None) -> SeedSummary:
     """Seed ``area`` over ``zooms``; returns the summary (also when stopped).
     ``changed(meta)`` is called for each metatile that was stored and has
     been rendered again (for nginx's hot cache, see ``tools.purge``)."""
-    stop = stop or _Never()
+    stop = stop or Never()
     started = time.monotonic()
     s = SeedSummary(layer, zooms)
     s.metatiles = area.count_metatiles(zooms, meta) if total is None else total
@@ -403,7 +234,7 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
                     window.poll(0)
                 continue
             if window is None:
-                client = endpoint() if callable(endpoint) else connect(endpoint)
+                client = connect(endpoint)
                 window = Window(client, layer, p.BULK, opts.concurrency, opts.timeout, on_ok, on_fail,
                                 flags=("nodata",), stop=stop,
                                 tick=progress.maybe_draw if progress is not None else None)
@@ -412,14 +243,12 @@ def seed(store: Store, endpoint: str | Callable[[], Client], layer: str, area: A
             if not window.submit(m, flags):
                 break
         if window is not None:
-            while window.outstanding() and not stop.is_set():
-                window.poll(0.2)
-            if window.outstanding():  # stopped: a grace period for what is in flight, then go
+            def waiting(n: int) -> None:
                 if progress is not None:
-                    progress.note(f"stopping: waiting up to {opts.grace:g}s for {window.outstanding()} "
+                    progress.note(f"stopping: waiting up to {opts.grace:g}s for {n} "
                                   "renders in flight (Ctrl-C again to quit now)")
-                window.drain(opts.grace)
-            s.not_done = len(window.abandon())
+
+            s.not_done = len(window.finish(opts.grace, waiting))
             s.busy_answers = window.busy_answers
             s.gone = window.gone
     finally:

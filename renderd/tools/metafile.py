@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .errors import RenderdError
-from .tilemath import MAX_ZOOM, Tile
+from ..errors import RenderdError
+from ..tilemath import MAX_ZOOM, Tile
 
 MAGIC = b"META"
 MAGIC_COMPRESSED = b"METZ"

@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..config import LayerConfig
+from ..errors import UsageError
+from ..store import EMPTY, MetaIndex, Store, content_hash
+from ..tilemath import Meta, metatile_size
 from . import metafile
-from .config import LayerConfig
-from .errors import UsageError
-from .store import EMPTY, MetaIndex, Store, content_hash
-from .tilemath import Meta, metatile_size
 
 #: mod_tile's expiry moves an mtime back 20 years; anything before 2006
 #: (its threshold: ``tm_year > 105``) has been expired.

@@ -21,8 +21,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from renderd.config import StoreConfig
 from renderd.errors import StoreError
 from renderd.store import open_store
-from renderd.store.disk import PACK_MAGIC, POOL, DiskStore, decode_pack, encode_pack
+from renderd.store.disk import DiskStore
 from renderd.store.index import EMPTY, MAGIC, MetaIndex, content_hash
+from renderd.store.pack import PACK_MAGIC, POOL, decode_pack, encode_pack
 from renderd.store.redis import META_SCRIPT, TILE_SCRIPT, RedisStore
 from renderd.tilemath import Meta, Tile
 from tests.fixtures.store import (check_store, fill_background, make_index, open_kind, python_cmd,

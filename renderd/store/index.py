@@ -18,7 +18,7 @@ wire, fixed-width ASCII so that Lua reads it with ``string.sub``:
 Entries are x-major: tile (x, y) is entry ``(x - x0) * n + (y - y0)``, at
 byte ``64 + 33 * i``. An entry of 32 zeros (``EMPTY``) means no tile.
 
-The disk store's pack files (renderd/store/disk.py) begin with the same
+The disk store's pack files (renderd/store/pack.py) begin with the same
 header under another magic (``MetaIndex.header``, ``decode_header``).
 """
 

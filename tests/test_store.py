@@ -24,7 +24,8 @@ from renderd.store import open_store
 from renderd.store.disk import DiskStore
 from renderd.store.index import EMPTY, MAGIC, MetaIndex, content_hash
 from renderd.store.pack import PACK_MAGIC, POOL, decode_pack, encode_pack
-from renderd.store.redis import META_SCRIPT, TILE_SCRIPT, RedisStore
+from renderd.store.redis import RedisStore
+from renderd.store.redis_scripts import META_SCRIPT, TILE_SCRIPT
 from renderd.tilemath import Meta, Tile
 from tests.fixtures.store import (check_store, fill_background, make_index, open_kind, python_cmd,
                                   ref_counts, shared_refs, stored_blobs, tile_bytes)

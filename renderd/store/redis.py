@@ -30,7 +30,7 @@ from redis.retry import Retry
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
-from .index import EMPTY, MetaIndex
+from .index import EMPTY, HASH_HEX, HEADER_SIZE, MetaIndex, decode_header
 from .redis_scripts import (DELETE_SCRIPT, GC_BEGIN_SCRIPT, GC_COUNT_SCRIPT, GC_END_SCRIPT, GC_FIX_SCRIPT,
                             META_SCRIPT, PUT_SCRIPT, STALE_SCRIPT, TILE_SCRIPT)
 
@@ -126,13 +126,15 @@ class RedisStore(Store):
                              args=[self.prefix, tile_index(m, tile.x, tile.y)])
         if got is None:
             return None
-        head = _head_meta(got[:64])
-        if head is None or head[0] != m:
+        try:
+            found, stale, rendered, data_time, ext = decode_header(got)
+        except StoreError:
+            found = None
+        if found != m:
             log.warning("skipping %s: it is not the index of metatile %s of size %d",
                         self.index_key(layer, m), m, m.n)
             return None
-        digest, blob = got[64:96].decode(), got[96:]
-        _, stale, rendered, data_time, ext = head
+        digest, blob = got[HEADER_SIZE:HEADER_SIZE + HASH_HEX].decode(), got[HEADER_SIZE + HASH_HEX:]
         return StoredTile(blob or None, None if digest == EMPTY else digest, stale, rendered, data_time, ext)
 
     def get_metatile(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
@@ -295,16 +297,6 @@ def _decode(key: str, raw: bytes) -> MetaIndex | None:
         return idx
     except StoreError as e:
         log.warning("skipping %s: %s", key, e)
-        return None
-
-
-def _head_meta(head: bytes) -> tuple[Meta, bool, int, int, str] | None:
-    """An index header (its first 64 bytes): (metatile, stale, rendered, data,
-    ext), None if unreadable."""
-    try:
-        meta = Meta(int(head[8:10]), int(head[11:18]), int(head[19:26]), int(head[27:29]))
-        return meta, head[6:7] == b"1", int(head[30:40]), int(head[41:51]), head[52:56].decode().strip()
-    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -177,12 +177,6 @@ class DiskStore(Store):
         got = self._get(layer, meta)
         return None if got is None else got[0].index
 
-    def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
-        got = self._tile(layer, tile, meta)
-        if got is None or got[2] is None:
-            return None
-        return got[2], got[0]
-
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
         """A tile and its metatile's header fields; None if the metatile is not stored."""
         got = self._tile(layer, tile, meta)

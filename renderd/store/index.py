@@ -25,7 +25,7 @@ header under another magic (``MetaIndex.header``, ``decode_header``).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..errors import StoreError
 from ..tilemath import Meta, tile_index
@@ -67,9 +67,6 @@ class MetaIndex:
             if h != EMPTY:
                 seen.setdefault(h, None)
         return list(seen)
-
-    def with_stale(self, stale: bool = True) -> "MetaIndex":
-        return replace(self, stale=stale)
 
     def header(self, magic: bytes = MAGIC, tail: str = "") -> bytes:
         """The 64-byte header; ``magic`` (6 bytes) in front, ``tail`` right

@@ -109,15 +109,6 @@ class RedisStore(Store):
             return None
         return idx
 
-    def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
-        idx = self.get_index(layer, metatile_of(tile.z, tile.x, tile.y, meta))
-        digest = None if idx is None else idx.tile_hash(tile.x, tile.y)
-        if digest is None:
-            return None
-        with self._errors():
-            data = self._r.get(self.blob_key(digest))
-        return None if data is None else (data, idx)
-
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
         """A tile and its metatile's header fields in one round trip (``TILE_SCRIPT``)."""
         m = metatile_of(tile.z, tile.x, tile.y, meta)

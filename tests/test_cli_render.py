@@ -15,7 +15,7 @@ import pytest
 from renderd import config
 from renderd.store import EMPTY, MetaIndex, content_hash, open_store
 from renderd.tilemath import Meta, Tile
-from tests.fixtures.store import stored_blobs
+from tests.fixtures.store import get_tile, stored_blobs
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLE = ROOT / "tests" / "data" / "meta_style.xml"
@@ -154,7 +154,7 @@ def test_gc_frees_unreferenced_blobs(tmp_path, cfgfile):
     r = run_cli("gc", "-c", str(cfgfile), "--json")
     assert json.loads(r.stdout) == {"blobs_seen": 1, "blobs_deleted": 0, "bytes_freed": 0}
     with open_store(cfg.store) as store:
-        assert store.get_tile("t", Tile(3, 8, 0)) == (blobs[1], store.get_index("t", b))
+        assert get_tile(store, "t", Tile(3, 8, 0)) == (blobs[1], store.get_index("t", b))
         assert stored_blobs(store) == {digests[1]: blobs[1]}
 
 

@@ -26,6 +26,7 @@ from renderd.store.index import MetaIndex, content_hash
 from renderd.tilemath import Meta, Tile
 from renderd import config as _config
 from tests.fixtures.servers import free_port, stop
+from tests.fixtures.store import get_tile
 
 DATA = Path(__file__).parent / "data"
 RENDERD = [sys.executable, "-m", "renderd.cli.main"]
@@ -137,7 +138,7 @@ def test_render_through_the_daemon(serve, tmp_path):
     store = open_store(_config.load(s.config).store)
     idx = store.get_index("shapes", Meta(5, 8, 8, 8))
     assert idx is not None and idx.tile_hash(10, 12) == f["hash"]
-    assert store.get_tile("shapes", Tile(5, 10, 12)) == (reply.tile, idx)
+    assert get_tile(store, "shapes", Tile(5, 10, 12)) == (reply.tile, idx)
     # the whole metatile on request, and nothing for bad requests
     with s.client() as c:
         meta = c.render("shapes", Tile(5, 9, 9), flags=("meta",))
@@ -154,7 +155,7 @@ def test_redis_store(serve, redis_url):
     with s.client() as c:
         reply = c.render("shapes", Tile(3, 2, 3))
     store = open_store(_config.load(s.config).store)
-    data, idx = store.get_tile("shapes", Tile(3, 2, 3))
+    data, idx = get_tile(store, "shapes", Tile(3, 2, 3))
     assert data == reply.tile and idx.meta == Meta(3, 0, 0, 8)
 
 

@@ -20,6 +20,7 @@ from renderd.tools import metafile as mf
 from renderd.errors import UsageError
 from renderd.store import content_hash, open_store
 from renderd.tilemath import Tile, metatile_of
+from tests.fixtures.store import get_tile
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLE = ROOT / "tests" / "data" / "meta_style.xml"
@@ -97,12 +98,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def check_store(cfg: config.Config, tiles: dict, meta: int = 8) -> None:
     with open_store(cfg.store) as store:
         for (z, x, y), data in tiles.items():
-            got = store.get_tile("osm", Tile(z, x, y), meta=meta)
+            got = get_tile(store, "osm", Tile(z, x, y), meta=meta)
             assert got is not None, f"{z}/{x}/{y} missing"
             assert got[0] == data, f"{z}/{x}/{y} differs"
             assert got[1].rendered == MTIME and got[1].data == MTIME and not got[1].stale
         # tiles the files did not have are empty in the index
-        got = store.get_tile("osm", Tile(5, 8, 16), meta=meta)
+        got = get_tile(store, "osm", Tile(5, 8, 16), meta=meta)
         assert got is None
         idx = store.get_index("osm", metatile_of(1, 0, 0, meta))
         assert idx is not None and idx.meta.n == 2
@@ -222,7 +223,7 @@ def test_other_metatile_sizes(tmp_path, cache, size):
         assert st.metatiles == 1 + 1 + 1 + 2
     with open_store(cfg.store) as store:
         for (z, x, y), data in tiles.items():
-            got = store.get_tile("osm", Tile(z, x, y), meta=size)
+            got = get_tile(store, "osm", Tile(z, x, y), meta=size)
             assert got is not None and got[0] == data, f"{z}/{x}/{y}"
         if size == 16:
             idx = store.get_index("osm", metatile_of(5, 8, 16, 16))

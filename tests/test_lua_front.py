@@ -181,7 +181,7 @@ def runtime(store: dict, broker: str, **kw) -> dict:
     """A runtime JSON as nginx-conf writes it: the configuration's defaults
     for the front's knobs, then the test's own values."""
     if store.get("kind") == "redis":
-        from renderd.store.redis import META_SCRIPT
+        from renderd.store.redis_scripts import META_SCRIPT
         store = {"meta_script": META_SCRIPT, **store}
     rt = {**FRONT_DEFAULTS, "broker": broker, "timeout": 3, "store": store, "layers": [LAYER],
           "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"}}
@@ -875,9 +875,9 @@ def test_metrics_without_daemon(nginx_factory, tmp_path):
 
 
 def test_redis_fill_script_comes_from_the_runtime_config(nginx_factory, redis_url, broker):
-    """nginx runs renderd/store/redis.py's META_SCRIPT, passed in the runtime
+    """nginx runs renderd/store/redis_scripts.py's META_SCRIPT, passed in the runtime
     JSON (no copy of it in Lua); a Redis store without it is refused."""
-    from renderd.store.redis import META_SCRIPT
+    from renderd.store.redis_scripts import META_SCRIPT
     ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint), extra_server="""
         location = /t/sha { content_by_lua_block {
             ngx.print(require("renderd.store.redis").META_SHA) } }
@@ -999,7 +999,7 @@ def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, r
     concurrent requests for that tile in a worker share the read; the
     metatile goes into the dict once (META_SCRIPT from a timer), however
     many of its tiles are asked for."""
-    from renderd.store.redis import META_SCRIPT
+    from renderd.store.redis_scripts import META_SCRIPT
     ng = redis_front
     meta = Meta(11, 800, 800, 8)
     redis_store.put_metatile("world", *make_meta("world", meta))

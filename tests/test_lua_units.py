@@ -122,7 +122,7 @@ print(index.header("garbage"))
 
 def test_pack_reader_matches_python():
     from renderd.errors import StoreError
-    from renderd.store.disk import decode_pack, encode_pack
+    from renderd.store.pack import decode_pack, encode_pack
     meta = Meta(2, 0, 0, 4)
     tiles = [b"tile %d " % i + b"x" * i for i in range(4)]
     hashes = [content_hash(t) for t in tiles]

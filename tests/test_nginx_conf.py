@@ -107,7 +107,7 @@ def test_runtime_json_disk(tmp_path):
 ])
 def test_runtime_json_redis(tmp_path, url, expect):
     _, cfg = make_cfg(tmp_path, store=f'kind = "redis"\nurl = "{url}"\nprefix = "tiles1"')
-    from renderd.store.redis import META_SCRIPT
+    from renderd.store.redis_scripts import META_SCRIPT
     store = nginx.runtime(cfg)["store"]
     assert store == {"kind": "redis", "prefix": "tiles1", "meta_script": META_SCRIPT, **expect}
 

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from renderd.config import StoreConfig
 from renderd.errors import StoreError
 from renderd.store import open_store
-from renderd.store.disk import PACK_MAGIC, POOL, DiskStore, decode_pack, encode_pack
+from renderd.store.disk import DiskStore
 from renderd.store.index import EMPTY, MAGIC, MetaIndex, content_hash
-from renderd.store.redis import META_SCRIPT, TILE_SCRIPT, RedisStore
+from renderd.store.pack import PACK_MAGIC, POOL, decode_pack, encode_pack
+from renderd.store.redis import RedisStore
+from renderd.store.redis_scripts import META_SCRIPT, TILE_SCRIPT
 from renderd.tilemath import Meta, Tile
-from tests.fixtures.store import (check_store, fill_background, make_index, open_kind, python_cmd,
+from tests.fixtures.store import (check_store, fill_background, get_tile, make_index, open_kind, python_cmd,
                                   ref_counts, shared_refs, stored_blobs, tile_bytes)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "storage.md"
@@ -96,7 +99,7 @@ def test_stale_flag(store):
     assert store.mark_stale("osm", M1) is False
     store.put_metatile("osm", idx, blobs)
     assert store.mark_stale("osm", M1) is True
-    assert store.get_index("osm", M1) == idx.with_stale()
+    assert store.get_index("osm", M1) == replace(idx, stale=True)
     assert store.read_tile("osm", Tile(12, 2048, 1360)).stale is True
     fresh, _ = make_index(M1, picks_of((0, 64)))
     store.put_metatile("osm", fresh, {})
@@ -133,10 +136,10 @@ def test_get_tile_and_read_tile(store):
     idx, blobs = make_index(M1, picks)
     store.put_metatile("osm", idx, blobs)
     # entry 8 is the first tile of the second column: x0 + 1, y0
-    assert store.get_tile("osm", Tile(12, 2049, 1360)) == (tile_bytes(1), idx)
-    assert store.get_tile("osm", Tile(12, 2048, 1367)) == (tile_bytes(0), idx)
-    assert store.get_tile("osm", Tile(12, 2055, 1367)) is None  # empty entry
-    assert store.get_tile("osm", Tile(12, 0, 0)) is None
+    assert get_tile(store, "osm", Tile(12, 2049, 1360)) == (tile_bytes(1), idx)
+    assert get_tile(store, "osm", Tile(12, 2048, 1367)) == (tile_bytes(0), idx)
+    assert get_tile(store, "osm", Tile(12, 2055, 1367)) is None  # empty entry
+    assert get_tile(store, "osm", Tile(12, 0, 0)) is None
     got = store.read_tile("osm", Tile(12, 2049, 1360))
     assert got.data == tile_bytes(1) and got.digest == content_hash(tile_bytes(1))
     assert (got.stale, got.rendered, got.data_time, got.ext) == (False, idx.rendered, idx.data, "png")
@@ -252,7 +255,7 @@ def test_disk_pack_bytes_exactly(tmp_path):
     assert encode_pack(idx, {content_hash(t0): t0, content_hash(t2): t2}) == want
     assert store.get_metatile("osm", meta) == (idx, blobs)
     for x, y, data in [(0, 0, t0), (0, 1, t1), (1, 0, t2), (1, 1, t1)]:
-        assert store.get_tile("osm", Tile(1, x, y), meta=2) == (data, idx)
+        assert get_tile(store, "osm", Tile(1, x, y), meta=2) == (data, idx)
         assert store.read_tile("osm", Tile(1, x, y), meta=2).data == data
 
 
@@ -286,7 +289,7 @@ def test_disk_tile_already_in_the_pool_is_referenced_not_inlined(tmp_path):
     store.delete_metatile("osm", M2)
     store.collect_garbage()
     assert h5 in stored_blobs(store)
-    assert store.get_tile("osm", Tile(12, 2055, 1367)) == (tile_bytes(5), idx)
+    assert get_tile(store, "osm", Tile(12, 2055, 1367)) == (tile_bytes(5), idx)
     check_store(store, collected=True)
     # and goes with the last pack that names it
     store.put_metatile("osm", *make_index(M1, picks_of((0, 64))))
@@ -307,7 +310,7 @@ def test_disk_inline_tile_keeps_no_pool_blob_alive(tmp_path):
     os.utime(store.pool_path(h7), (old, old))
     store.collect_garbage()
     assert h7 not in stored_blobs(store)
-    assert store.get_tile("osm", Tile(12, 2055, 1367)) == (tile_bytes(7), idx)
+    assert get_tile(store, "osm", Tile(12, 2055, 1367)) == (tile_bytes(7), idx)
     check_store(store, collected=True)
 
 
@@ -336,7 +339,7 @@ def test_disk_pool_blob_collected_under_a_reader_reads_the_pack_again(tmp_path):
     os.unlink(store.pool_path(content_hash(tile_bytes(2))))
     assert store.get_metatile("osm", M1) == (newer, {h0: tile_bytes(0)})
     assert store.read_tile("osm", Tile(12, 2048, 1361)).data is None
-    assert store.get_tile("osm", Tile(12, 2048, 1361)) is None
+    assert get_tile(store, "osm", Tile(12, 2048, 1361)) is None
 
 
 def test_disk_put_may_leave_out_tiles_the_old_pack_holds(tmp_path):
@@ -393,7 +396,7 @@ def test_disk_corrupt_pack_counts_as_absent(tmp_path, caplog, damage):
     assert store.get_metatile("osm", M1) is None
     assert store.metatile_sizes("osm", M1) is None
     assert store.read_tile("osm", Tile(12, 2048, 1360)) is None
-    assert store.get_tile("osm", Tile(12, 2055, 1367)) is None
+    assert get_tile(store, "osm", Tile(12, 2055, 1367)) is None
     assert [i.meta for i in store.iter_indexes("osm")] == [M2]
     assert [i.meta for i, _ in store.iter_sizes("osm")] == [M2]
     assert "skipping" in caplog.text
@@ -421,7 +424,7 @@ def test_disk_pack_of_the_earlier_format_is_absent_and_logged_once(tmp_path, cap
     assert store.mark_stale("osm", M1) is False
     assert caplog.text.count("earlier format (RPYI1)") == 1
     store.put_metatile("osm", idx, blobs)
-    assert store.get_tile("osm", Tile(12, 2048, 1360)) == (tile_bytes(0), idx)
+    assert get_tile(store, "osm", Tile(12, 2048, 1360)) == (tile_bytes(0), idx)
 
 
 def test_disk_reads_only_the_head_for_indexes(tmp_path, monkeypatch):
@@ -658,7 +661,7 @@ class StoreMachine(RuleBasedStateMachine):
     def stale(self, slot):
         assert self.store.mark_stale(*SLOTS[slot]) is (slot in self.model)
         if slot in self.model:
-            self.model[slot] = self.model[slot].with_stale()
+            self.model[slot] = replace(self.model[slot], stale=True)
 
     @rule()
     def collect(self):

@@ -1,4 +1,4 @@
--- renderd.pack: read a metatile pack of the disk store (renderd/store/disk.py,
+-- renderd.pack: read a metatile pack of the disk store (renderd/store/pack.py,
 -- docs/storage.md). A pack of an n x n metatile with D distinct tiles is,
 -- integers unsigned little-endian, E = 64 + 2 n^2:
 --

@@ -48,7 +48,7 @@ def runtime(cfg: Config) -> dict[str, Any]:
     if cfg.store.kind == "disk":
         store: dict[str, Any] = {"kind": "disk", "path": cfg.store.path}
     else:
-        from ..store.redis import META_SCRIPT   # the hot-cache fill's script, run by nginx
+        from ..store.redis_scripts import META_SCRIPT   # the hot-cache fill's script, run by nginx
         store = {**redis_settings(cfg.store.url, cfg.store.prefix), "meta_script": META_SCRIPT}
     return {"broker": broker_address(cfg.daemon.broker), **front_options(cfg.http), "store": store,
             "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers], "dicts": dict(DICTS)}

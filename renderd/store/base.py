@@ -76,10 +76,6 @@ class Store(abc.ABC):
         """The index of ``meta``, or None if it was never stored."""
 
     @abc.abstractmethod
-    def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
-        """A tile's bytes and its metatile's index, or None if not stored (or empty)."""
-
-    @abc.abstractmethod
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
         """A tile with its metatile's header fields, or None if not stored."""
 

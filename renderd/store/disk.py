@@ -11,33 +11,10 @@ Layout (docs/storage.md; nginx reads it directly)::
 directory holds at most 1024 packs, or 2048 blocks at zoom 19, and a small
 area takes a few directories per zoom (directories cost a block each).
 
-A pack of an ``n x n`` metatile with ``D`` distinct non-empty tiles is,
-byte for byte (integers unsigned little-endian; ``E = 64 + 2 n²``):
-
-1. ``[0, 64)``: the header, ASCII, with the fields and offsets of the
-   index header (renderd/store/index.py) but the magic ``RPYP2 ``, so the
-   stale byte is at offset 6; and ``D`` as 4 decimal digits at offset 57
-   (``MetaIndex.header(PACK_MAGIC, " %04d" % D)``);
-2. ``[64, E)``: ``n²`` entries of 2 bytes, x-major (tile (x, y) is entry
-   ``i = (x - x0) n + (y - y0)``, at byte ``64 + 2 i``): 0 for no tile,
-   ``k`` in ``1..D`` for the k-th distinct tile;
-3. ``[E, E + 24 D)``: the distinct tiles, record ``k`` at byte
-   ``E + 24 (k - 1)``: the 16 bytes of the content hash (its 32 hex digits
-   are the index entry, the ETag and the pool file's name), then the
-   offset of the tile's bytes from the start of the file (4 bytes) and
-   their length (4 bytes); offset and length 0 mean: in the pool;
-4. then the inline tiles: the bytes of each distinct tile kept in the pack,
-   concatenated in record order.
-
-The records are numbered in order of first appearance in the entries (the
-index's ``unique()`` order), so the entries name each of 1..D, and record
-``k`` first after record ``k - 1``. A pack is corrupt, and readers log it
-and treat it as absent, if ``D`` is not 4 digits or exceeds ``n²``, its
-head is cut short, an entry breaks that rule, a record has the hash 0 or
-the hash of another record, or a location other than 0/0 does not lie in
-``[E + 24 D, size)``.
-Another magic is not a pack (``RPYI1 `` is the ASCII format of earlier
-versions: nothing converts it, the metatile is rendered again).
+Each pack is one metatile in the format of renderd/store/pack.py: the
+header, one entry per tile naming a record of its distinct tiles, and the
+bytes of the tiles kept in the pack; a record with location 0/0 is a tile in
+the pool, under its hash.
 
 Writer policy (a choice of the writer, not part of the format): a distinct
 tile goes to the pool if it occurs 2 or more times in the metatile, or if
@@ -62,17 +39,16 @@ import logging
 import os
 import re
 import secrets
-import struct
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, TypeVar
 
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
-from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash, decode_header
+from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
+from .pack import PACK_MAGIC, POOL, Pack, decode_pack, encode_pack, head_of
 
 log = logging.getLogger(__name__)
 
@@ -88,121 +64,8 @@ PACK_EXT = "pack"
 #: A directory of packs holds a block of 2^BLOCK_BITS x 2^BLOCK_BITS metatiles.
 BLOCK_BITS = 5
 PACK_NAME_RE = re.compile(r"([0-9]{1,10})_([0-9]{1,10})\.pack")
-#: A pack's magic and format version; ``MAGIC`` (the ASCII index) is the previous format.
-PACK_MAGIC = b"RPYP2 "
-#: Where the header holds D, the number of distinct tiles, in 4 digits.
-COUNT_OFFSET, COUNT_DIGITS = 57, 4
-#: An entry: 0 (no tile) or the number of a distinct tile's record, from 1.
-ENTRY = struct.Struct("<H")
-#: A distinct tile: its hash's 16 bytes, offset and length (0, 0: in the pool).
-RECORD = struct.Struct("<16sII")
-#: The location of an empty entry or of a tile in the pool.
-POOL = (0, 0)
-#: Offsets and lengths are 4 bytes: a pack may not reach 4 GiB.
-MAX_PACK = 2 ** 32 - 1
-NO_HASH = bytes(16)
 
 T = TypeVar("T")
-
-
-# --- the pack format -------------------------------------------------------
-
-def head_size(n: int, count: int) -> int:
-    """Bytes of the head (header, entries, records), where the inline tiles start."""
-    return HEADER_SIZE + ENTRY.size * n * n + RECORD.size * count
-
-
-def encode_pack(index: MetaIndex, inline: dict[str, bytes]) -> bytes:
-    """The pack of ``index`` with the tiles of ``inline`` inside; every other
-    non-empty hash of the index is in the pool."""
-    unique = index.unique()
-    number = {h: k for k, h in enumerate(unique, 1)}
-    offset = head_size(index.meta.n, len(unique))
-    records, body = [], []
-    for h in unique:
-        data = inline.get(h)
-        where = POOL if data is None else (offset, len(data))
-        if data is not None:
-            body.append(data)
-            offset += len(data)
-        records.append(RECORD.pack(bytes.fromhex(h), *where))
-    if offset > MAX_PACK:
-        raise StoreError(f"the pack of {index.meta} would have {offset} bytes, more than a pack can hold")
-    entries = struct.pack(f"<{len(index.hashes)}H", *(number.get(h, 0) for h in index.hashes))
-    head = index.header(PACK_MAGIC, " %0*d" % (COUNT_DIGITS, len(unique)))
-    return b"".join([head, entries, *records, *body])
-
-
-@dataclass(frozen=True)
-class Pack:
-    """A decoded pack head: the index and each entry's (offset, length)."""
-
-    index: MetaIndex
-    locations: tuple[tuple[int, int], ...]
-
-    def pooled(self) -> list[str]:
-        """Distinct non-empty hashes the pack leaves to the pool, in index order."""
-        return list(dict.fromkeys(h for h, loc in zip(self.index.hashes, self.locations)
-                                  if loc == POOL and h != EMPTY))
-
-    def inline(self) -> dict[str, tuple[int, int]]:
-        """Where each distinct tile kept in the pack is: hash -> (offset, length)."""
-        out: dict[str, tuple[int, int]] = {}
-        for h, loc in zip(self.index.hashes, self.locations):
-            if loc != POOL:
-                out.setdefault(h, loc)
-        return out
-
-
-def head_of(header: bytes) -> int:
-    """The head size that the first 64 bytes of a pack give; 0 if they do not."""
-    digits = header[COUNT_OFFSET:COUNT_OFFSET + COUNT_DIGITS]
-    try:
-        n = int(header[27:29])
-    except ValueError:
-        return 0
-    if n < 1 or not (len(digits) == COUNT_DIGITS and digits.isdigit() and int(digits) <= n * n):
-        return 0
-    return head_size(n, int(digits))
-
-
-def decode_pack(raw: bytes, size: int) -> Pack:
-    """Decode the head of a pack file of ``size`` bytes whose first bytes are
-    ``raw`` (at least the head; more is ignored). ``StoreError`` if corrupt."""
-    if raw.startswith(MAGIC):
-        raise StoreError(f"a pack of an earlier format ({MAGIC.decode().strip()})")
-    meta, stale, rendered, data, ext = decode_header(raw, PACK_MAGIC, "metatile pack")
-    end = head_of(raw)
-    if end == 0:
-        raise StoreError("corrupt count of distinct tiles")
-    if len(raw) < end or size < end:
-        raise StoreError(f"truncated pack ({size} bytes, its head needs {end})")
-    count = meta.n * meta.n
-    entries = struct.unpack_from(f"<{count}H", raw, HEADER_SIZE)
-    records = list(RECORD.iter_unpack(raw[HEADER_SIZE + ENTRY.size * count:end]))
-    hexes = []
-    for k, (digest, off, length) in enumerate(records, 1):
-        if digest == NO_HASH:
-            raise StoreError(f"record {k} has no hash")
-        if (off, length) != POOL and (off < end or off + length > size):
-            raise StoreError(f"location {off}/{length} of record {k} is outside the pack's tiles")
-        hexes.append(digest.hex())
-    if len(set(hexes)) != len(hexes):
-        raise StoreError("two records have one hash")
-    hashes, locations, last = [], [], 0
-    for i, k in enumerate(entries):
-        if k > len(records):
-            raise StoreError(f"entry {i} names record {k} of {len(records)}")
-        if k > last:  # records are numbered in order of first appearance
-            if k != last + 1:
-                raise StoreError(f"entry {i} names record {k} before record {last + 1}")
-            last = k
-        hashes.append(hexes[k - 1] if k else EMPTY)
-        locations.append(records[k - 1][1:] if k else POOL)
-    if last != len(records):
-        raise StoreError("a record is named by no entry")
-    index = MetaIndex(meta, tuple(hashes), rendered, data, ext, stale)
-    return Pack(index, tuple(locations))
 
 
 # --- small file helpers ----------------------------------------------------
@@ -313,12 +176,6 @@ class DiskStore(Store):
         """The index, or None if absent or corrupt (logged; a render replaces it)."""
         got = self._get(layer, meta)
         return None if got is None else got[0].index
-
-    def get_tile(self, layer: str, tile: Tile, meta: int = 8) -> tuple[bytes, MetaIndex] | None:
-        got = self._tile(layer, tile, meta)
-        if got is None or got[2] is None:
-            return None
-        return got[2], got[0]
 
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
         """A tile and its metatile's header fields; None if the metatile is not stored."""

@@ -18,14 +18,14 @@ wire, fixed-width ASCII so that Lua reads it with ``string.sub``:
 Entries are x-major: tile (x, y) is entry ``(x - x0) * n + (y - y0)``, at
 byte ``64 + 33 * i``. An entry of 32 zeros (``EMPTY``) means no tile.
 
-The disk store's pack files (renderd/store/disk.py) begin with the same
+The disk store's pack files (renderd/store/pack.py) begin with the same
 header under another magic (``MetaIndex.header``, ``decode_header``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..errors import StoreError
 from ..tilemath import Meta, tile_index
@@ -67,9 +67,6 @@ class MetaIndex:
             if h != EMPTY:
                 seen.setdefault(h, None)
         return list(seen)
-
-    def with_stale(self, stale: bool = True) -> "MetaIndex":
-        return replace(self, stale=stale)
 
     def header(self, magic: bytes = MAGIC, tail: str = "") -> bytes:
         """The 64-byte header; ``magic`` (6 bytes) in front, ``tail`` right

@@ -13,7 +13,7 @@
 --                  ask for, and a hash's bytes never change
 --   read_metatile  the index and every distinct blob in one round trip: the
 --                  script the runtime config holds (store "meta_script",
---                  renderd/store/redis.py's META_SCRIPT), by EVALSHA, EVAL
+--                  renderd/store/redis_scripts.py's META_SCRIPT), by EVALSHA, EVAL
 --                  when Redis does not know it yet
 --
 -- Concurrent reads of one tile or metatile in a worker share one round

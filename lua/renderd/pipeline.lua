@@ -1,15 +1,16 @@
--- renderd.pipeline: one pipelined Redis connection per nginx worker.
+-- renderd.pipeline: the front's Redis client, pipelined connections of an
+-- nginx worker.
 --
 --   local pipeline = require "renderd.pipeline"
---   pipeline.configure({ host = "127.0.0.1", port = 6379, socket = nil,
---                        password = nil, db = 0, timeout_ms = 1000 })
---   local res, err = pipeline.call(pipeline.command({ "GET", key }))
+--   local red = pipeline.new({ host = "127.0.0.1", port = 6379, socket = nil,
+--                              password = nil, db = 0, timeout_ms = 1000 })
+--   local res, err = red:call(pipeline.command({ "GET", key }))
 --   -- (or a prepared start: pipeline.command({ "GETRANGE" }, 4) .. pipeline.arg(key) ...)
 --   -- res: a string, number, table or ngx.null; nil, err on failure: err
 --   -- starts with "redis connect: " (no connection), is "timeout" or
 --   -- "closed"..., or is Redis's own error reply ("NOSCRIPT ...", "ERR ...")
 --   -- several commands sent together, their n replies as a list:
---   local list, err = pipeline.call(cmd1 .. cmd2, nil, 2)
+--   local list, err = red:call(cmd1 .. cmd2, nil, 2)
 --
 -- Why: a request's own round trip over a pooled connection costs a send, a
 -- receive and a wake-up on both sides (in nginx and in Redis) per request;
@@ -47,21 +48,21 @@ local tonumber = tonumber
 local tostring = tostring
 local type = type
 local pcall = pcall
+local setmetatable = setmetatable
 
 local _M = { _VERSION = "0.1.0" }
 
-local cfg
-local running = false
-local sock                       -- the connection, nil when there is none
-local queue, nq = {}, 0          -- jobs not sent yet
-local sent, head, tail = {}, 1, 0  -- jobs sent, replies expected in this order
-local wake                       -- the writer waits here for jobs
-local replies                    -- the reader waits here for a batch sent
-local spare = {}                 -- semaphores of finished jobs, to reuse
-local unread = ""                -- bytes received and not parsed yet
+local mt = { __index = _M }
+local spare = {}                 -- semaphores of finished jobs, to reuse (all connections)
 
-function _M.configure(c)
-    cfg = c
+--- A connection of this worker (made at the first call). Fields:
+-- cfg; running; sock (nil when there is none); queue, nq (jobs not sent
+-- yet); sent, head, tail (jobs sent, replies expected in this order); wake
+-- (the writer waits here for jobs); replies (the reader waits here for a
+-- batch sent); unread (bytes received and not parsed yet).
+function _M.new(c)
+    return setmetatable({ cfg = c, running = false, queue = {}, nq = 0, sent = {}, head = 1, tail = 0,
+                          unread = "" }, mt)
 end
 
 --- One argument of a command in the Redis protocol.
@@ -142,15 +143,16 @@ end
 
 -- the connection s failed: close it, fail every job sent on it (a job
 -- lost to a connection the server closed is sent once more on a new one)
-local function broken(s, err)
-    if s ~= sock then
+local function broken(self, s, err)
+    if s ~= self.sock then
         return
     end
-    sock = nil
-    unread = ""
+    self.sock = nil
+    self.unread = ""
     s:close()
     local again = conn.dropped(tostring(err))
-    for i = head, tail do
+    local sent, queue = self.sent, self.queue
+    for i = self.head, self.tail do
         local job = sent[i]
         sent[i] = nil
         if again and not job.retried and not job.abandoned then
@@ -158,19 +160,19 @@ local function broken(s, err)
             if job.n then
                 job.got, job.list, job.first_err = 0, {}, nil
             end
-            nq = nq + 1
-            queue[nq] = job
+            self.nq = self.nq + 1
+            queue[self.nq] = job
         else
             finish(job, nil, err)
         end
     end
-    head = tail + 1
-    if nq > 0 then
-        wake:post(1)
+    self.head = self.tail + 1
+    if self.nq > 0 then
+        self.wake:post(1)
     end
 end
 
-local function connect()
+local function connect(cfg)
     local s = tcp()
     s:settimeouts(cfg.timeout_ms, cfg.timeout_ms, cfg.timeout_ms)
     local ok, err
@@ -204,48 +206,51 @@ local function connect()
 end
 
 -- send everything queued as one batch
-local function flush()
-    local batch, n = queue, nq
-    queue, nq = {}, 0
-    if not sock then
-        local s, err = connect()
+local function flush(self)
+    local batch, n = self.queue, self.nq
+    self.queue, self.nq = {}, 0
+    if not self.sock then
+        local s, err = connect(self.cfg)
         if not s then
             for i = 1, n do
                 finish(batch[i], nil, err)
             end
             return
         end
-        sock = s
+        self.sock = s
     end
-    local buf = {}
+    local buf, sent = {}, self.sent
     for i = 1, n do
         buf[i] = batch[i].req
-        tail = tail + 1
-        sent[tail] = batch[i]
+        self.tail = self.tail + 1
+        sent[self.tail] = batch[i]
     end
-    local s = sock
+    local s = self.sock
     local ok, err = s:send(buf)
     if not ok then
-        broken(s, err)
+        broken(self, s, err)
         return
     end
-    replies:post(1)
+    self.replies:post(1)
 end
 
 -- parse what was received into replies for the jobs sent, in order
-local function deliver(s, data)
+local function deliver(self, s, data)
+    local unread = self.unread
     local b = unread == "" and data or unread .. data
     local pos = 1
-    while head <= tail do
+    local sent = self.sent
+    while self.head <= self.tail do
         local nxt, v, err = parse(b, pos)
         if nxt == false then
-            broken(s, "bad reply from redis: " .. sub(b, pos, pos + 40))
+            broken(self, s, "bad reply from redis: " .. sub(b, pos, pos + 40))
             return
         end
         if not nxt then
             break
         end
         pos = nxt
+        local head = self.head
         local job = sent[head]
         local n = job.n
         if n then
@@ -258,7 +263,7 @@ local function deliver(s, data)
             end
             if got == n then
                 sent[head] = nil
-                head = head + 1
+                self.head = head + 1
                 if job.first_err then
                     finish(job, nil, job.first_err)
                 else
@@ -267,80 +272,81 @@ local function deliver(s, data)
             end
         else
             sent[head] = nil
-            head = head + 1
+            self.head = head + 1
             finish(job, v, err)
         end
     end
-    unread = sub(b, pos)
+    self.unread = sub(b, pos)
 end
 
 -- receive the replies of the jobs sent (all that have come, at once)
-local function receive()
-    local s = sock
-    if head > tail or not s then
-        replies:wait(1)
+local function receive(self)
+    local s = self.sock
+    if self.head > self.tail or not s then
+        self.replies:wait(1)
         return
     end
     local data, err = s:receiveany(1048576)
     if data then
-        deliver(s, data)
+        deliver(self, s, data)
     else
-        broken(s, err)
+        broken(self, s, err)
     end
 end
 
-local function reader()
+local function reader(self)
     while not exiting() do
-        local ok, err = pcall(receive)
+        local ok, err = pcall(receive, self)
         if not ok then
             log(ERR, "redis pipeline: ", err)
-            if sock then
-                broken(sock, "internal error")
+            if self.sock then
+                broken(self, self.sock, "internal error")
             end
         end
     end
 end
 
-local function loop(premature)
+local function loop(premature, self)
     if premature then
-        running = false
+        self.running = false
         return
     end
-    spawn(reader)
+    spawn(reader, self)
     while not exiting() do
-        if nq == 0 then
-            wake:wait(1)
+        if self.nq == 0 then
+            self.wake:wait(1)
         end
-        if nq > 0 then
-            local ok, err = pcall(flush)
+        if self.nq > 0 then
+            local ok, err = pcall(flush, self)
             if not ok then
                 log(ERR, "redis pipeline: ", err)
             end
         end
     end
-    if sock then
-        broken(sock, "nginx worker exiting")
+    if self.sock then
+        broken(self, self.sock, "nginx worker exiting")
     end
-    running = false
+    self.running = false
 end
 
-local function start()
-    wake = wake or semaphore.new()
-    replies = replies or semaphore.new()
-    local ok, err = timer_at(0, loop)
+local function start(self)
+    self.wake = self.wake or semaphore.new()
+    self.replies = self.replies or semaphore.new()
+    local ok, err = timer_at(0, loop, self)
     if not ok then
         return nil, err
     end
-    running = true
+    self.running = true
     return true
 end
 
---- Send a command (from _M.command) and wait for its reply, up to
--- timeout seconds (default: twice the connection's timeout). With
--- nreplies, req holds that many commands and the reply is their replies' list.
-function _M.call(req, timeout, nreplies)
-    if not running then
-        local ok, err = start()
+--- Send a command (from _M.command) on this connection and wait for its
+-- reply, up to timeout seconds (default: twice the connection's timeout).
+-- With nreplies, req holds that many commands and the reply is their
+-- replies' list.
+function _M.call(self, req, timeout, nreplies)
+    if not self.running then
+        local ok, err = start(self)
         if not ok then
             return nil, "cannot start the redis pipeline: " .. tostring(err)
         end
@@ -356,12 +362,13 @@ function _M.call(req, timeout, nreplies)
     if nreplies then
         job.n, job.got, job.list = nreplies, 0, {}
     end
-    nq = nq + 1
-    queue[nq] = job
+    local nq = self.nq + 1
+    self.nq = nq
+    self.queue[nq] = job
     if nq == 1 then
-        wake:post(1)
+        self.wake:post(1)
     end
-    local ok, err = sema:wait(timeout or 2 * cfg.timeout_ms / 1000)
+    local ok, err = sema:wait(timeout or 2 * self.cfg.timeout_ms / 1000)
     if not ok then
         -- a late reply may still post its semaphore: not reused
         job.abandoned = true

@@ -3,8 +3,10 @@
 --
 -- Keys: {prefix}:idx:{layer}:{z}:{mx}:{my} (the metatile index,
 -- renderd.index), {prefix}:blob:{hash} (a tile's bytes), {prefix}:ref:{hash}
--- (how many indexes name the blob). Every command goes over the nginx
--- worker's one pipelined connection (renderd.pipeline):
+-- (how many indexes name the blob). The commands go over two pipelined
+-- connections per nginx worker (renderd.pipeline): one for the requests'
+-- reads, one for the hot-cache fills, whose replies (a whole metatile)
+-- would otherwise hold up the small replies queued behind them:
 --
 --   read_tile      GETRANGE of the index up to the tile's entry (its header
 --                  and hash), then GET of the blob and its reference count,
@@ -65,6 +67,7 @@ local arg = pipeline.arg
 local prefix, idx_prefix, blob_prefix, ref_prefix
 local wait_seconds      -- how long a request waits for a concurrent read
 local down              -- the breaker
+local reads, fills      -- the two connections
 
 local function hex(s)
     return (gsub(s, ".", function(c) return format("%02x", byte(c)) end))
@@ -93,19 +96,19 @@ function _M.configure(c, timeout, retry, shm)
     _M.META_SHA = hex(sha1_bin(c.meta_script))
     wait_seconds = 2 * timeout + 0.5
     down = conn.breaker(shm, "redis", retry)
-    pipeline.configure({ host = c.host, port = c.port, socket = sock, db = c.db,
-                         timeout_ms = timeout * 1000,
-                         password = type(c.password) == "string" and c.password ~= "" and c.password or nil })
+    local where = { host = c.host, port = c.port, socket = sock, db = c.db, timeout_ms = timeout * 1000,
+                    password = type(c.password) == "string" and c.password ~= "" and c.password or nil }
+    reads, fills = pipeline.new(where), pipeline.new(where)
     return true
 end
 
--- commands over the pipelined connection: the reply (a list of n replies
+-- commands over a pipelined connection: the reply (a list of n replies
 -- with n), or nil, err; a failure that says Redis is down trips the breaker
-local function call(req, n)
+local function call(red, req, n)
     if down:tripped() then
         return nil, "redis marked down after a recent failure"
     end
-    local res, err = pipeline.call(req, nil, n)
+    local res, err = red:call(req, nil, n)
     if res == nil then
         err = tostring(err)
         if find(err, "redis connect", 1, true) or find(err, "timeout", 1, true) or conn.dropped(err) then
@@ -175,7 +178,7 @@ local function blob_of(hash)
     if blob then
         return blob
     end
-    local pair, err = call(GET .. arg(blob_prefix .. hash) .. GET .. arg(ref_prefix .. hash), 2)
+    local pair, err = call(reads, GET .. arg(blob_prefix .. hash) .. GET .. arg(ref_prefix .. hash), 2)
     if not pair then
         return nil, err
     end
@@ -197,7 +200,7 @@ local function read_entry(key, i, t)
     -- a blob gone between the two reads (the metatile was just replaced)
     -- makes the index be read once more
     for _ = 1, 2 do
-        local res, err = call(range)
+        local res, err = call(reads, range)
         if not res then
             return nil, err
         end
@@ -245,9 +248,9 @@ end
 -- (the shape once() passes on: raw index, header, blobs; false; or nil, err)
 local function read_meta(key, t)
     local tail = arg(1) .. arg(key) .. arg(prefix)
-    local res, err = call(EVALSHA .. arg(_M.META_SHA) .. tail)
+    local res, err = call(fills, EVALSHA .. arg(_M.META_SHA) .. tail)
     if not res and find(tostring(err), "NOSCRIPT", 1, true) then
-        res, err = call(EVAL .. arg(_M.META_SCRIPT) .. tail)
+        res, err = call(fills, EVAL .. arg(_M.META_SCRIPT) .. tail)
     end
     if not res then
         return nil, err

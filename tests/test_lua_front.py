@@ -276,6 +276,33 @@ def test_store_then_hit(front):
     assert broker.renders() == []
 
 
+def test_large_tiles_whole_from_store_and_hot_cache(front):
+    """Tiles far larger than a socket read (hundreds of KB, as raster tiles
+    can be) come back whole from the store and from the hot-cache fill."""
+    ng, store, broker = front
+    meta = Meta(6, 40, 8, 8)
+    idx, blobs = make_meta("world", meta)
+    big = {}
+    for t in list(meta_tiles(meta))[1:6]:
+        data = b"\x89PNG big " + os.urandom(150_000 + 7 * t.x + t.y)
+        big[(t.x, t.y)] = data
+    hashes = list(idx.hashes)
+    for (x, y), data in big.items():
+        h = content_hash(data)
+        hashes[(x - meta.x0) * 8 + (y - meta.y0)] = h
+        blobs[h] = data
+    idx = MetaIndex(meta, tuple(hashes), idx.rendered, idx.data, "png", False)
+    blobs = {h: b for h, b in blobs.items() if h in set(hashes)}
+    store.put_metatile("world", idx, blobs)
+    (x, y), data = next(iter(big.items()))
+    r = request(ng.port, tile_path(6, x, y))
+    assert (r.status, r.h("x-cache"), r.body == data) == (200, "STORE", True)
+    for (x, y), data in list(big.items())[1:]:
+        r = wait_xcache(ng.port, tile_path(6, x, y), "HIT")
+        assert (r.status, r.h("x-cache"), r.body == data) == (200, "HIT", True)
+    assert broker.renders() == []
+
+
 def test_render_then_hit(front):
     ng, store, broker = front
     r = request(ng.port, tile_path(7, 100, 50))

@@ -84,8 +84,9 @@ function _M.command(args, n)
 end
 
 -- parse one reply of b from position pos: the position after it, its value
--- (nil for an error reply) and the error; nil if b holds only part of it
--- yet, false if it is not a reply at all
+-- (nil for an error reply) and the error; false if it is not a reply at
+-- all; nil if b holds only part of it yet, with the length b must have
+-- before another try can succeed when that is known (a bulk string's end)
 local function parse(b, pos)
     local e = find(b, "\r\n", pos, true)
     if not e then
@@ -102,7 +103,7 @@ local function parse(b, pos)
         end
         local last = e + 1 + size
         if #b < last + 2 then
-            return nil
+            return nil, last + 2
         end
         return last + 3, sub(b, e + 2, last)
     elseif c == 43 then      -- + status
@@ -125,7 +126,7 @@ local function parse(b, pos)
             local v, err
             pos, v, err = parse(b, pos)
             if not pos then
-                return pos
+                return pos, v
             end
             out[i] = v == nil and { false, err } or v
         end
@@ -148,7 +149,7 @@ local function broken(self, s, err)
         return
     end
     self.sock = nil
-    self.unread = ""
+    self.unread, self.array, self.need, self.chunks = "", nil, nil, nil
     s:close()
     local again = conn.dropped(tostring(err))
     local sent, queue = self.sent, self.queue
@@ -234,20 +235,84 @@ local function flush(self)
     self.replies:post(1)
 end
 
--- parse what was received into replies for the jobs sent, in order
+-- one reply of b from pos, as parse(), with an array reply (a metatile's
+-- blobs: many chunks long) parsed element by element across chunks; when
+-- it is incomplete, the third value is where the bytes to keep begin
+local function parse_reply(self, b, pos)
+    local a = self.array
+    if not a then
+        if byte(b, pos) ~= 42 then
+            return parse(b, pos)
+        end
+        local e = find(b, "\r\n", pos, true)
+        if not e then
+            return nil
+        end
+        local n = tonumber(sub(b, pos + 1, e - 1))
+        if not n then
+            return false
+        end
+        if n < 0 then
+            return e + 2, null
+        end
+        a = { out = {}, i = 1, n = n }
+        pos = e + 2
+    end
+    local out = a.out
+    for i = a.i, a.n do
+        local nxt, v, err = parse(b, pos)
+        if not nxt then
+            if nxt == false then
+                self.array = nil
+                return false
+            end
+            a.i = i
+            self.array = a
+            return nil, v, pos
+        end
+        out[i] = v == nil and { false, err } or v
+        pos = nxt
+    end
+    self.array = nil
+    return pos, out
+end
+
+-- parse what was received into replies for the jobs sent, in order. Bytes
+-- that cannot finish a reply yet are kept; when the reply under way needs
+-- a known number of bytes (a long bulk string), chunks are only collected
+-- until they are there, not joined and parsed again at every one.
 local function deliver(self, s, data)
-    local unread = self.unread
-    local b = unread == "" and data or unread .. data
+    local b
+    if self.need then
+        local chunks = self.chunks
+        chunks[#chunks + 1] = data
+        self.have = self.have + #data
+        if self.have < self.need then
+            return
+        end
+        b = concat(chunks)
+        self.need, self.chunks = nil, nil
+    else
+        local unread = self.unread
+        b = unread == "" and data or unread .. data
+    end
     local pos = 1
     local sent = self.sent
     while self.head <= self.tail do
-        local nxt, v, err = parse(b, pos)
+        local nxt, v, err = parse_reply(self, b, pos)
         if nxt == false then
             broken(self, s, "bad reply from redis: " .. sub(b, pos, pos + 40))
             return
         end
         if not nxt then
-            break
+            local from = err or pos
+            local rest = sub(b, from)
+            if v then
+                self.need, self.chunks, self.have, self.unread = v - from + 1, { rest }, #rest, ""
+            else
+                self.unread = rest
+            end
+            return
         end
         pos = nxt
         local head = self.head

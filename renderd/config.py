@@ -19,6 +19,7 @@ from .tilemath import MAX_ZOOM
 
 DEFAULT_PATH = "/etc/renderd-py/renderd-py.toml"
 PRIORITIES = ("missing", "stale", "bulk", "expiry")
+RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
 
 
 # --- validators: each takes (value, key) and returns the clean value -----
@@ -91,6 +92,65 @@ def _bounds(v: Any, key: str) -> tuple[float, float, float, float]:
     return (w, s, e, n)
 
 
+KEY_RE = r"[A-Za-z0-9_.\-]{1,64}"
+
+
+def _key_value(v: str) -> bool:
+    """A catalog key or value (URL segments, store paths): no "." or ".."."""
+    return bool(re.fullmatch(KEY_RE, v)) and v not in (".", "..")
+
+
+def _keys(v: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(k, str) and _key_value(k) for k in v):
+        raise ConfigError(f"must be a list of key names ({KEY_RE}, not . or ..)", key)
+    if len(set(v)) != len(v):
+        raise ConfigError("names a key twice", key)
+    return tuple(v)
+
+
+def _where(v: Any, key: str) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(_key_value(k) and isinstance(x, str) and _key_value(x)
+                                          for k, x in v.items()):
+        raise ConfigError(f"must be a table of key = \"value\" ({KEY_RE})", key)
+    return dict(v)
+
+
+def _bands(v: Any, key: str) -> tuple[int, ...]:
+    if (not isinstance(v, (list, tuple)) or len(v) not in (0, 1, 3, 4)
+            or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 65535 for b in v)):
+        raise ConfigError("must be a list of 1, 3 or 4 band numbers (from 1)", key)
+    return tuple(v)
+
+
+RESCALE_ITEM = r"(-?\d+(\.\d+)?([eE][-+]?\d+)?|p\d{1,2}(\.\d+)?)"
+
+
+def _rescale(v: Any, key: str) -> str:
+    """``MIN,MAX`` (numbers or catalog percentiles ``pN``), or one such pair
+    per output band, separated by ``;``."""
+    v = _str()(v, key)
+    pair = rf"{RESCALE_ITEM},{RESCALE_ITEM}"
+    if v and not re.fullmatch(rf"{pair}(;{pair})*", v.replace(" ", "")):
+        raise ConfigError(f"{v!r} is not MIN,MAX (numbers or percentiles such as p2,p98)", key)
+    return v.replace(" ", "")
+
+
+def _colormap(v: Any, key: str) -> str:
+    v = _str()(v, key)
+    if v:
+        from rio_tiler.colormap import cmap
+        if v.lower() not in cmap.list():
+            raise ConfigError(f"unknown colormap {v!r} (for example viridis, terrain, rdbu)", key)
+    return v.lower()
+
+
+def _catalog_url(v: Any, key: str) -> str:
+    v = _str()(v, key)
+    if not re.fullmatch(r"sqlite://.+|postgres(ql)?://.+", v):
+        raise ConfigError(f"{v!r} is not sqlite://PATH or postgresql://USER@HOST:PORT/DB", key)
+    return v
+
+
 def _params(v: Any, key: str) -> dict[str, str]:
     if not isinstance(v, dict) or not all(isinstance(x, (str, int, float)) for x in v.values()):
         raise ConfigError("must be a table of strings", key)
@@ -119,6 +179,12 @@ DAEMON = {
                              "a metatile finished this recently answers repeats without a render"),
     "shutdown_timeout": Option(30.0, _float(), "seconds TERM waits for running renders"),
     "log_level": Option("info", _str(choices=("debug", "info", "warning", "error")), "log level"),
+}
+
+CATALOG = {
+    "url": Option("sqlite:///var/lib/renderd-py/catalog.sqlite", _catalog_url,
+                  "the catalog of raster datasets: sqlite://PATH (a relative PATH is relative to this "
+                  "file) or postgresql://USER@HOST:PORT/DB"),
 }
 
 STORE = {
@@ -169,8 +235,9 @@ LAYER = {
     "style": Option(None, _str(), "Mapnik XML style (relative to the config file)"),
     "minzoom": Option(0, _int(0, MAX_ZOOM), "lowest zoom served"),
     "maxzoom": Option(18, _int(0, MAX_ZOOM), "highest zoom served"),
-    "format": Option("png256", _str(r"(png|png8|png32|png256|jpeg\d*)(:[a-z0-9=:]+)?"),
-                     "Mapnik encoding, e.g. png, png256, png8:z=1, jpeg80"),
+    "format": Option(None, _str(r"(png|png8|png32|png256|jpeg\d*|webp\d*)(:[a-z0-9=:]+)?"),
+                     "tile encoding: mapnik png256 (default), png, png8:z=1, jpeg80...; raster png "
+                     "(default), jpeg85, webp, webp90"),
     "metatile": Option(8, _int(1, 16), "tiles along a metatile's side"),
     "buffer": Option(128, _int(0, 4096), "pixels rendered around a metatile so labels are not cut"),
     "tile_size": Option(256, _int(64, 1024), "pixels along a tile's side"),
@@ -182,7 +249,25 @@ LAYER = {
     "bounds": Option((-180.0, -85.0511, 180.0, 85.0511), _bounds, "TileJSON bounds"),
     "params": Option({}, _params, "values for ${name} placeholders in the style"),
     "font_dir": Option("", _str(), "font directory (default: the fonts Mapnik ships)"),
+    # raster layers
+    "collection": Option(None, _str(KEY_RE), "raster: the catalog collection its datasets come from"),
+    "keys": Option((), _keys, "raster: catalog keys named in the URL, in this order"),
+    "where": Option({}, _where, "raster: a fixed selection among the collection's datasets"),
+    "bands": Option((), _bands, "raster: 3 (RGB), 4 (RGBA) or 1 band (a colormap applies); "
+                                "default the first 3 of 3 or more, else band 1"),
+    "expression": Option("", _str(), "raster: band math giving one band, e.g. (b4-b3)/(b4+b3)"),
+    "rescale": Option("", _rescale, "raster: MIN,MAX to 0..255, numbers or catalog percentiles "
+                                    "(p2,p98); one pair, or one per band separated by ;"),
+    "colormap": Option("", _colormap, "raster: colormap of a one-band layer (viridis, terrain...)"),
+    "resampling": Option("nearest", _str(choices=RESAMPLING), "raster: how source pixels are resampled"),
+    "mosaic": Option("first", _str(choices=("first", "last", "highest", "lowest", "mean")),
+                     "raster: where several datasets meet a metatile"),
 }
+
+#: keys that only a raster layer may set, and only a mapnik layer
+RASTER_ONLY = ("collection", "keys", "where", "bands", "expression", "rescale", "colormap",
+               "resampling", "mosaic")
+MAPNIK_ONLY = ("style", "buffer", "scale", "params", "font_dir")
 
 
 def _section(raw: Any, schema: dict[str, Option], prefix: str, env: dict[str, str] | None) -> dict[str, Any]:
@@ -298,14 +383,30 @@ class LayerConfig:
     bounds: tuple[float, float, float, float]
     params: dict[str, str] = field(default_factory=dict)
     font_dir: str = ""
+    collection: str | None = None
+    keys: tuple[str, ...] = ()
+    where: dict[str, str] = field(default_factory=dict)
+    bands: tuple[int, ...] = ()
+    expression: str = ""
+    rescale: str = ""
+    colormap: str = ""
+    resampling: str = "nearest"
+    mosaic: str = "first"
 
     @property
     def ext(self) -> str:
-        return "jpg" if self.format.startswith("jpeg") else "png"
+        if self.format.startswith("jpeg"):
+            return "jpg"
+        return "webp" if self.format.startswith("webp") else "png"
 
     @property
     def content_type(self) -> str:
-        return "image/jpeg" if self.ext == "jpg" else "image/png"
+        return {"jpg": "image/jpeg", "webp": "image/webp"}.get(self.ext, "image/png")
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    url: str
 
 
 @dataclass(frozen=True)
@@ -315,6 +416,7 @@ class Config:
     store: StoreConfig
     http: HttpConfig
     layers: tuple[LayerConfig, ...]
+    catalog: CatalogConfig = CatalogConfig(CATALOG["url"].default)
 
     def layer(self, name: str) -> LayerConfig:
         for lyr in self.layers:
@@ -328,11 +430,49 @@ class Config:
         return tuple(lyr.name for lyr in self.layers)
 
 
+def _check_kind(values: dict[str, Any], raw: dict[str, Any], prefix: str) -> None:
+    """What a layer of its kind needs, and the keys of the other kind refused."""
+    kind = values["kind"]
+    for key in (RASTER_ONLY if kind == "mapnik" else MAPNIK_ONLY):
+        if key in raw:
+            raise ConfigError(f"is only for a {'raster' if kind == 'mapnik' else 'mapnik'} layer",
+                              f"{prefix}.{key}")
+    fmt = values["format"]
+    if kind == "mapnik":
+        if not values["style"]:
+            raise ConfigError("is required for a mapnik layer", f"{prefix}.style")
+        values["format"] = fmt or "png256"
+        return
+    if not values["collection"]:
+        raise ConfigError("is required for a raster layer", f"{prefix}.collection")
+    values["format"] = fmt = fmt or "png"
+    if not re.fullmatch(r"png|jpeg\d*|webp\d*", fmt):
+        raise ConfigError(f"{fmt!r} is not png, jpeg, jpegNN, webp or webpNN for a raster layer",
+                          f"{prefix}.format")
+    both = sorted(set(values["keys"]) & set(values["where"]))
+    if both:
+        raise ConfigError(f"key {both[0]!r} is in both keys and where", f"{prefix}.where")
+    if values["expression"] and values["bands"]:
+        raise ConfigError("a layer has bands or an expression, not both", f"{prefix}.expression")
+    if values["expression"]:
+        from .render.expression import ExpressionError, parse_expression
+        try:
+            parse_expression(values["expression"])
+        except ExpressionError as e:
+            raise ConfigError(str(e), f"{prefix}.expression") from None
+    if values["colormap"] and len(values["bands"]) not in (0, 1):
+        raise ConfigError("a colormap needs one band (bands = [N] or an expression)", f"{prefix}.colormap")
+    pairs = values["rescale"].split(";") if values["rescale"] else []
+    if len(pairs) > 1 and len(pairs) != max(len(values["bands"]), 1):
+        raise ConfigError(f"{len(pairs)} MIN,MAX pairs for {max(len(values['bands']), 1)} bands",
+                          f"{prefix}.rescale")
+
+
 def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | None = None,
           check_files: bool = True) -> Config:
     """Validate a decoded TOML document; relative paths are made absolute."""
     base = Path(path).resolve().parent if path else Path.cwd()
-    unknown = sorted(set(data) - {"daemon", "store", "http", "layer"})
+    unknown = sorted(set(data) - {"daemon", "store", "http", "catalog", "layer"})
     if unknown:
         raise ConfigError("unknown section", unknown[0])
     dvals = _section(data.get("daemon"), DAEMON, "daemon", env)
@@ -342,6 +482,9 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
     store = _section(data.get("store"), STORE, "store", env)
     if not os.path.isabs(store["path"]):
         store["path"] = str(base / store["path"])
+    catalog = _section(data.get("catalog"), CATALOG, "catalog", env)
+    if catalog["url"].startswith("sqlite://") and not catalog["url"].startswith("sqlite:///"):
+        catalog["url"] = "sqlite://" + str(base / catalog["url"][len("sqlite://"):])
     http = _section(data.get("http"), HTTP, "http", env)
     if http["prefix"] and not os.path.isabs(http["prefix"]):
         http["prefix"] = str(base / http["prefix"])
@@ -361,8 +504,7 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
                               f"{prefix}.minzoom")
         if values["metatile"] & (values["metatile"] - 1):
             raise ConfigError("must be a power of two", f"{prefix}.metatile")
-        if values["kind"] == "mapnik" and not values["style"]:
-            raise ConfigError("is required for a mapnik layer", f"{prefix}.style")
+        _check_kind(values, raw, prefix)
         for key in ("style", "font_dir"):
             if values[key] and not os.path.isabs(values[key]):
                 values[key] = str(base / values[key])
@@ -370,7 +512,8 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
             raise ConfigError(f"file {values['style']} does not exist", f"{prefix}.style")
         layers.append(LayerConfig(**values))
     return Config(path=str(Path(path).resolve()) if path else None, daemon=daemon,
-                  store=StoreConfig(**store), http=HttpConfig(**http), layers=tuple(layers))
+                  store=StoreConfig(**store), http=HttpConfig(**http), layers=tuple(layers),
+                  catalog=CatalogConfig(**catalog))
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,

@@ -43,6 +43,7 @@ attribution = "© Natural Earth"
 [[layer]]
 name = "photo_2"
 kind = "raster"
+collection = "photos"
 format = "jpeg85"
 minzoom = 2
 maxzoom = 9

@@ -157,7 +157,8 @@ def test_stats_on_a_known_fixture(store):
 
 def layer_cfg(ext: str = "png"):
     fmt = "jpeg80" if ext == "jpg" else "png"
-    return parse({"layer": [{"name": LAYER, "kind": "raster", "format": fmt, "maxzoom": 12,
+    return parse({"layer": [{"name": LAYER, "kind": "raster", "collection": "t", "format": fmt,
+                             "maxzoom": 12,
                              "attribution": "test data"}]}, check_files=False).layer(LAYER)
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import tilesets
 from . import protocol as p
 from .config import Config
 from .errors import ProtocolError, StoreError
@@ -187,9 +188,13 @@ class Broker:
 
     def request(self, ident: bytes, req: p.RenderRequest) -> None:
         """A RENDER: answer from a recent render, join a job, or queue one."""
-        layer = self.layers.get(req.layer)
+        base, values = tilesets.split(req.layer)
+        layer = self.layers.get(base)
         if layer is None:
-            return self._refuse(ident, req.rid, f"unknown layer {req.layer}")
+            return self._refuse(ident, req.rid, f"unknown layer {base}")
+        if len(values) != len(layer.keys):
+            return self._refuse(ident, req.rid, f"layer {base} takes {len(layer.keys)} key values, "
+                                                f"not {len(values)}")
         t = req.tile
         if not layer.minzoom <= t.z <= layer.maxzoom:
             return self._refuse(ident, req.rid, f"zoom {t.z} outside {layer.minzoom}-{layer.maxzoom}")
@@ -444,7 +449,7 @@ class Broker:
     def _pick(idle: list[Worker], layer: str) -> Worker | None:
         for w in idle:
             layers = w.info.get("layers")
-            if not isinstance(layers, list) or layer in layers:
+            if not isinstance(layers, list) or tilesets.split(layer)[0] in layers:
                 return w
         return None
 

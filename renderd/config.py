@@ -105,6 +105,8 @@ def _keys(v: Any, key: str) -> tuple[str, ...]:
         raise ConfigError(f"must be a list of key names ({KEY_RE}, not . or ..)", key)
     if len(set(v)) != len(v):
         raise ConfigError("names a key twice", key)
+    if len(v) > 8:
+        raise ConfigError("names more than 8 keys", key)
     return tuple(v)
 
 

@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
+from . import tilesets
 from .errors import ProtocolError
 from .tilemath import Meta, Tile, valid_tile
 
@@ -47,7 +48,7 @@ MAX_REASON = 500
 #: leaves the metatile for another run instead of counting it failed
 SHUTTING_DOWN = b"shutting down"
 _TILE_RE = re.compile(rb"(\d{1,2})/(\d{1,10})/(\d{1,10})")
-_NAME_RE = re.compile(rb"[A-Za-z0-9_\-]{1,64}")
+MAX_TILESET = 1024
 
 
 def _int(raw: bytes, what: str, lo: int, hi: int) -> int:
@@ -60,9 +61,10 @@ def _int(raw: bytes, what: str, lo: int, hi: int) -> int:
 
 
 def _name(raw: bytes) -> str:
-    if not _NAME_RE.fullmatch(raw):
+    """A tile set's name: a layer, or LAYER/VALUE/... (renderd.tilesets)."""
+    if len(raw) > MAX_TILESET or not tilesets.is_valid(name := raw.decode("ascii", "replace")):
         raise ProtocolError(f"bad layer name {raw[:20]!r}")
-    return raw.decode("ascii")
+    return name
 
 
 def parse_tile(raw: bytes) -> Tile:

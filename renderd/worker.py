@@ -29,6 +29,7 @@ from typing import Iterator
 
 import zmq
 
+from . import tilesets
 from . import config as _config
 from . import protocol as p
 from .errors import ConfigError, ProtocolError, RenderdError, StyleError
@@ -144,14 +145,17 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
     done = 0
     for job in link.jobs():
         started = time.perf_counter()
-        renderer = renderers.get(job.layer)
+        base, values = tilesets.split(job.layer)
+        renderer = renderers.get(base)
         if renderer is None:
-            link.failed(job, f"unknown layer {job.layer}")
+            link.failed(job, f"unknown layer {base}")
             continue
-        layer = cfg.layer(job.layer)
+        layer = cfg.layer(base)
         signal.setitimer(signal.ITIMER_REAL, max(job.timeout_ms, 1) / 1000.0)
         try:
-            result = renderer.render(job.meta)
+            # (a tile set of a layer with keys: its values, renderd.tilesets)
+            result = (renderer.render(job.meta, keys=dict(zip(layer.keys, values))) if values
+                      else renderer.render(job.meta))
             now = int(time.time())
             data_time = getattr(renderer, "data_time", None) or now
             index = MetaIndex(job.meta, tuple(result.hashes), now, int(data_time), layer.ext)

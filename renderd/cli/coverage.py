@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .. import tilesets
 from .options import area_options, config_option, layer_option, zoom_option
 
 
@@ -24,7 +25,7 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None, shor
     from ..tools.area import Area
     from ..tools.coverage import coverage
 
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     zooms = parse_zoom_range(zoom, lyr.minzoom, lyr.maxzoom)
     region = Area.from_options(bbox, area)
     with open_store(cfg.store) as store:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .. import tilesets
 from .options import config_option, layer_option
 
 
@@ -31,7 +32,7 @@ def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurr
     from ..tools.purge import FrontPurge, purge_url
     from .seed import Interrupts
 
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     lo = lyr.minzoom if min_zoom is None else min_zoom
     if not lyr.minzoom <= lo <= lyr.maxzoom:
         raise click.BadParameter(f"{lo} is outside the layer's zooms {lyr.minzoom}-{lyr.maxzoom}",

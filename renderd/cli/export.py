@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .. import tilesets
 from .options import area_options, config_option, layer_option, zoom_option
 
 
@@ -34,7 +35,7 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None, outp
     from ..tools.progress import Progress
     from .seed import Interrupts
 
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     zooms = parse_zoom_range(zoom, lyr.minzoom, lyr.maxzoom)
     region = Area.from_options(bbox, area)
     format_of(output)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .. import tilesets
 from ..errors import RenderdError
 from ..store import open_store
 from ..tilemath import parse_zoom_range
@@ -15,6 +16,7 @@ from .options import config_option, layer_option
 
 
 @click.command("import-meta")
+@config_option
 @layer_option()
 @click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False))
 @click.option("--style", metavar="NAME", default=None,
@@ -23,7 +25,6 @@ from .options import config_option, layer_option
               help="only these zooms (default: the layer's)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress line and no per-file errors")
-@config_option
 def command(cfg, layer: str, directory: str, style: str | None, zoom: str | None,
             as_json: bool, quiet: bool) -> None:
     """Import the .meta files of a mod_tile tile directory into the store.
@@ -33,7 +34,7 @@ def command(cfg, layer: str, directory: str, style: str | None, zoom: str | None
     Files that cannot be read are reported and skipped; the exit status is
     1 if any failed.
     """
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     zooms = parse_zoom_range(zoom) if zoom else None
     progress = not quiet and sys.stderr.isatty()
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import click
 
 from .. import config as _config
+from .. import tilesets
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,8 +27,26 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def layer_option(required: bool = True) -> Callable[..., Any]:
-    return click.option("--layer", "-l", "layer", required=required, metavar="LAYER",
-                        help="layer name from the configuration")
+    """``--layer L`` and, for a layer with keys, ``--key KEY=VALUE`` once per
+    key: the command gets the tile set's name as ``layer`` (``L/VALUE/...``,
+    renderd.tilesets). Goes below ``config_option``."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(cfg: _config.Config, layer: str | None, key_options: tuple[str, ...],
+                    **kw: Any) -> Any:
+            if layer is not None:
+                layer = tilesets.from_options(cfg, layer, key_options)
+            elif key_options:
+                raise click.UsageError("--key goes with --layer")
+            return f(cfg=cfg, layer=layer, **kw)
+
+        wrapper = click.option("--key", "-k", "key_options", multiple=True, metavar="KEY=VALUE",
+                               help="a value of one of the layer's keys (raster layers with keys)")(wrapper)
+        return click.option("--layer", "-l", "layer", required=required, metavar="LAYER",
+                            help="layer name from the configuration")(wrapper)
+
+    return decorate
 
 
 def zoom_option(required: bool = True) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ import tempfile
 
 import click
 
+from .. import tilesets
 from ..errors import RenderdError, TileError
 from ..tilemath import check_tile
 from .options import config_option
@@ -28,7 +29,7 @@ def command(cfg, layer: str, z: int, x: int, y: int, output: str) -> None:
     exactly as the daemon renders it; nothing is stored. For style
     development and debugging.
     """
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     try:
         check_tile(z, x, y, lyr.minzoom, lyr.maxzoom)
     except TileError as e:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .. import tilesets
 from ..exitcodes import EXIT_INTERRUPTED
 from ..tilemath import parse_zoom_range
 from .options import area_options, config_option, layer_option, zoom_option
@@ -69,7 +70,7 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
     from ..tools.purge import FrontPurge, purge_url
     from ..tools.seed import SeedOptions, parse_older_than, seed
 
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     zooms = parse_zoom_range(zoom, lyr.minzoom, lyr.maxzoom)
     region = Area.from_options(bbox, area)
     if older_than is not None:

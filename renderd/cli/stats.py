@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .. import tilesets
 from .options import config_option, layer_option, zoom_option
 
 
@@ -22,7 +23,7 @@ def command(cfg, layer: str, zoom: str | None, as_json: bool) -> None:
     from ..tilemath import parse_zoom_range
     from ..tools.stats import report, stats, table
 
-    lyr = cfg.layer(layer)
+    lyr = tilesets.layer_of(cfg, layer)
     lo, hi = (lyr.minzoom, lyr.maxzoom) if zoom is None else parse_zoom_range(zoom, lyr.minzoom, lyr.maxzoom)
     with open_store(cfg.store) as store:
         rows, total = stats(store, lyr.name, range(lo, hi + 1))

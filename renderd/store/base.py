@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
+from .. import tilesets
 from ..errors import StoreError
 from ..tilemath import Meta, Tile
 from .index import MetaIndex, content_hash
@@ -27,8 +28,9 @@ class StoredTile(NamedTuple):
 
 
 def check_layer(layer: str) -> str:
-    """``layer`` if it is a valid layer name, else ``StoreError``."""
-    if not isinstance(layer, str) or not LAYER_RE.fullmatch(layer):
+    """``layer`` if it is a valid tile set name (a layer's name, or
+    ``LAYER/VALUE/...``, renderd.tilesets), else ``StoreError``."""
+    if not tilesets.is_valid(layer):
         raise StoreError(f"invalid layer name {layer!r}")
     return layer
 

@@ -44,6 +44,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator, TypeVar
 
+from .. import tilesets
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
@@ -61,6 +62,8 @@ TMP_MAX_AGE = 3600.0
 SWEEP_BATCH = 1000
 #: A pack file's suffix.
 PACK_EXT = "pack"
+#: the start of a key value's directory name (tiles/{layer}/@{value}/...)
+KEY_DIR = "@"
 #: A directory of packs holds a block of 2^BLOCK_BITS x 2^BLOCK_BITS metatiles.
 BLOCK_BITS = 5
 PACK_NAME_RE = re.compile(r"([0-9]{1,10})_([0-9]{1,10})\.pack")
@@ -142,11 +145,17 @@ class DiskStore(Store):
         return f"DiskStore({self.path!r})"
 
     # --- paths -----------------------------------------------------------
+    def tileset_dir(self, layer: str) -> str:
+        """``tiles/{layer}``, and for a tile set with keys one ``@{value}``
+        directory per key below it (``tiles/sst/@07``): a key directory can
+        never be taken for a zoom directory."""
+        base, values = tilesets.split(check_layer(layer))
+        return os.path.join(self.tiles_dir, base, *(KEY_DIR + v for v in values))
+
     def pack_path(self, layer: str, meta: Meta) -> str:
-        check_layer(layer)
         mx, my = meta.mx, meta.my
-        return os.path.join(self.tiles_dir, layer, str(meta.z), str(mx >> BLOCK_BITS), str(my >> BLOCK_BITS),
-                            f"{mx}_{my}.{PACK_EXT}")
+        return os.path.join(self.tileset_dir(layer), str(meta.z), str(mx >> BLOCK_BITS),
+                            str(my >> BLOCK_BITS), f"{mx}_{my}.{PACK_EXT}")
 
     def pool_path(self, digest: str) -> str:
         if not HASH_RE.fullmatch(digest):
@@ -223,9 +232,23 @@ class DiskStore(Store):
             yield pack.index, self._sizes(pack, pool_sizes)
 
     def layers(self) -> list[str]:
-        """Names of the layers that have a tiles directory."""
-        return sorted(e.name for e in _scandir(self.tiles_dir)
-                      if LAYER_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+        """Names of the tile sets that have a tiles directory: the layers, and
+        below each the tile sets of its key values."""
+        out: list[str] = []
+
+        def walk(path: str, name: str, depth: int) -> None:
+            out.append(name)
+            if depth < tilesets.MAX_KEYS:
+                for e in _scandir(path):
+                    if e.name.startswith(KEY_DIR) and e.is_dir(follow_symlinks=False):
+                        child = f"{name}/{e.name[len(KEY_DIR):]}"
+                        if tilesets.is_valid(child):
+                            walk(e.path, child, depth + 1)
+
+        for e in _scandir(self.tiles_dir):
+            if LAYER_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+                walk(e.path, e.name, 0)
+        return sorted(out)
 
     def _sizes(self, pack: Pack, pool_sizes: dict[str, int | None]) -> dict[str, int]:
         """Stored size of each distinct tile of ``pack``; ``pool_sizes`` caches pool blobs'."""
@@ -339,7 +362,7 @@ class DiskStore(Store):
 
     def _pack_files(self, layer: str, zoom: int | None) -> Iterator[tuple[str, tuple[int, int, int]]]:
         """(path, (z, mx, my)) of every pack file of ``layer``."""
-        root = os.path.join(self.tiles_dir, layer)
+        root = self.tileset_dir(layer)
         zooms = _numbered(root) if zoom is None else [(zoom, os.path.join(root, str(zoom)))]
         for z, zdir in zooms:
             for bx, by, bdir in _blocks(zdir):
@@ -569,7 +592,7 @@ class DiskStore(Store):
         """Remove pack temporary files left by crashed writers over an hour ago."""
         limit = time.time_ns() - int(TMP_MAX_AGE * 1e9)
         for layer in self.layers():
-            for _, zdir in _numbered(os.path.join(self.tiles_dir, layer)):
+            for _, zdir in _numbered(self.tileset_dir(layer)):
                 for _, _, bdir in _blocks(zdir):
                     for e in _scandir(bdir):
                         if _is_tmp(e.name) and _mtime_ns(e) < limit:

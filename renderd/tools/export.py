@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from pmtiles.tile import Compression, Entry, TileType, tileid_to_zxy, zxy_to_tileid
+from pmtiles.tile import Compression, Entry, TileType, zxy_to_tileid
 from pmtiles.writer import Writer
 
 from .. import protocol as p

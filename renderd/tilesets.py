@@ -1,0 +1,92 @@
+"""Tile sets: a layer, or a raster layer with one value for each of its keys.
+
+A raster layer with ``keys = ["month"]`` serves one tile set per month:
+``/tiles/sst/07/{z}/{x}/{y}.png`` is the tile set ``sst/07``. Its name, the
+layer's name and the values in the order of ``keys``, each after a ``/``,
+is what the rest of the stack keys tiles by: the broker's queues, the
+stores (Redis ``{prefix}:idx:sst/07:...``, disk ``tiles/sst/@07/...``), the
+hot cache, purges and every tool (``--layer sst --key month=07``). A layer
+without keys is a tile set of its own name, so nothing changes for it.
+
+Layer names are ``[A-Za-z0-9_-]{1,64}`` and values ``[A-Za-z0-9_.-]{1,64}``
+other than ``.`` and ``..``, so a name splits back unambiguously.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .config import Config, LayerConfig
+
+#: most keys a layer may have
+MAX_KEYS = 8
+LAYER_PART = r"[A-Za-z0-9_\-]{1,64}"
+VALUE_PART = r"[A-Za-z0-9_.\-]{1,64}"
+NAME_RE = re.compile(rf"{LAYER_PART}(/{VALUE_PART}){{0,{MAX_KEYS}}}")
+
+
+def name(layer: str, values: Sequence[str] = ()) -> str:
+    """The tile set of ``layer`` with these key values (in the order of its keys)."""
+    return "/".join((layer, *values))
+
+
+def split(tileset: str) -> tuple[str, tuple[str, ...]]:
+    """``(layer, values)`` of a tile set name (not checked: see ``is_valid``)."""
+    layer, *values = tileset.split("/")
+    return layer, tuple(values)
+
+
+def is_valid(tileset: object) -> bool:
+    """Whether ``tileset`` is a well-formed tile set name."""
+    return (isinstance(tileset, str) and NAME_RE.fullmatch(tileset) is not None
+            and not any(v in (".", "..") for v in tileset.split("/")[1:]))
+
+
+def layer_of(cfg: "Config", tileset: str) -> "LayerConfig":
+    """The layer configuration of a tile set, named as the tile set (so that
+    code keyed by ``layer.name`` keys by the tile set); ``UsageError`` for an
+    unknown layer or a count of values that is not the layer's count of keys."""
+    if not is_valid(tileset):
+        raise UsageError(f"{tileset!r} is not a layer name or LAYER/VALUE/...")
+    base, values = split(tileset)
+    lyr = cfg.layer(base)
+    if len(values) != len(lyr.keys):
+        if lyr.keys:
+            raise UsageError(f"layer {base} needs a value for each of its keys "
+                             f"{', '.join(lyr.keys)} (--key KEY=VALUE)")
+        raise UsageError(f"layer {base} has no keys")
+    return lyr if not values else replace(lyr, name=tileset)
+
+
+def from_options(cfg: "Config", layer: str, key_options: Iterable[str]) -> str:
+    """The tile set named by ``--layer L`` and ``--key KEY=VALUE`` options."""
+    lyr = cfg.layer(layer)
+    given: dict[str, str] = {}
+    for opt in key_options:
+        key, eq, value = opt.partition("=")
+        if not eq or not key or not value:
+            raise UsageError(f"--key {opt!r}: give KEY=VALUE")
+        if key not in lyr.keys:
+            raise UsageError(f"--key {key}: layer {layer} has "
+                             + (f"the keys {', '.join(lyr.keys)}" if lyr.keys else "no keys"))
+        if key in given:
+            raise UsageError(f"--key {key} given twice")
+        given[key] = value
+    missing = [k for k in lyr.keys if k not in given]
+    if missing:
+        raise UsageError(f"layer {layer} needs --key {missing[0]}=VALUE")
+    ts = name(layer, [given[k] for k in lyr.keys])
+    if not is_valid(ts):
+        raise UsageError(f"--key values must be {VALUE_PART}, not . or ..")
+    return ts
+
+
+def key_values(lyr: "LayerConfig") -> dict[str, str]:
+    """The key values of a layer configuration that ``layer_of`` named as a tile set."""
+    _, values = split(lyr.name)
+    return dict(zip(lyr.keys, values))

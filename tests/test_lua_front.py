@@ -24,7 +24,8 @@ from renderd.nginx import front_options
 from tests.fixtures.servers import RedisServer, free_port
 
 LAYER = {"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8, "ext": "png",
-         "content_type": "image/png", "cache_control": "public, max-age=3600", "tile_size": 256}
+         "content_type": "image/png", "cache_control": "public, max-age=3600", "tile_size": 256,
+         "keys": []}
 RENDERED = 1763745600
 FRONT_DEFAULTS = front_options(_config.parse({}).http)
 
@@ -1055,3 +1056,46 @@ def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, r
         assert_tile(request(ng.port, tile_path(11, 807, 807)), 11, 807, 807, "HIT")
     finally:
         mon.close()
+
+
+# --- tile sets of a layer with keys ---------------------------------------------------
+
+SST = dict(LAYER, name="sst", maxzoom=8, keys=["year", "month"])
+
+
+@pytest.fixture(params=["disk", "redis"])
+def keyed_front(request, nginx_factory, broker):
+    store = request.getfixturevalue(f"{request.param}_store")
+    cfg = ({"kind": "disk", "path": store.path} if request.param == "disk"
+           else redis_store_cfg(request.getfixturevalue("redis_url")))
+    broker.store = store
+    return nginx_factory(runtime(cfg, broker.endpoint, layers=[LAYER, SST])), store, broker
+
+
+def test_tile_sets_of_a_layer_with_keys(keyed_front):
+    """/tiles/sst/2024/07/z/x/y.png is the tile set sst/2024/07: read from the
+    store and the hot cache under that name, rendered under it, purged by it;
+    another month is another tile set."""
+    ng, store, broker = keyed_front
+    meta = Meta(5, 8, 16, 8)
+    store.put_metatile("sst/2024/07", *make_meta("sst/2024/07", meta))
+    r = request(ng.port, "/tiles/sst/2024/07/5/9/17.png")
+    assert_tile(r, 5, 9, 17, "STORE", layer="sst/2024/07")
+    r = wait_xcache(ng.port, "/tiles/sst/2024/07/5/15/23.png", "HIT")
+    assert_tile(r, 5, 15, 23, "HIT", layer="sst/2024/07")
+    # another month: not stored, rendered under its own name
+    r = request(ng.port, "/tiles/sst/2024/08/5/9/17.png")
+    assert_tile(r, 5, 9, 17, "RENDER", layer="sst/2024/08")
+    (msg,) = broker.renders()
+    assert msg[3:5] == [b"sst/2024/08", b"5/9/17"]
+    assert store.get_metatile("sst/2024/08", meta) is not None
+    for path, status in (("/tiles/sst/5/9/17.png", 400), ("/tiles/sst/2024/5/9/17.png", 400),
+                         ("/tiles/sst/2024/./5/9/17.png", 400), ("/tiles/world/2024/5/9/17.png", 400),
+                         ("/tiles/sst/2024/07/9/0/0.png", 404)):
+        assert request(ng.port, path).status == status, path
+    status, rep = purge(ng, "5/9/17\n", layer="sst/2024/07", mode="delete")
+    assert status == 200 and rep["metatiles"] == 1 and rep["tiles"] == 64, rep
+    assert request(ng.port, "/tiles/sst/2024/07/5/15/23.png").h("x-cache") == "STORE"
+    for bad in ("sst", "sst/2024", "sst/2024/../x", "world/2024"):
+        assert purge(ng, "5/9/17\n", layer=bad)[0] == 400, bad
+    assert len(broker.renders()) == 1

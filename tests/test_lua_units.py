@@ -33,12 +33,14 @@ def lua_str(s: str | bytes) -> str:
 
 PATH = r"""
 local path = require "renderd.path"
-local layers = { world = { name = "world", minzoom = 0, maxzoom = 20, metatile = 8, ext = "png" },
-                 small = { name = "small", minzoom = 3, maxzoom = 5, metatile = 4, ext = "jpg" } }
+local layers = { world = { name = "world", minzoom = 0, maxzoom = 20, metatile = 8, ext = "png", keys = {} },
+                 small = { name = "small", minzoom = 3, maxzoom = 5, metatile = 4, ext = "jpg", keys = {} },
+                 sst = { name = "sst", minzoom = 0, maxzoom = 6, metatile = 8, ext = "png",
+                         keys = { "year", "month" } } }
 for line in io.lines() do
   local t, status, msg = path.parse(line, layers)
   if t then
-    print(table.concat({t.layer.name, t.z, t.x, t.y, t.n, t.x0, t.y0, t.mx, t.my, t.i}, " "))
+    print(table.concat({t.tileset, t.z, t.x, t.y, t.n, t.x0, t.y0, t.mx, t.my, t.i}, " "))
   else
     print(status .. " " .. msg)
   end
@@ -83,6 +85,20 @@ def test_path_statuses():
         "/tile/world/3/0/0.png": "400 not a tile path",
         "/tiles/world/3/0/0.png" + "?" + "a" * 2100: "400 URI too long",
         "/tiles/world/3/0/" + "1" * 250 + ".png": "400 URI too long",
+        # a layer with keys: one value segment per key
+        "/tiles/sst/2024/07/3/1/2.png": "sst/2024/07 3 1 2",
+        "/tiles/sst/1990/v1.2_x-y/0/0/0.png?t=1": "sst/1990/v1.2_x-y 0 0 0",
+        "/tiles/sst/2024/3/1/2.png": "400 wrong number of key values",
+        "/tiles/sst/3/1/2.png": "400 wrong number of key values",
+        "/tiles/sst/a/b/c/3/1/2.png": "400 wrong number of key values",
+        "/tiles/world/2024/3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/2024/./3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/2024/../3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/2024//3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/20%32/07/3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/ab3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/" + "v" * 65 + "/07/3/1/2.png": "400 malformed tile path",
+        "/tiles/sst/2024/07/7/1/2.png": "404 zoom outside the layer",
     }
     got = parse_many(list(uris))
     for (uri, want), line in zip(uris.items(), got):

@@ -38,7 +38,7 @@ end
 
 --- Put t's metatile into the hot cache.
 function _M.put(t, raw, h, blobs)
-    local evicted = cache.put_metatile(t.layer.name, raw, h, blobs)
+    local evicted = cache.put_metatile(t.tileset, raw, h, blobs)
     if evicted > 0 then
         metrics.incr("renderd_cache_evictions_total", nil, evicted)
     end
@@ -65,7 +65,7 @@ end
 --- from_store(t) from a timer, after this response; once across the
 -- workers for a metatile within FILL_SECONDS (or until a purge).
 function _M.later(t)
-    if locks:add(lock_key(t.layer.name, t.z, t.x0, t.y0), true, _M.FILL_SECONDS) then
+    if locks:add(lock_key(t.tileset, t.z, t.x0, t.y0), true, _M.FILL_SECONDS) then
         timer_at(0, on_timer, t)
     end
 end

@@ -85,7 +85,7 @@ end
 
 -- an expired hot-cache copy, when nothing better answers
 local function serve_expired(t)
-    local e = cache.get(t.layer.name, t.z, t.x, t.y, true)
+    local e = cache.get(t.tileset, t.z, t.x, t.y, true)
     if e then
         return reply.tile(t, e.hash, e.body, e.rendered, "STALE")
     end
@@ -107,7 +107,7 @@ function _M.serve()
         return reply.plain(status, msg)
     end
 
-    local e = cache.get(t.layer.name, t.z, t.x, t.y)
+    local e = cache.get(t.tileset, t.z, t.x, t.y)
     if e then
         metrics.incr("renderd_cache_hits_total")
         if e.stale then
@@ -136,7 +136,7 @@ function _M.serve()
         res = { status = "ERROR", reason = err or "rendered tile not found in the store" }
     end
     log.once((res.status == "BUSY" or res.status == "TIMEOUT") and WARN or ERR, "render-" .. res.status,
-             "render of ", t.layer.name, "/", t.z, "/", t.x, "/", t.y, " failed: ", res.status, " ",
+             "render of ", t.tileset, "/", t.z, "/", t.x, "/", t.y, " failed: ", res.status, " ",
              tostring(res.reason))
     serve_expired(t)
     return reply.unavailable(t, res.status == "BUSY" and "render queue full" or "render failed or timed out")

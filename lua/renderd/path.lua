@@ -3,21 +3,28 @@
 --
 --   local path = require "renderd.path"
 --   local t, status, msg = path.parse(raw_uri, layers)
---   -- t = { layer = <layer table>, z =, x =, y =, ext =,
+--   -- t = { layer = <layer table>, tileset = "name" or "name/v1/.../vn",
+--   --       values = { v1, ..., vn }, z =, x =, y =, ext =,
 --   --       n =, x0 =, y0 =, mx =, my =, i = <0-based x-major index> }
 --   -- or nil, 400|404, "short reason"
 --
 -- raw_uri is the request line's URI as the client sent it
 -- ($request_uri: not decoded, not normalised, with the query string).
 -- layers maps a layer name to its table (name, minzoom, maxzoom, metatile,
--- ext). The query string is ignored (cache busters); percent signs, dots
--- other than the one before the extension, empty or extra segments,
+-- ext, keys). A layer with n keys takes n value segments after its name:
+-- /tiles/{layer}/{v1}/.../{vn}/{z}/{x}/{y}.{ext}, values of
+-- [A-Za-z0-9_.-], at most 64 bytes, not "." (the tile set "layer/v1/.../vn",
+-- renderd/tilesets.py); another count of segments is 400. The query string
+-- is ignored (cache busters); percent signs, "..", empty segments,
 -- non-digits, numbers longer than the grid allows, and paths over 256
 -- bytes (URIs over 2048 with the query) are 400.
 
 local find = string.find
 local sub = string.sub
 local match = string.match
+local gmatch = string.gmatch
+local gsub = string.gsub
+local concat = table.concat
 local tonumber = tonumber
 
 local _M = { _VERSION = "0.1.0" }
@@ -28,6 +35,9 @@ _M.MAX_URI = 256
 _M.MAX_REQUEST_URI = 2048
 --- Highest zoom the grid allows (tilemath.MAX_ZOOM).
 _M.MAX_ZOOM = 30
+--- Most key values a path may carry (renderd/tilesets.py MAX_KEYS).
+_M.MAX_KEYS = 8
+local NO_VALUES = {}
 
 local PREFIX = "/tiles/"
 
@@ -66,11 +76,42 @@ local function slow(uri)
     if find(uri, "[^A-Za-z0-9_%-%./]") or find(uri, "..", 1, true) or find(uri, "//", 1, true) then
         return nil, "malformed tile path"
     end
-    local name, zs, xs, ys, ext = match(uri, "^/tiles/([A-Za-z0-9_%-]+)/(%d+)/(%d+)/(%d+)%.([a-z0-9]+)$")
-    if not name then
+    local name, rest = match(uri, "^/tiles/([A-Za-z0-9_%-]+)/(.*)$")
+    local prefix, zs, xs, ys, ext
+    if rest then
+        prefix, zs, xs, ys, ext = match(rest, "^(.-)(%d+)/(%d+)/(%d+)%.([a-z0-9]+)$")
+    end
+    if not prefix or (prefix ~= "" and sub(prefix, -1) ~= "/") then
         return nil, "malformed tile path"
     end
-    return name, zs, xs, ys, ext
+    local values = NO_VALUES
+    if prefix ~= "" then
+        values = {}
+        for v in gmatch(prefix, "([^/]+)/") do
+            if v == "." or #v > 64 or find(v, "[^A-Za-z0-9_%-%.]") or #values >= _M.MAX_KEYS then
+                return nil, "malformed tile path"
+            end
+            values[#values + 1] = v
+        end
+    end
+    return name, zs, xs, ys, ext, values
+end
+
+--- Whether name is a tile set's name: a layer name, then "/" and a value
+-- per key (the values' rules of parse).
+function _M.is_tileset(name)
+    local base, rest = match(name, "^([A-Za-z0-9_%-]+)(.*)$")
+    if not base or #base > 64 then
+        return false
+    end
+    local n = 0
+    for v in gmatch(rest, "/([^/]*)") do
+        n = n + 1
+        if v == "" or v == "." or v == ".." or #v > 64 or find(v, "[^A-Za-z0-9_%-%.]") or n > _M.MAX_KEYS then
+            return false
+        end
+    end
+    return #gsub(rest, "/[^/]*", "") == 0
 end
 
 --- Parse a raw request URI. See the module comment.
@@ -79,11 +120,12 @@ function _M.parse(uri, layers)
         return nil, 400, "URI too long"
     end
     local name, zs, xs, ys, ext, rest
+    local values = NO_VALUES
     if #uri <= _M.MAX_URI then
         name, zs, xs, ys, ext, rest = match(uri, FAST)
     end
     if not name or (rest ~= "" and rest ~= "?") then
-        name, zs, xs, ys, ext = slow(uri)
+        name, zs, xs, ys, ext, values = slow(uri)
         if not name then
             return nil, 400, zs
         end
@@ -94,6 +136,12 @@ function _M.parse(uri, layers)
     local layer = layers[name]
     if not layer then
         return nil, 404, "unknown layer"
+    end
+    local tileset = name
+    if #values ~= #layer.keys then
+        return nil, 400, #layer.keys == 0 and "malformed tile path" or "wrong number of key values"
+    elseif values ~= NO_VALUES then
+        tileset = name .. "/" .. concat(values, "/")
     end
     local z, x, y = tonumber(zs), tonumber(xs), tonumber(ys)
     if z < layer.minzoom or z > layer.maxzoom or z > _M.MAX_ZOOM then
@@ -108,7 +156,7 @@ function _M.parse(uri, layers)
     end
     local n, x0, y0, mx, my, i = _M.metatile(z, x, y, layer.metatile)
     return {
-        layer = layer, z = z, x = x, y = y, ext = ext,
+        layer = layer, tileset = tileset, values = values, z = z, x = x, y = y, ext = ext,
         n = n, x0 = x0, y0 = y0, mx = mx, my = my, i = i,
     }
 end

@@ -8,6 +8,7 @@
 --   }
 --
 -- POST /purge?layer=NAME&mode=dirty|delete with a body of "z/x/y" lines
+-- (NAME: a tile set, LAYER/VALUE/... for a layer with keys)
 -- (the expiry list format of osm2pgsql and mod_tile): each line stands for
 -- the metatile holding that tile. "dirty" (the default) marks the hot
 -- copies of those metatiles stale: they are served at once as X-Cache:
@@ -38,6 +39,8 @@ local get_body_file = ngx.req.get_body_file
 local io_open = io.open
 local gmatch = string.gmatch
 local match = string.match
+local gsub = string.gsub
+local select = select
 local tonumber = tonumber
 local type = type
 
@@ -84,15 +87,17 @@ function _M.serve()
         return answer(500, "renderd.front.init() was not called\n")
     end
     local args = get_uri_args()
-    local layer = layers[type(args.layer) == "string" and args.layer or ""]
-    if not layer then
+    -- a tile set: the layer's name, and for a layer with keys its values
+    local name = type(args.layer) == "string" and args.layer or ""
+    local base, nvalues = match(name, "^([^/]*)"), select(2, gsub(name, "/", ""))
+    local layer = layers[base]
+    if not layer or nvalues ~= #layer.keys or not path.is_tileset(name) then
         return answer(400, "unknown layer\n")
     end
     local mode = args.mode or "dirty"
     if mode ~= "dirty" and mode ~= "delete" then
         return answer(400, "mode must be dirty or delete\n")
     end
-    local name = layer.name
     local seen, metatiles, tiles, malformed = {}, 0, 0, 0
     update_time()
     for line in gmatch(body_text(), "[^\r\n]+") do

@@ -53,7 +53,7 @@ function _M.configure(opts)
 end
 
 local function meta_key(t)
-    return t.layer.name .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0
+    return t.tileset .. "/" .. t.z .. "/" .. t.x0 .. "/" .. t.y0
 end
 
 local observe = metrics.observe_render
@@ -72,7 +72,7 @@ local function ask(t, priority, deadline)
     if priority > 0 then
         flags = flags == "" and "force" or flags .. ",force"
     end
-    local r, err = client.render(t.layer.name, t.z, t.x, t.y, priority, ms, flags)
+    local r, err = client.render(t.tileset, t.z, t.x, t.y, priority, ms, flags)
     update_time()
     if not r then
         local status = (err == "timeout") and "TIMEOUT" or "ERROR"
@@ -214,7 +214,7 @@ function _M.tile(res, t)
     elseif res.x == t.x and res.y == t.y then
         return { hash = res.hash, body = res.hash and res.tile or "", rendered = res.rendered }
     end
-    local c = cache.get(t.layer.name, t.z, t.x, t.y)
+    local c = cache.get(t.tileset, t.z, t.x, t.y)
     if c then
         return { hash = c.hash, body = c.body, rendered = c.rendered }
     end

@@ -23,7 +23,7 @@
 --    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
 --                "ext": "png", "content_type": "image/png",
 --                "cache_control": "public, max-age=3600", "cors": "*",
---                "tile_size": 256}]}
+--                "tile_size": 256, "keys": []}]}      -- a raster layer's URL keys
 
 local cjson = require "cjson.safe"
 local path = require "renderd.path"
@@ -114,6 +114,10 @@ local function check_layer(l, i)
     need(m <= 64, where .. "metatile must be at most 64")
     for _, key in ipairs({ "ext", "content_type", "cache_control", "cors" }) do
         string_(l, key, where)
+    end
+    need(type(l.keys) == "table" and #l.keys <= path.MAX_KEYS, where .. "keys must be a list of key names")
+    for k = 1, #l.keys do
+        need(type(l.keys[k]) == "string", where .. "keys must be a list of key names")
     end
     return name
 end

@@ -40,7 +40,7 @@ def layer_runtime(cfg: Config, lyr: LayerConfig) -> dict[str, Any]:
             "metatile": lyr.metatile, "ext": lyr.ext, "content_type": lyr.content_type,
             "cache_control": lyr.cache_control or cfg.http.cache_control,
             "cors": cfg.http.cors if lyr.cors is None else lyr.cors,
-            "tile_size": lyr.tile_size}
+            "tile_size": lyr.tile_size, "keys": list(lyr.keys)}
 
 
 def runtime(cfg: Config) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 --
 -- Layout: {path}/tiles/{layer}/{z}/{mx >> 5}/{my >> 5}/{mx}_{my}.pack, one
 -- pack per metatile in directories of 32 x 32 metatiles (renderd.pack reads
--- it), and the pool of tiles that several metatiles share,
+-- it; a tile set of a layer with keys: tiles/{layer}/@{v1}/.../@{vn}/{z}/...),
+-- and the pool of tiles that several metatiles share,
 -- {path}/blobs/{h[0:2]}/{h}.
 --
 --   read_tile      the pack's head (its first 4 KB hold the whole head of an
@@ -23,6 +24,7 @@ local log = require "renderd.log"
 local rshift = require("bit").rshift
 
 local io_open = io.open
+local concat = table.concat
 local sub = string.sub
 local gsub = string.gsub
 local find = string.find
@@ -54,14 +56,23 @@ local function absent(err)
     return err and find(err, "No such file", 1, true)
 end
 
+-- the directory of a tile set: tiles/{layer}, then /@{value} per key value
+local function tileset_dir(t)
+    local values = t.values
+    if #values == 0 then
+        return root .. "/tiles/" .. t.tileset
+    end
+    return root .. "/tiles/" .. t.layer.name .. "/@" .. concat(values, "/@")
+end
+
 -- {z}/{block x}/{block y}/{mx}_{my}.pack, blocks of 32 x 32 metatiles
 local function pack_path(t)
-    return root .. "/tiles/" .. t.layer.name .. "/" .. t.z .. "/" .. rshift(t.mx, 5) .. "/"
+    return tileset_dir(t) .. "/" .. t.z .. "/" .. rshift(t.mx, 5) .. "/"
         .. rshift(t.my, 5) .. "/" .. t.mx .. "_" .. t.my .. ".pack"
 end
 
 local function pack_error(t, err)
-    return "disk pack " .. t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+    return "disk pack " .. t.tileset .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
 end
 
 -- a pool file's bytes; false if it is not there; nil, err

@@ -151,7 +151,7 @@ local function once(key, fn, ...)
 end
 
 local function index_key(t)
-    return idx_prefix .. t.layer.name .. ":" .. t.z .. ":" .. t.mx .. ":" .. t.my
+    return idx_prefix .. t.tileset .. ":" .. t.z .. ":" .. t.mx .. ":" .. t.my
 end
 
 local function header(head, t)
@@ -162,7 +162,7 @@ local function header(head, t)
     local err
     h, err = index.check(head, t.z, t.x0, t.y0, t.n, true)
     if not h then
-        return nil, "redis index " .. t.layer.name .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+        return nil, "redis index " .. t.tileset .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
     end
     if nheaders >= HEADERS_MAX then
         headers, nheaders = {}, 0
@@ -230,7 +230,7 @@ local function read_entry(key, i, t)
             return nil, err
         end
     end
-    return nil, "redis: blob " .. hash .. " of " .. t.layer.name .. "/" .. t.z .. "/" .. t.x .. "/" .. t.y
+    return nil, "redis: blob " .. hash .. " of " .. t.tileset .. "/" .. t.z .. "/" .. t.x .. "/" .. t.y
         .. " is missing"
 end
 

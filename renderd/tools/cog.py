@@ -342,7 +342,13 @@ def plan(src: Source, opts: Options) -> Plan:
         ovr = warp = "nearest"
     else:
         ovr, warp = "average", "bilinear"
+    # overviews down to one block (the driver alone stops when the smaller
+    # side fits one, leaving a 2:1 world image at two blocks wide), made
+    # here with this resampling: not copied from the source (a JPEG's DCT
+    # scaling, a GeoTIFF's own overviews of unknown resampling)
+    levels = max(0, math.ceil(math.log2(max(src.width, src.height) / opts.blocksize)))
     creation = {"COMPRESS": comp.upper(), "BLOCKSIZE": str(opts.blocksize),
+                "OVERVIEW_COUNT": str(levels), "OVERVIEWS": "IGNORE_EXISTING",
                 "OVERVIEW_RESAMPLING": ovr.upper(), "BIGTIFF": "IF_SAFER"}
     if predictor:
         creation["PREDICTOR"] = str(predictor)
@@ -484,15 +490,18 @@ def mercator_grid(crs: str, transform: tuple[float, ...], width: int, height: in
     """The grid ``--reproject`` writes: the zoom whose resolution is closest
     to the source's at its centre, the source's bounds (clipped to the
     Mercator latitudes) widened to whole tiles of the coarsest overview."""
-    from affine import Affine
     from rasterio.warp import transform as transform_xy
     from rasterio.warp import transform_bounds
 
-    t = Affine(*transform)
+    a, b, c, d, e, f = transform[:6]
+
+    def at(col: float, row: float) -> tuple[float, float]:
+        return a * col + b * row + c, d * col + e * row + f
+
     world = 2 * MERC_HALF
     # resolution: one source pixel at the centre, in Mercator metres
     cx, cy = width / 2, height / 2
-    xs, ys = zip(*(t * (cx + dx, cy + dy) for dx, dy in ((0, 0), (1, 0), (0, 1))))
+    xs, ys = zip(*(at(cx + dx, cy + dy) for dx, dy in ((0, 0), (1, 0), (0, 1))))
     lon, lat = transform_xy(crs, "EPSG:4326", list(xs), list(ys))
     lat = [max(-MAX_LAT, min(MAX_LAT, v)) for v in lat]
     mx, my = transform_xy("EPSG:4326", "EPSG:3857", lon, lat)
@@ -501,8 +510,8 @@ def mercator_grid(crs: str, transform: tuple[float, ...], width: int, height: in
     res = math.sqrt(step_x * step_y) or world / TILE_SIZE
     zoom = max(0, min(24, round(math.log2(world / (TILE_SIZE * res)))))
     # bounds: through longitude/latitude, so that poles do not go to infinity
-    x0, y0 = t * (0, 0)
-    x1, y1 = t * (width, height)
+    x0, y0 = at(0, 0)
+    x1, y1 = at(width, height)
     w, s, e, n = transform_bounds(crs, "EPSG:4326", min(x0, x1), min(y0, y1), max(x0, x1),
                                   max(y0, y1), densify_pts=21)
     s, n = max(-MAX_LAT, s), min(MAX_LAT, n)
@@ -556,10 +565,29 @@ def warped_vrt(src: Source, p: Plan, src_vrt: str, grid: Grid) -> str:
 
     nodata = src.band(p.bands[0]).nodata if p.keep_nodata else None
     with rasterio.open(src_vrt) as s, WarpedVRT(
-            s, crs="EPSG:3857", transform=Affine(*grid.transform), width=grid.width, height=grid.height,
-            resampling=Resampling[p.warp_resampling], add_alpha=True,
+            s, crs="EPSG:3857", transform=Affine(*grid.transform), width=grid.width,
+            height=grid.height, resampling=Resampling[p.warp_resampling], add_alpha=True,
             nodata=nodata, src_nodata=nodata) as w:
-        return w.tags(ns="xml:VRT")["xml:VRT"]
+        xml = w.tags(ns="xml:VRT")["xml:VRT"]
+    if nodata is None:
+        return xml
+    # the serialized warp lacks the destination nodata: without it blocks
+    # outside the source read as 0, not as nodata
+    root = ET.fromstring(xml)
+    value = repr(float(nodata))
+    for band in root.findall("VRTRasterBand"):
+        if band.findtext("ColorInterp") != "Alpha":
+            band.insert(0, _element("NoDataValue", value))
+    for mapping in root.iter("BandMapping"):
+        mapping.append(_element("DstNoDataReal", value))
+        mapping.append(_element("DstNoDataImag", "0"))
+    return ET.tostring(root, encoding="unicode")
+
+
+def _element(tag: str, text: str) -> ET.Element:
+    el = ET.Element(tag)
+    el.text = text
+    return el
 
 
 # --- writing -------------------------------------------------------------------

@@ -34,6 +34,13 @@ UTM = "EPSG:32633"
 
 # --- sources -----------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _raster_env():
+    with cog.raster_env():   # Mapnik, imported by other tests, hides rasterio's proj.db
+        yield
+
+
+
 def write(path: Path, data: np.ndarray, crs: str | None = "EPSG:4326", transform=None,
           nodata=None, driver: str = "GTiff", **kw) -> str:
     count, h, w = data.shape

@@ -40,8 +40,9 @@ import signal
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from xml.etree import ElementTree as ET
 
 from ..errors import RenderdError, UsageError
@@ -106,6 +107,28 @@ class Options:
         d["bands"] = list(self.bands)
         d["bounds"] = list(self.bounds) if self.bounds else None
         return d
+
+
+@contextmanager
+def raster_env() -> Iterator[None]:
+    """A rasterio environment whose PROJ finds its own proj.db.
+
+    Mapnik's wheel sets PROJ_LIB, when it is imported, to a directory
+    without a proj.db; every rasterio environment started after that (each
+    top-level ``rasterio.open``) points rasterio's PROJ there and knows no
+    CRS. Inside this one the search path is rasterio's own again, and the
+    rasterio calls nested in it start no environment of their own."""
+    import rasterio
+    from rasterio.env import PROJDataFinder, set_proj_data_search_path
+
+    with rasterio.Env():
+        env = os.environ.get("PROJ_DATA") or os.environ.get("PROJ_LIB")
+        if env and not any(os.path.exists(os.path.join(d, "proj.db"))
+                           for d in env.split(os.pathsep)):
+            path = PROJDataFinder().search_wheel()
+            if path:
+                set_proj_data_search_path(path)
+        yield
 
 
 def parse_crs(text: str) -> Any:
@@ -212,9 +235,12 @@ def inspect(name: str) -> Source:
             ds = rasterio.open(absolute_name(name))
         except RasterioIOError as e:
             msg = str(e)
+            if os.path.isdir(name):
+                raise RasterInputError(f"{name}: is a directory, not a raster") from None
             if "No such file" in msg or (f is None and not re.match(r"^[A-Za-z0-9_]+:", name)):
                 raise RasterInputError(f"{name}: not found") from None
-            raise RasterInputError(f"{name}: not a raster GDAL can read ({_short(msg, name)})") from None
+            raise RasterInputError(f"{name}: not a raster GDAL can read "
+                                   f"({_short(msg, absolute_name(name), name)})") from None
         with ds:
             if ds.count == 0:
                 subs = ds.subdatasets
@@ -246,11 +272,12 @@ def inspect(name: str) -> Source:
                 tags=ds.tags())
 
 
-def _short(msg: str, name: str) -> str:
+def _short(msg: str, *names: str) -> str:
     """A GDAL message without the dataset name it repeats."""
     msg = msg.strip().rstrip(".")
-    for n in (f"'{name}'", name):
-        msg = msg.replace(n, "").strip(" :")
+    for name in names:
+        for n in (f"'{name}'", name):
+            msg = msg.replace(n, "").strip(" :,")
     return msg or "unknown error"
 
 
@@ -409,7 +436,8 @@ def source_vrt(src: Source, p: Plan, record: dict[str, Any], filename: str | Non
                       rasterYSize=str(height or src.height))
     _sub(root, "SRS", crs or p.crs)
     _sub(root, "GeoTransform", _gt(transform or p.transform))
-    tags = {k: v for k, v in src.tags.items() if k != TAG}
+    # a JPEG's EXIF tags describe that file (its size, its compression), not this one
+    tags = {k: v for k, v in src.tags.items() if k != TAG and not k.startswith("EXIF_")}
     tags[TAG] = json.dumps(record, sort_keys=True)
     _metadata(root, tags)
     for n, (b, vb) in enumerate(zip(p.bands, bands or p.bands), start=1):
@@ -687,7 +715,7 @@ def _copy_error(name: str, src: Source, e: Exception) -> RenderdError:
         return RasterWriteError(f"{name}: writing failed: {msg}")
     names = [src.dsname] + ([os.path.abspath(src.file)] if src.file else [])
     if any(n in msg for n in names) or _READ_FAILURE.search(msg):
-        return RasterInputError(f"{name}: cannot be read (corrupt?): {_short(msg, names[-1])}")
+        return RasterInputError(f"{name}: cannot be read (corrupt?): {_short(msg, *names)}")
     return RasterWriteError(f"{name}: writing the COG failed: {msg}")
 
 
@@ -755,7 +783,8 @@ def check_outdir(outdir: str) -> None:
 def _job(args: tuple[str, str, Options, bool, str | None, int, bool]) -> Result | Failure:
     name, debug = args[0], args[-1]
     try:
-        return convert(*args[:-1])
+        with raster_env():
+            return convert(*args[:-1])
     except UsageError as e:
         return Failure(name, str(e), usage=True)
     except RenderdError as e:
@@ -780,7 +809,8 @@ def optimize(names: list[str], outdir: str, opts: Options, overwrite: bool = Fal
     """Convert every source; failures are collected, not raised (one per
     file, in ``Summary.failures``), so that one bad file does not stop the
     rest. ``on_done`` is called as each file finishes."""
-    opts.check()
+    with raster_env():
+        opts.check()
     if out_name is not None and len(names) != 1:
         raise UsageError("--name needs exactly one FILE")
     check_outdir(outdir)

@@ -161,6 +161,22 @@ def test_rgba_alpha_becomes_internal_mask(rgba, tmp_path, capsys):
             assert (o.read_masks(1) == 0).any() and (o.read_masks(1) > 0).any()
 
 
+def test_source_mask_is_kept(tmp_path, capsys):
+    path = tmp_path / "masked.tif"
+    a = field(600, 600, 3).clip(0, 255).astype("uint8")
+    write(path, a)
+    y, x = np.mgrid[0:600, 0:600]
+    valid = (x - 300) ** 2 + (y - 300) ** 2 < 250 ** 2
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as d:
+        d.write_mask(np.where(valid, 255, 0).astype("uint8"))
+    code, _, err = run(capsys, str(path), "-o", str(tmp_path / "out"), "--compression", "webp")
+    assert code == 0, err
+    with check_cog(str(tmp_path / "out" / "masked.tif")) as d:
+        assert d.profile["compress"] == "webp" and d.count == 3
+        assert d.mask_flag_enums[0] == [MaskFlags.per_dataset]
+        assert np.array_equal(d.read_masks(1) > 0, valid)
+
+
 def test_float_nodata_keeps_values_nodata_and_mask(floats, tmp_path, capsys):
     code, _, err = run(capsys, floats, "-o", str(tmp_path / "out"))
     assert code == 0, err

@@ -33,6 +33,7 @@ COMMANDS = {
     "import-meta": "import_meta",
     "gc": "gc",
     "status": "status",
+    "optimize-rasters": "optimize_rasters",
 }
 
 

@@ -33,6 +33,8 @@ COMMANDS = {
     "import-meta": "import_meta",
     "gc": "gc",
     "status": "status",
+    "ingest": "ingest",
+    "datasets": "datasets",
 }
 
 

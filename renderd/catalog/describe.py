@@ -27,6 +27,10 @@ from .stats import DEFAULT_MAX_BYTES, compute_stats
 DEFAULT_MAX_PIXELS = 1 << 28
 #: a tag value longer than this is left out of the metadata
 MAX_TAG = 4096
+#: GDAL's block cache (MB) while a file is described, unless $GDAL_CACHEMAX
+#: says otherwise: its default (5% of RAM) would keep most of a large
+#: raster's blocks between the two passes, with no gain in speed
+CACHE_MB = 64
 
 
 def _gdal_message(e: BaseException) -> str:
@@ -148,12 +152,15 @@ def describe(path: str, collection: str, keys: dict[str, str], stats: bool = Tru
              on_window: Callable[[Any], None] | None = None,
              now: Callable[[], float] = time.time) -> Dataset:
     """The ``Dataset`` of the raster at ``path`` (made absolute)."""
+    import rasterio
+
     path = os.path.abspath(path)
     try:
         st = os.stat(path)
     except OSError as e:
         raise IngestError(f"{path}: {e.strerror}") from None
-    with open_raster(path) as src:
+    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": CACHE_MB << 20}  # bytes
+    with rasterio.Env(**env), open_raster(path) as src:
         bounds = native_bounds(src)
         wgs84 = wgs84_bounds(src, bounds, path)
         meta = metadata(src)

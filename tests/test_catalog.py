@@ -221,3 +221,17 @@ def test_unreachable_postgres_is_a_runtime_failure():
 def test_unknown_url_scheme():
     with pytest.raises(CatalogError, match="is not sqlite://PATH"):
         open_catalog("mysql://x")
+
+
+def test_sqlite_find_is_driven_by_the_rtree(tmp_path):
+    with open_catalog(f"sqlite://{tmp_path}/c.sqlite") as cat:
+        for i in range(50):
+            cat.upsert(make(f"/d/{i:02d}.tif", {"band": "B04"}, bounds=(i, 0, i + 1, 1)))
+        sql = []
+        cat.conn.set_trace_callback(sql.append)
+        assert [d.path for d in cat.find("s2", {"band": "B04"}, (10.2, 0.2, 10.4, 0.4))] == ["/d/10.tif"]
+        cat.conn.set_trace_callback(None)
+        select = next(s for s in sql if s.startswith("SELECT"))
+        plan = [r[3] for r in cat.conn.execute(f"EXPLAIN QUERY PLAN {select}")]
+    assert plan[0].startswith("SCAN r VIRTUAL TABLE"), plan           # the R*Tree first,
+    assert any("d USING INTEGER PRIMARY KEY" in p for p in plan), plan  # then rows by id

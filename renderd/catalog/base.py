@@ -33,7 +33,9 @@ from .model import Bounds, Dataset
 #: The layout of the tables; a catalog of another version is refused.
 SCHEMA_VERSION = 1
 
-_SELECT = "SELECT d.id, " + ", ".join(f"d.{c}" for c in codec.COLUMNS) + " FROM catalog_dataset d"
+_COLUMNS = "SELECT d.id, " + ", ".join(f"d.{c}" for c in codec.COLUMNS)
+_FROM = " FROM catalog_dataset d"
+_SELECT = _COLUMNS + _FROM
 
 
 def index_box(wgs84: Bounds) -> Bounds:
@@ -96,9 +98,9 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def _index_join(self, box: Bounds) -> tuple[str, str, list[Any]]:
-        """(JOIN clause, WHERE condition, the condition's parameters)
+        """(FROM clause, WHERE condition, the condition's parameters)
         selecting the rows of ``catalog_dataset d`` whose index box meets
-        ``box`` (edges included: the exact test follows)."""
+        ``box`` (edges included: the exact test follows), the index first."""
 
     def close(self) -> None:
         if self.conn is not None:
@@ -295,11 +297,11 @@ class Catalog(abc.ABC):
         ``footprint``, those whose footprint does not meet the box are left
         out too."""
         clause, params = self._where_sql(_check_where(where))
-        join, cond, box_params = "", "", []
+        source, cond, box_params = _FROM, "", []
         if bbox_wgs84 is not None:
-            join, cond, box_params = self._index_join(index_box(tuple(bbox_wgs84)))
+            source, cond, box_params = self._index_join(index_box(tuple(bbox_wgs84)))
             cond = f" AND {cond}"
-        rows = self._all(f"{_SELECT}{join} WHERE d.collection = ?{cond}{clause} ORDER BY d.path, d.id",
+        rows = self._all(f"{_COLUMNS}{source} WHERE d.collection = ?{cond}{clause} ORDER BY d.path, d.id",
                          [collection] + box_params + params)
         out = [codec.from_row(r) for r in rows]
         if bbox_wgs84 is None:

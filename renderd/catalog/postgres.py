@@ -75,7 +75,7 @@ class PostgresCatalog(Catalog):
 
     def _index_join(self, box: Bounds) -> tuple[str, str, list[Any]]:
         w, s, e, n = box
-        return "", "d.bbox && box(point(?, ?), point(?, ?))", [w, s, e, n]
+        return " FROM catalog_dataset d", "d.bbox && box(point(?, ?), point(?, ?))", [w, s, e, n]
 
 
 def _first_line(e: BaseException) -> str:

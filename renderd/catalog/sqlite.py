@@ -91,5 +91,6 @@ class SQLiteCatalog(Catalog):
 
     def _index_join(self, box: Bounds) -> tuple[str, str, list[Any]]:
         w, s, e, n = box
-        return (" JOIN catalog_rtree r ON r.id = d.id",
+        # CROSS JOIN: SQLite keeps this order, the R*Tree drives
+        return (" FROM catalog_rtree r CROSS JOIN catalog_dataset d ON d.id = r.id",
                 "r.west <= ? AND r.east >= ? AND r.south <= ? AND r.north >= ?", [e, w, n, s])

@@ -78,6 +78,10 @@ class CatalogError(UsageError):
     catalog, missing where it must exist, an invalid collection or key."""
 
 
+class CatalogMissing(CatalogError):
+    """There is no catalog where one must exist (it is not to be made)."""
+
+
 class CatalogUnavailable(RenderdError, OSError):
     """The catalog's database cannot be reached or written (a runtime failure)."""
 

@@ -586,3 +586,20 @@ def test_datasets_table_and_json(tmp_path, capsys, catalog_url):
     assert d["footprint"]["type"] == "Polygon"
     code, out, _ = run(capsys, "-c", cfg, "datasets", "--json")
     assert json.loads(out) == {"s2": 4}
+
+
+def test_skip_existing_checks_no_header_of_a_file_it_skips(tmp_path, capsys, monkeypatch):
+    url = f"sqlite://{tmp_path / 'catalog.sqlite'}"
+    for i in range(3):
+        write_raster(tmp_path / f"a_{i}.tif", np.full((1, 8, 8), i, np.uint8))
+    cfg = conf(tmp_path, url)
+    assert run(capsys, "-c", cfg, "ingest", str(tmp_path / "a_{i}.tif"), "--collection", "c")[0] == 0
+    write_raster(tmp_path / "a_3.tif", np.full((1, 8, 8), 3, np.uint8))
+    opened = []
+    import renderd.tools.ingest as tool
+    real = tool.open_raster
+    monkeypatch.setattr(tool, "open_raster", lambda p, **kw: (opened.append(os.path.basename(p)), real(p, **kw))[1])
+    code, out, _ = run(capsys, "-c", cfg, "ingest", str(tmp_path / "a_{i}.tif"), "--collection", "c",
+                       "--skip-existing")
+    assert code == 0 and "1 ingested, 0 updated, 0 unchanged, 3 skipped" in out
+    assert opened == ["a_3.tif"]

@@ -17,7 +17,8 @@ __all__ = ["BandStats", "Bounds", "Catalog", "Dataset", "SCHEMA_VERSION", "open_
 
 def open_catalog(url: str, create: bool = True) -> Catalog:
     """The catalog at ``url``; its tables are made on first use when
-    ``create`` (else a catalog that does not exist is a ``CatalogError``).
+    ``create`` (else a catalog that does not exist is a ``CatalogMissing``,
+    a ``CatalogError``).
     A catalog of another schema version is a ``CatalogError``; a database
     that cannot be reached a ``CatalogUnavailable``."""
     if url.startswith("sqlite://"):

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import CatalogError
+from ..errors import CatalogError, CatalogMissing
 from ..tilesets import check_key_value
 from . import codec
 from .model import Bounds, Dataset
@@ -211,7 +211,7 @@ class Catalog(abc.ABC):
             try:
                 if not self._has_schema(cur):
                     if not create:
-                        raise CatalogError(f"{self.name} holds no renderd-py catalog "
+                        raise CatalogMissing(f"{self.name} holds no renderd-py catalog "
                                            "(renderd-py ingest makes one)")
                     with self._write() as wcur:
                         self._lock_schema(wcur)
@@ -323,6 +323,11 @@ class Catalog(abc.ABC):
         rows = self._all(f"{_SELECT} WHERE d.collection = ?{clause} ORDER BY d.path, d.id{page}",
                          [collection] + params)
         return [codec.from_row(r) for r in rows]
+
+    def files(self, collection: str) -> dict[str, tuple[int, float]]:
+        """Path -> (size, mtime) of every dataset of ``collection``, as ingested."""
+        rows = self._all("SELECT path, size, mtime FROM catalog_dataset WHERE collection = ?", [collection])
+        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
 
     def count(self, collection: str, where: Mapping[str, str] | None = None) -> int:
         clause, params = self._where_sql(_check_where(where))

@@ -9,7 +9,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..errors import CatalogError, CatalogUnavailable
+from ..errors import CatalogError, CatalogMissing, CatalogUnavailable
 from .base import Catalog
 from .model import Bounds
 
@@ -36,7 +36,7 @@ class SQLiteCatalog(Catalog):
         self.conn = None
         if self.path != ":memory:" and not os.path.exists(self.path):
             if not create:
-                raise CatalogError(f"{self.name} does not exist (renderd-py ingest makes it)")
+                raise CatalogMissing(f"{self.name} does not exist (renderd-py ingest makes it)")
             try:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
             except OSError as e:

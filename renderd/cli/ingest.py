@@ -27,17 +27,24 @@ def command(cfg, pattern: str, collection: str, skip_existing: bool, no_stats: b
     gives keys date and band; {} matches a part that is no key. The first
     bad file stops the run with one line naming it."""
     from ..catalog import open_catalog
-    from ..errors import IngestError
+    from ..errors import CatalogMissing, IngestError
     from ..store import open_store
     from ..tilesets import valid_key_value
-    from ..tools.ingest import Restale, check_files, ingest
+    from ..tools.ingest import Restale, check_files, ingest, ingested_files
     from ..tools.progress import Progress
     from ..tools.purge import FrontPurge, purge_url
 
     if not valid_key_value(collection):
         raise click.BadParameter(f"{collection!r} is not [A-Za-z0-9_.-]{{1,64}} (nor . or ..)",
                                  param_hint="--collection")
-    files = check_files(pattern)          # every header, before anything is written
+    known = None
+    if skip_existing:   # their headers need no check: from the catalog if there is one
+        try:
+            with open_catalog(cfg.catalog.url, create=False) as catalog:
+                known = ingested_files(catalog, collection)
+        except CatalogMissing:
+            pass
+    files = check_files(pattern, known)   # every header, before anything is written
     url = purge_url(cfg)
     restale = Restale(cfg.layers, collection, lambda: open_store(cfg.store),
                       None if url is None else (lambda ts: FrontPurge(url, ts, "dirty")))

@@ -188,11 +188,14 @@ class IngestSummary:
                 "seconds": round(self.seconds, 3), "error": self.error}
 
 
-def check_files(pattern: str) -> list[tuple[str, dict[str, str]]]:
+def check_files(pattern: str, known: Callable[[str], bool] | None = None) -> list[tuple[str, dict[str, str]]]:
     """Phase one: the files of ``pattern`` with their keys, every header
-    checked; ``IngestError`` naming the first bad one."""
+    checked but of those ``known(abspath)`` says are ingested unchanged
+    (``--skip-existing``); ``IngestError`` naming the first bad one."""
     files = parse_pattern(pattern).files()
     for path, _ in files:
+        if known is not None and known(os.path.abspath(path)):
+            continue
         with open_raster(path) as src:
             wgs84_bounds(src, native_bounds(src), path)
     return files
@@ -215,7 +218,7 @@ def ingest(catalog: Catalog, pattern: str, collection: str, *, skip_existing: bo
         for path, keys in files:
             path = os.path.abspath(path)
             old = catalog.get_path(collection, path)
-            if skip_existing and old is not None and _same_file(old, path):
+            if skip_existing and old is not None and _size_mtime(path) == (old.size, old.mtime):
                 s.skipped += 1
             else:
                 try:
@@ -243,6 +246,13 @@ def ingest(catalog: Catalog, pattern: str, collection: str, *, skip_existing: bo
     return s
 
 
+def ingested_files(catalog: Catalog, collection: str) -> Callable[[str], bool]:
+    """``known(path)`` for ``check_files``: whether ``path`` is in
+    ``collection`` with its current size and mtime (one query for all)."""
+    rows = catalog.files(collection)
+    return lambda path: path in rows and _size_mtime(path) == rows[path]
+
+
 def _restale(restale: Restale, old: Dataset | None, new: Dataset) -> None:
     try:
         restale.mark(old, new)
@@ -251,10 +261,10 @@ def _restale(restale: Restale, old: Dataset | None, new: Dataset) -> None:
                            f"stale: {e}") from None
 
 
-def _same_file(ds: Dataset, path: str) -> bool:
+def _size_mtime(path: str) -> tuple[int, float] | None:
     try:
         st = os.stat(path)
     except OSError:
-        return False
-    return st.st_size == ds.size and st.st_mtime == ds.mtime
+        return None
+    return st.st_size, st.st_mtime
 

@@ -603,3 +603,19 @@ def test_skip_existing_checks_no_header_of_a_file_it_skips(tmp_path, capsys, mon
                        "--skip-existing")
     assert code == 0 and "1 ingested, 0 updated, 0 unchanged, 3 skipped" in out
     assert opened == ["a_3.tif"]
+
+
+def test_rasters_read_after_mapnik_was_imported(tmp_path):
+    """The mapnik wheel points PROJ_LIB at a folder without proj.db."""
+    import subprocess
+    import sys
+    code = ("import mapnik, numpy as np; from rasterio.transform import from_origin;"
+            "from tests.fixtures.catalog import write_raster; from renderd.catalog.describe import describe;"
+            f"p = write_raster({str(tmp_path / 'u.tif')!r}, np.ones((1, 8, 8), np.uint8), crs='EPSG:32633',"
+            " transform=from_origin(400000, 5500000, 30, 30));"
+            "print(describe(p, 'c', {}).crs)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PROJ_LIB", "PROJ_DATA")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "EPSG:32633"

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import CatalogError, CatalogMissing
-from ..tilesets import check_key_value
+from ..tilesets import check_key_value, valid_key_value
 from . import codec
 from .model import Bounds, Dataset
 
@@ -58,7 +58,7 @@ def bounds_meet(ds: Bounds, q: Bounds) -> bool:
 
 
 def check_collection(name: str) -> str:
-    from ..tilesets import valid_key_value
+    """``name`` if it may name a collection, else ``CatalogError``."""
     if not valid_key_value(name):
         raise CatalogError(f"collection name {name!r} is not valid ([A-Za-z0-9_.-]{{1,64}}, not . or ..)")
     return name

@@ -58,7 +58,8 @@ def open_raster(path: str, **options: Any) -> Iterator[Any]:
     georeferenced raster with bands of real numbers."""
     import warnings
 
-    import rasterio
+    from ..rasterenv import import_rasterio
+    rasterio = import_rasterio()
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     try:
@@ -152,7 +153,8 @@ def describe(path: str, collection: str, keys: dict[str, str], stats: bool = Tru
              on_window: Callable[[Any], None] | None = None,
              now: Callable[[], float] = time.time) -> Dataset:
     """The ``Dataset`` of the raster at ``path`` (made absolute)."""
-    import rasterio
+    from ..rasterenv import import_rasterio
+    rasterio = import_rasterio()
 
     path = os.path.abspath(path)
     try:

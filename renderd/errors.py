@@ -71,3 +71,21 @@ class BusyError(DaemonError):
 
 class TimeoutError_(DaemonError, TimeoutError):
     """No answer before the deadline."""
+
+
+class CatalogError(UsageError):
+    """The catalog cannot be used as asked: of another schema version, not a
+    catalog, missing where it must exist, an invalid collection or key."""
+
+
+class CatalogMissing(CatalogError):
+    """There is no catalog where one must exist (it is not to be made)."""
+
+
+class CatalogUnavailable(RenderdError, OSError):
+    """The catalog's database cannot be reached or written (a runtime failure)."""
+
+
+class IngestError(UsageError):
+    """A file or pattern given to ``ingest`` cannot go into the catalog:
+    no raster, a corrupt TIFF, no CRS, a file name without a key's value."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .errors import UsageError
 
@@ -30,8 +30,22 @@ VALUE_PART = r"[A-Za-z0-9_.\-]{1,64}"
 NAME_RE = re.compile(rf"{LAYER_PART}(/{VALUE_PART}){{0,{MAX_KEYS}}}")
 
 
-def name(layer: str, values: Sequence[str] = ()) -> str:
-    """The tile set of ``layer`` with these key values (in the order of its keys)."""
+def valid_key_value(text: object) -> bool:
+    """Whether ``text`` may be a catalog key, key value or collection name."""
+    return isinstance(text, str) and bool(re.fullmatch(VALUE_PART, text)) and text not in (".", "..")
+
+
+def check_key_value(text: object, what: str = "key value") -> str:
+    """``text`` if valid (see ``valid_key_value``), else a one-line ``UsageError``."""
+    if not valid_key_value(text):
+        raise UsageError(f"{what} {text!r} is not valid ({VALUE_PART}, not . or ..)")
+    return text  # type: ignore[return-value]
+
+
+def name(layer: str, values: Iterable[str] = ()) -> str:
+    """The tile set of ``layer`` with these key values (in the order of its
+    keys); ``UsageError`` for a value that is not valid."""
+    values = [check_key_value(v) for v in values]
     return "/".join((layer, *values))
 
 
@@ -90,3 +104,17 @@ def key_values(lyr: "LayerConfig") -> dict[str, str]:
     """The key values of a layer configuration that ``layer_of`` named as a tile set."""
     _, values = split(lyr.name)
     return dict(zip(lyr.keys, values))
+
+
+def layer_tileset(layer: "LayerConfig", keys: Mapping[str, str]) -> str | None:
+    """The tile set of ``layer`` that a dataset with catalog ``keys`` feeds,
+    or None when it feeds none: a layer that is not a raster layer, keys
+    that do not match the layer's ``where``, or a key of the layer's
+    ``keys`` it lacks. The collection is the caller's to check."""
+    if layer.kind != "raster":
+        return None
+    if any(keys.get(k) != v for k, v in layer.where.items()):
+        return None
+    if any(k not in keys for k in layer.keys):
+        return None
+    return name(layer.name, [keys[k] for k in layer.keys])

@@ -81,11 +81,16 @@ class Dataset:
 
     ``crs`` is an authority code (``EPSG:32633``) where the file's CRS has
     one, else its WKT. ``transform`` is the affine geotransform as rasterio
-    orders it (a, b, c, d, e, f). ``overviews`` are the decimation factors
-    of the internal overviews (``[2, 4, 8]``). ``bounds`` are in the file's
-    CRS, ``wgs84_bounds`` in longitude/latitude; ``footprint`` is the
-    outline of the valid pixels as a GeoJSON geometry in longitude/latitude
-    (None when not computed); ``valid_share`` is the share of valid pixels.
+    orders it (a, b, c, d, e, f). ``block`` is (rows, columns) of an
+    internal block, as rasterio's ``block_shapes[0]``. ``overviews`` are the
+    decimation factors of the internal overviews (``[2, 4, 8]``). A valid
+    pixel is one its band's mask keeps and that is finite (NaN never is);
+    ``stats`` count only those, and ``valid_share`` is the share of pixels
+    where any band is valid. ``bounds`` are in the file's CRS,
+    ``wgs84_bounds`` in longitude/latitude (west > east across the
+    antimeridian); ``footprint`` is the outline of the valid pixels as a
+    GeoJSON geometry in longitude/latitude, holding every valid pixel (None
+    when none is).
     ``ingested`` (unix seconds) is the data time of the metatiles it feeds.
     """
 

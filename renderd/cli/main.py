@@ -34,6 +34,8 @@ COMMANDS = {
     "gc": "gc",
     "status": "status",
     "optimize-rasters": "optimize_rasters",
+    "ingest": "ingest",
+    "datasets": "datasets",
 }
 
 

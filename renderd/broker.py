@@ -19,7 +19,8 @@ from typing import Callable
 from . import tilesets
 from . import protocol as p
 from .config import Config
-from .errors import ProtocolError, StoreError
+from .catalog.service import CatalogService
+from .errors import ProtocolError, RenderdError, StoreError, UsageError
 from .store.index import MetaIndex
 from .tilemath import Meta, Tile, metatile_of
 
@@ -116,6 +117,7 @@ class Broker:
         self.kill = kill or (lambda w: None)
         self.pool = pool
         self.layers = {lyr.name: lyr for lyr in cfg.layers}
+        self.catalog = CatalogService(cfg)   # opened at the first question
         d = cfg.daemon
         self.queue_size = d.queue_size
         self.render_timeout = d.render_timeout
@@ -182,9 +184,27 @@ class Broker:
         elif cmd == p.PING:
             self.send([ident] + p.pong_frames(p.decode_ping(rest)))
         elif cmd == p.STATUS:
-            self.send([ident] + p.status_reply_frames(p.decode_ping(rest), self.status()))
+            self.send([ident] + p.json_reply_frames(p.decode_ping(rest), self.status()))
+        elif cmd == p.CATALOG:
+            self.answer_catalog(ident, rest)
         else:
             raise ProtocolError(f"unknown client command {cmd[:16]!r}")
+
+    def answer_catalog(self, ident: bytes, rest: list[bytes]) -> None:
+        """A CATALOG question (renderd.catalog.service), answered at once."""
+        try:
+            rid, question = p.decode_catalog(rest)
+        except ProtocolError as e:
+            self._bad("catalog", f"refused a CATALOG: {e}")
+            return self.reply(ident, p.Reply(p.INVALID, p.render_id(rest), str(e).encode()))
+        try:
+            body = self.catalog.answer(question)
+        except UsageError as e:
+            return self.reply(ident, p.Reply(p.INVALID, rid, str(e).encode()[:p.MAX_REASON]))
+        except RenderdError as e:
+            self._bad("catalog", f"catalog unavailable: {e}")
+            return self.reply(ident, p.Reply(p.FAIL, rid, str(e).encode()[:p.MAX_REASON]))
+        self.send([ident] + p.json_reply_frames(rid, body))
 
     def request(self, ident: bytes, req: p.RenderRequest) -> None:
         """A RENDER: answer from a recent render, join a job, or queue one."""

@@ -225,10 +225,13 @@ HTTP = {
     "broker_connect_timeout": Option(2.0, _float(), "seconds nginx waits to connect to the broker"),
     "broker_retry": Option(1.0, _float(), "seconds nginx skips the broker after a failed connect "
                                           "(answering stale or 503 at once)"),
-    "status_timeout": Option(2.0, _float(), "seconds /metrics waits for the daemon's STATUS"),
+    "status_timeout": Option(2.0, _float(), "seconds /metrics waits for the daemon's STATUS, and the "
+                                            "catalog's documents for its answer"),
     "store_timeout": Option(1.0, _float(), "seconds nginx waits for a Redis reply"),
     "store_retry": Option(2.0, _float(), "seconds nginx skips Redis after a failure "
                                          "(serving stale or rendering)"),
+    "catalog_ttl": Option(10.0, _float(), "seconds nginx keeps a raster layer's key combinations "
+                                          "before asking the daemon again (an ingest's purge: at once)"),
 }
 
 LAYER = {
@@ -364,6 +367,7 @@ class HttpConfig:
     status_timeout: float
     store_timeout: float
     store_retry: float
+    catalog_ttl: float
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ RENDER = b"RENDER"
 PING = b"PING"
 PONG = b"PONG"
 STATUS = b"STATUS"
+CATALOG = b"CATALOG"
 OK = b"OK"
 BUSY = b"BUSY"
 FAIL = b"FAIL"
@@ -140,9 +141,37 @@ def pong_frames(rid: bytes) -> list[bytes]:
     return [CLIENT, PONG, rid]
 
 
-def status_reply_frames(rid: bytes, status: dict) -> list[bytes]:
-    """``RPY1 OK id JSON``: the answer to ``STATUS``."""
-    return [CLIENT, OK, rid, json.dumps(status, separators=(",", ":")).encode()]
+
+
+#: the largest CATALOG question
+MAX_QUERY = 16384
+
+
+def catalog_frames(rid: bytes, query: dict) -> list[bytes]:
+    """``RPY1 CATALOG id JSON``: a question about raster layers' datasets
+    (renderd.catalog.service: ``op`` keys, datasets, metadata or tilejson)."""
+    return [CLIENT, CATALOG, rid, json.dumps(query, separators=(",", ":")).encode()]
+
+
+def decode_catalog(frames: list[bytes]) -> tuple[bytes, dict]:
+    """Frames after ``RPY1 CATALOG``: the request id and the question."""
+    if len(frames) < 2:
+        raise ProtocolError("CATALOG needs an id and a JSON question")
+    rid, raw = frames[0], frames[1]
+    if len(rid) > MAX_ID or len(raw) > MAX_QUERY:
+        raise ProtocolError("CATALOG id or question too long")
+    try:
+        query = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("CATALOG question is not JSON") from None
+    if not isinstance(query, dict):
+        raise ProtocolError("CATALOG question is not an object")
+    return rid, query
+
+
+def json_reply_frames(rid: bytes, body: dict) -> list[bytes]:
+    """``RPY1 OK id JSON``: the answer to ``STATUS`` or ``CATALOG``."""
+    return [CLIENT, OK, rid, json.dumps(body, separators=(",", ":")).encode()]
 
 
 def decode_status(info: bytes) -> dict:

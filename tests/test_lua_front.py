@@ -5,6 +5,7 @@ disk store directory or redis-server, and a pyzmq ROUTER playing the broker
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import http.client
 import re
 import threading
@@ -65,6 +66,10 @@ class FakeBroker:
         self.store = store
         self.mode = "ok"
         self.delay = 0.0
+        #: what CATALOG questions get: a function of the question (JSON),
+        #: a fixed answer, b"STATUS info" for an error reply, None for silence
+        self.catalog = lambda q: {"layer": q["layer"], "keys": ["year", "month"],
+                                  "values": [["2024", "07"], ["2024", "08"]], "version": 1}
         self.messages: list[list[bytes]] = []
         self.pending: list[tuple[float, list[bytes]]] = []
         self.lock = threading.Lock()
@@ -110,6 +115,18 @@ class FakeBroker:
                     b'"workers":{"idle":1,"busy":1,"total":2},"counters":{"rendered":7,"busy":1},'
                     b'"render_seconds":{"missing":1.5},"render_count":{"missing":3},"worker_list":[]}')
             self.sock.send_multipart([ident, b"RPY1", b"OK", rid, body])
+        elif cmd == b"CATALOG":
+            import json as _json
+            q = _json.loads(frames[3])
+            with self.lock:
+                answer = self.catalog(q) if callable(self.catalog) else self.catalog
+            if answer is None:
+                return
+            if isinstance(answer, bytes):       # an error reply: status and info
+                status, _, info = answer.partition(b" ")
+                self.sock.send_multipart([ident, b"RPY1", status, rid, info])
+            else:
+                self.sock.send_multipart([ident, b"RPY1", b"OK", rid, _json.dumps(answer).encode()])
         elif cmd == b"RENDER":
             reply, before = self.render_reply(frames)
             if reply is not None:
@@ -1099,3 +1116,78 @@ def test_tile_sets_of_a_layer_with_keys(keyed_front):
     for bad in ("sst", "sst/2024", "sst/2024/../x", "world/2024"):
         assert purge(ng, "5/9/17\n", layer=bad)[0] == 400, bad
     assert len(broker.renders()) == 1
+
+
+def catalog_questions(broker) -> list[dict]:
+    import json as _json
+    with broker.lock:
+        return [_json.loads(m[3]) for m in broker.messages if m[1:2] == [b"CATALOG"]]
+
+
+def test_unknown_key_combination_is_404_without_a_render(keyed_front):
+    ng, store, broker = keyed_front
+    for path in ("/tiles/sst/2024/09/5/9/17.png", "/tiles/sst/1999/07/5/9/17.png"):
+        r = request(ng.port, path)
+        assert (r.status, r.body) == (404, b"unknown key combination\n"), path
+        assert r.h("x-cache") is None
+    assert broker.renders() == []
+    # the combinations were asked for once per nginx worker, then kept
+    assert 1 <= len(catalog_questions(broker)) <= 2
+    assert all(q == {"op": "keys", "layer": "sst"} for q in catalog_questions(broker))
+
+
+def test_key_combinations_follow_an_ingest(keyed_front):
+    """A purge of the layer (what ingest sends) makes nginx ask again."""
+    ng, store, broker = keyed_front
+    assert request(ng.port, "/tiles/sst/2024/09/5/9/17.png").status == 404
+    broker.catalog = lambda q: {"layer": "sst", "keys": ["year", "month"], "values": [["2024", "09"]],
+                                "version": 2}
+    assert purge(ng, "", layer="sst/2024/09")[0] == 200
+    assert_tile(request(ng.port, "/tiles/sst/2024/09/5/9/17.png"), 5, 9, 17, "RENDER", layer="sst/2024/09")
+    assert request(ng.port, "/tiles/sst/2024/07/5/9/17.png").status in (404, 200)  # (the other worker may not know yet)
+
+
+def test_key_combinations_when_the_daemon_cannot_say(nginx_factory, disk_store, broker):
+    broker.catalog = None        # silent
+    ng = nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, broker.endpoint,
+                               layers=[LAYER, SST], status_timeout=0.3), expect_errors=True)
+    r = request(ng.port, "/tiles/sst/2024/07/5/9/17.png")
+    assert r.status == 503 and r.h("retry-after") == "5", (r.status, r.body)
+    assert broker.renders() == []
+
+
+def test_catalog_documents(keyed_front):
+    ng, store, broker = keyed_front
+    meta = {"layer": "sst", "keys": {"year": "2024", "month": "07"}, "bounds": [-180, -90, 180, 90],
+            "bands": 1, "dtype": "float32", "statistics": [{"band": 1, "min": -2.0, "max": 31.5}]}
+    tj = {"tilejson": "3.0.0", "name": "sst/2024/07", "tiles": ["@RPY_BASE@/tiles/sst/2024/07/{z}/{x}/{y}.png"]}
+    listing = {"layer": "sst", "total": 2, "page": 1, "limit": 100, "datasets": []}
+
+    def answer(q):
+        if q["op"] == "metadata":
+            return meta if q["values"] == ["2024", "07"] else {"status": 404, "error": "sst/x/y: no such datasets"}
+        if q["op"] == "tilejson":
+            return tj
+        if q["op"] == "datasets":
+            return dict(listing, where=q["where"], asked_limit=q.get("limit"))
+        return {"layer": "sst", "keys": ["year", "month"], "values": [["2024", "07"]], "version": 1}
+    broker.catalog = answer
+    r = request(ng.port, "/metadata/sst/2024/07.json")
+    assert r.status == 200 and r.h("content-type") == "application/json"
+    assert json.loads(r.body) == meta and r.h("access-control-allow-origin") == "*"
+    r = request(ng.port, "/metadata/sst/2024/08.json")
+    assert (r.status, r.body) == (404, b"sst/x/y: no such datasets\n")
+    r = request(ng.port, "/tiles/sst/2024/07.json")
+    assert r.status == 200, r.body
+    assert json.loads(r.body)["tiles"] == [f"http://127.0.0.1:{ng.port}/tiles/sst/2024/07/{{z}}/{{x}}/{{y}}.png"]
+    r = request(ng.port, "/datasets/sst.json?month=07&limit=5")
+    doc = json.loads(r.body)
+    assert r.status == 200 and doc["where"] == {"month": "07"} and doc["asked_limit"] == 5
+    for path, status in (("/datasets/nope.json", 404), ("/metadata/sst/2024.json", 404),
+                         ("/metadata/sst/2024/../x.json", 404), ("/datasets/sst.json?limit=x", 400),
+                         ("/datasets/sst.json?a%20b=1", 400), ("/metadata/world/1.json", 404)):
+        assert request(ng.port, path).status == status, path
+    assert request(ng.port, "/metadata/sst/2024/07.json", method="POST").status == 405
+    assert broker.renders() == []
+    broker.catalog = b"FAIL catalog unavailable"
+    assert request(ng.port, "/metadata/sst/2024/07.json").status == 503

@@ -22,7 +22,9 @@
 -- The runtime config (what init reads) is described in renderd.runtime.
 --
 -- A tile request, serve():
---   1. renderd.path validates it: 400/404/405 before any I/O;
+--   1. renderd.path validates it: 400/404/405 before any I/O; a tile set of
+--      a layer with keys must be a key combination the catalog holds
+--      (renderd.catalog; 404, never a render);
 --   2. the hot cache (renderd.cache): X-Cache: HIT, or STALE (a tile marked
 --      stale: served, and a re-render queued at priority 1);
 --   3. the store (renderd.store, whichever backend): STORE, or STALE as
@@ -42,6 +44,7 @@ local cache = require "renderd.cache"
 local store = require "renderd.store"
 local render = require "renderd.render"
 local fill = require "renderd.fill"
+local catalog = require "renderd.catalog"
 local reply = require "renderd.reply"
 local metrics = require "renderd.metrics"
 local log = require "renderd.log"
@@ -53,6 +56,7 @@ local req_start = ngx.req.start_time
 local ERR = ngx.ERR
 local WARN = ngx.WARN
 local tostring = tostring
+local find = string.find
 local error = error
 
 local _M = { _VERSION = "0.1.0" }
@@ -104,7 +108,20 @@ function _M.serve()
     end
     local t, status, msg = path.parse(ngx_var.request_uri, layers)
     if not t then
+        if status == 400 and find(ngx_var.uri, "%.json$") then
+            return catalog.serve()    -- a tile set's TileJSON
+        end
         return reply.plain(status, msg)
+    end
+    if #t.values > 0 then
+        local ok
+        ok, status, msg = catalog.check(t)
+        if not ok then
+            if status == 503 then
+                ngx_header["Retry-After"] = tostring(rt.retry_after)
+            end
+            return reply.plain(status, msg, nil, t.layer)
+        end
     end
 
     local e = cache.get(t.tileset, t.z, t.x, t.y)

@@ -24,6 +24,7 @@
 local runtime = require "renderd.runtime"
 local cache = require "renderd.cache"
 local fill = require "renderd.fill"
+local catalog = require "renderd.catalog"
 local path = require "renderd.path"
 
 local ngx_header = ngx.header
@@ -94,6 +95,7 @@ function _M.serve()
     if not layer or nvalues ~= #layer.keys or not path.is_tileset(name) then
         return answer(400, "unknown layer\n")
     end
+    catalog.changed(base)   -- (an ingest purges too: its layer's key combinations are asked for again)
     local mode = args.mode or "dirty"
     if mode ~= "dirty" and mode ~= "delete" then
         return answer(400, "mode must be dirty or delete\n")

@@ -6,6 +6,7 @@
 --       -- match), or 404 "no tile" for hash nil or index.EMPTY
 --   reply.plain(404, "unknown layer")           -- a short text/plain error
 --   reply.unavailable(t, "render queue full")   -- 503 with Retry-After
+--   reply.json(text, layer)                     -- 200 application/json (catalog documents)
 --   reply.allow_origin(layer)                   -- the CORS header (layer or [http])
 --
 -- Every response is counted by status and X-Cache kind (renderd.metrics)
@@ -144,6 +145,16 @@ function _M.tile(t, hash, body, rendered, xcache)
     end
     metrics.request(200, xcache)
     return finish(HTTP_OK, body)
+end
+
+--- 200 with a JSON document (catalog answers), not cached by clients
+-- beyond a revalidation: an ingest shows at once.
+function _M.json(text, layer)
+    metrics.request(200, nil)
+    ngx_header["Content-Type"] = "application/json"
+    ngx_header["Cache-Control"] = "no-cache"
+    _M.allow_origin(layer)
+    return finish(HTTP_OK, text)
 end
 
 --- 503 with Retry-After: t cannot be had in time.

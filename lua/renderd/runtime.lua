@@ -14,6 +14,7 @@
 --    "hot_ttl": 300, "retry_after": 5, "log_interval": 10, "metrics_interval": 1,
 --    "broker_connect_timeout": 2, "broker_retry": 1, "status_timeout": 2,
 --    "store_timeout": 1, "store_retry": 2,          -- Redis, per reply / after a failure
+--    "catalog_ttl": 10,              -- seconds a layer's key combinations are kept
 --    "cors": "*",                    -- "" for no Access-Control-Allow-Origin
 --    "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"},
 --    "store": {"kind": "disk", "path": "/var/cache/renderd-py"}
@@ -34,6 +35,7 @@ local client = require "renderd.client"
 local render = require "renderd.render"
 local fill = require "renderd.fill"
 local reply = require "renderd.reply"
+local catalog = require "renderd.catalog"
 local metrics = require "renderd.metrics"
 local log = require "renderd.log"
 
@@ -129,7 +131,8 @@ local function check(c)
     need(ok, "broker: " .. tostring(err))
     number(c, "timeout", "", 0)
     for _, key in ipairs({ "hot_ttl", "log_interval", "metrics_interval", "broker_connect_timeout",
-                           "broker_retry", "status_timeout", "store_timeout", "store_retry" }) do
+                           "broker_retry", "status_timeout", "store_timeout", "store_retry",
+                           "catalog_ttl" }) do
         number(c, key, "", 0)
     end
     number(c, "retry_after", "", 0, true, true)
@@ -166,6 +169,8 @@ function _M.setup(c)
     fill.configure(locks)
     render.configure({ locks = locks, timeout = c.timeout })
     reply.configure({ cors = c.cors, retry_after = c.retry_after })
+    catalog.configure({ ttl = c.catalog_ttl, locks = locks, timeout_ms = c.status_timeout * 1000,
+                        layers = by_name })
     rt, layers = c, by_name
     return true
 end

@@ -27,7 +27,7 @@ RUNTIME_JSON = "renderd-py.json"
 #: the [http] options the Lua front reads, under their own names
 FRONT_OPTIONS = ("timeout", "hot_ttl", "retry_after", "log_interval", "metrics_interval",
                  "broker_connect_timeout", "broker_retry", "status_timeout", "store_timeout",
-                 "store_retry", "cors")
+                 "store_retry", "catalog_ttl", "cors")
 
 
 def front_options(http: HttpConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@
 local pipeline = require "renderd.pipeline"
 local index = require "renderd.index"
 local conn = require "renderd.conn"
-local semaphore = require "ngx.semaphore"
+local coalesce = require "renderd.coalesce"
 local lrucache = require "resty.lrucache"
 
 local sub = string.sub
@@ -37,7 +37,6 @@ local find = string.find
 local type = type
 local tostring = tostring
 local tonumber = tonumber
-local pcall = pcall
 local sha1_bin = ngx.sha1_bin
 
 local _M = { _VERSION = "0.1.0" }
@@ -119,33 +118,11 @@ local function call(red, req, n)
     return res
 end
 
-local reading = {}   -- per worker: read key -> { sema, waiting, done, results }
-
--- fn(...) once for concurrent callers with the same key in this worker: the
--- first caller runs it, the others wait for its three results. (The
--- semaphore is made by the first caller that has to wait: most reads have
--- no company.)
+-- fn(...) once for concurrent callers of the same read in this worker
 local function once(key, fn, ...)
-    local e = reading[key]
-    if e then
-        e.waiting = e.waiting + 1
-        e.sema = e.sema or semaphore.new()
-        local ok = e.sema:wait(wait_seconds)
-        if not ok or not e.done then
-            return nil, "redis: timeout waiting for a concurrent read"
-        end
-        return e[1], e[2], e[3]
-    end
-    e = { waiting = 0 }
-    reading[key] = e
-    local ok, a, b, c = pcall(fn, ...)
-    if not ok then
-        a, b, c = nil, "redis read raised: " .. tostring(a), nil
-    end
-    e[1], e[2], e[3], e.done = a, b, c, true
-    reading[key] = nil
-    if e.waiting > 0 then
-        e.sema:post(e.waiting)
+    local a, b, c = coalesce.run(key, wait_seconds, fn, ...)
+    if a == nil and b and not c then
+        b = find(b, "^redis") and b or "redis: " .. b
     end
     return a, b, c
 end

@@ -47,7 +47,7 @@ def command(cfg, pattern: str, collection: str, skip_existing: bool, no_stats: b
     files = check_files(pattern, known)   # every header, before anything is written
     url = purge_url(cfg)
     restale = Restale(cfg.layers, collection, lambda: open_store(cfg.store),
-                      None if url is None else (lambda ts: FrontPurge(url, ts, "dirty")))
+                      None if url is None else (lambda ts: FrontPurge(url, ts, "dirty", announce=True)))
     progress = Progress(len(files), label="files", enabled=not (quiet or as_json))
     try:
         with open_catalog(cfg.catalog.url) as catalog:

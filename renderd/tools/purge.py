@@ -51,10 +51,15 @@ class FrontPurge:
     ``close`` sends the rest. After the first failure nothing more is sent:
     ``error`` says why and ``unsent`` how many metatiles nginx was not told of."""
 
-    def __init__(self, url: str | None, layer: str, mode: str, batch: int = BATCH, timeout: float = 10.0):
+    def __init__(self, url: str | None, layer: str, mode: str, batch: int = BATCH, timeout: float = 10.0,
+                 announce: bool = False):
         if mode not in MODES:
             raise ValueError(f"purge mode {mode!r}")
         self.url, self.layer, self.mode = url, layer, mode
+        # (announce: close() sends even an empty list, so that nginx asks the
+        # catalog again for the layer's key combinations: what ingest needs)
+        self.announce = announce
+        self.sent_any = False
         self.batch, self.timeout = batch, timeout
         self.pending: list[str] = []
         self.purged = 0          # metatiles nginx acknowledged
@@ -73,14 +78,15 @@ class FrontPurge:
             self._send()
 
     def close(self) -> None:
-        if self.pending and self.error is None:
+        if self.error is None and self.url is not None and (self.pending or (self.announce and not self.sent_any)):
             self._send()
 
     def _send(self) -> None:
         lines, self.pending = self.pending, []
+        self.sent_any = True
         query = urllib.parse.urlencode({"layer": self.layer, "mode": self.mode})
         sep = "&" if "?" in self.url else "?"
-        req = urllib.request.Request(f"{self.url}{sep}{query}", data=("\n".join(lines) + "\n").encode(),
+        req = urllib.request.Request(f"{self.url}{sep}{query}", data="".join(f"{ln}\n" for ln in lines).encode(),
                                      method="POST", headers={"Content-Type": "text/plain"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:

@@ -151,7 +151,8 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
         layer = cfg.layer(job.layer)
         signal.setitimer(signal.ITIMER_REAL, max(job.timeout_ms, 1) / 1000.0)
         try:
-            result = renderer.render(job.meta)
+            keys = getattr(job, "keys", None)  # raster keys, once the protocol carries them
+            result = renderer.render(job.meta, keys) if layer.kind == "raster" else renderer.render(job.meta)
             now = int(time.time())
             data_time = getattr(renderer, "data_time", None) or now
             index = MetaIndex(job.meta, tuple(result.hashes), now, int(data_time), layer.ext)
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     renderers = {}
     try:
         for layer in cfg.layers:
-            r = open_renderer(layer)
+            r = open_renderer(layer, cfg.catalog.url)
             r.__enter__()
             renderers[layer.name] = r
     except StyleError as e:

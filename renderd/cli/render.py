@@ -8,7 +8,7 @@ import tempfile
 
 import click
 
-from ..errors import RenderdError, TileError
+from ..errors import RenderdError, TileError, UsageError
 from ..tilemath import check_tile
 from .options import config_option
 
@@ -20,22 +20,26 @@ from .options import config_option
 @click.argument("y", type=int)
 @click.option("-o", "--output", "output", required=True, metavar="FILE",
               help="where to write the tile ('-' for standard output)")
+@click.option("--key", "key_values", multiple=True, metavar="KEY=VALUE",
+              help="a raster layer's key value (once per key of the layer)")
 @config_option
-def command(cfg, layer: str, z: int, x: int, y: int, output: str) -> None:
+def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tuple[str, ...]) -> None:
     """Render tile Z/X/Y of LAYER in this process and write it to FILE.
 
     The whole metatile holding the tile is rendered, with the layer's buffer,
     exactly as the daemon renders it; nothing is stored. For style
-    development and debugging.
+    development and debugging. A raster layer reads its datasets from the
+    [catalog]; give each of its keys with --key KEY=VALUE.
     """
     lyr = cfg.layer(layer)
     try:
         check_tile(z, x, y, lyr.minzoom, lyr.maxzoom)
     except TileError as e:
         raise TileError(f"layer {layer}: {e}") from None
+    keys = _keys(lyr, key_values)
     from ..render import render_tile_png
 
-    data = render_tile_png(lyr, z, x, y)
+    data = render_tile_png(lyr, z, x, y, catalog_url=cfg.catalog.url, keys=keys)
     if not data:
         raise RenderdError(f"tile {z}/{x}/{y} of layer {layer} rendered empty")
     if output == "-":
@@ -43,6 +47,27 @@ def command(cfg, layer: str, z: int, x: int, y: int, output: str) -> None:
         sys.stdout.buffer.flush()
         return
     _write(output, data)
+
+
+def _keys(lyr, key_values: tuple[str, ...]) -> dict[str, str] | None:
+    """``--key`` values as a dict: exactly the layer's keys (None for a layer without keys)."""
+    keys: dict[str, str] = {}
+    for kv in key_values:
+        k, sep, v = kv.partition("=")
+        if not sep or not k or not v:
+            raise UsageError(f"--key {kv!r} is not KEY=VALUE")
+        if k in keys:
+            raise UsageError(f"--key {k} is given twice")
+        keys[k] = v
+    want = tuple(getattr(lyr, "keys", ()) or ())
+    if set(keys) != set(want):
+        if not want:
+            raise UsageError(f"layer {lyr.name} has no keys (got --key {sorted(keys)[0]})")
+        missing = [k for k in want if k not in keys]
+        raise UsageError(f"layer {lyr.name} needs --key for {', '.join(missing) or 'its keys only'}"
+                         if missing else f"layer {lyr.name} has no key "
+                         f"{', '.join(sorted(set(keys) - set(want)))} (its keys: {', '.join(want)})")
+    return keys or None
 
 
 def _write(path: str, data: bytes) -> None:

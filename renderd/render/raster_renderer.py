@@ -28,8 +28,9 @@ shows up.
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import xxhash
@@ -51,7 +52,8 @@ Find = Callable[[Bounds, "dict[str, str] | None"], Sequence[Dataset]]
 WORLD: Bounds = (-180.0, -90.0, 180.0, 90.0)
 #: the digest of a tile with no valid pixel (xxh3 digests of data never are all zero in practice)
 EMPTY_DIGEST = b"\0" * 16
-#: GDAL settings for the worker's reads: no directory listing for sidecar files on open
+#: GDAL settings for the worker's reads (no directory listing for sidecar files on open),
+#: set in the process environment on enter unless already set there
 GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
@@ -80,6 +82,9 @@ class RasterRenderer:
         self.pool_size = pool_size
         self.stats_ttl = stats_ttl
         self.format = TileFormat.parse(layer.format)
+        #: the encode memo's name for this layer's tiles: the digests carry the style, and
+        #: a tile without data is the same blob in every layer of a format
+        self.memo_key = f"raster:{layer.format}"
         try:
             self.expression: Expression | None = (parse_expression(layer.expression)
                                                   if layer.expression else None)
@@ -90,7 +95,6 @@ class RasterRenderer:
         self.pool: DatasetPool | None = None
         self.data_time: float | None = None
         self.last_times = ReadTimes()
-        self._env: Any = None
         self._styles: dict[tuple, tuple[float, float, Style]] = {}
 
     # --- life cycle --------------------------------------------------------
@@ -105,15 +109,13 @@ class RasterRenderer:
         """Set up GDAL and the dataset pool (idempotent); opens the catalog if it can be."""
         if self.pool is not None:
             return
-        import rasterio
-
         if self.layer.colormap:
             try:
                 self.lut = colormap_lut(self.layer.colormap)
             except RenderError as e:
                 raise StyleError(f"layer {self.layer.name}: {e}") from None
-        self._env = rasterio.Env(**GDAL_OPTIONS)
-        self._env.__enter__()
+        for k, v in GDAL_OPTIONS.items():
+            os.environ.setdefault(k, v)
         self.pool = DatasetPool(self.pool_size)
         opener = getattr(self.find, "open", None)
         if opener is not None:
@@ -123,9 +125,6 @@ class RasterRenderer:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        if self._env is not None:
-            self._env.__exit__(None, None, None)
-            self._env = None
         closer = getattr(self.find, "close", None)
         if closer is not None:
             closer()
@@ -160,7 +159,7 @@ class RasterRenderer:
         t_mosaic = time.perf_counter()
         self.data_time = max((ds.ingested for ds in datasets), default=None)
         self.last_times = times
-        digests = value_digests(values, valid, meta, ts)
+        digests = value_digests(values, valid, meta, ts, style.key.encode())
         t_hash = time.perf_counter()
         style_seconds = [0.0]
 
@@ -174,7 +173,7 @@ class RasterRenderer:
             return encode(styled, self.format)
 
         draw = t_mosaic - t0
-        result = encode_distinct(meta, digests, encode_one, style.key, ts, memo=self.memo,
+        result = encode_distinct(meta, digests, encode_one, self.memo_key, ts, memo=self.memo,
                                  draw_seconds=draw, started=t_mosaic)
         result.phases = {
             "read": times.read, "warp": times.warp,
@@ -255,8 +254,10 @@ class RasterRenderer:
         return style, max((ds.ingested for ds in selection), default=0.0)
 
 
-def value_digests(values: np.ndarray, valid: np.ndarray, meta: Meta, ts: int) -> list[bytes]:
-    """xxh3-128 of each tile's unstyled values and mask, x-major; ``EMPTY_DIGEST`` for no data.
+def value_digests(values: np.ndarray, valid: np.ndarray, meta: Meta, ts: int,
+                  style: bytes = b"") -> list[bytes]:
+    """xxh3-128 of ``style`` and each tile's unstyled values and mask, x-major;
+    ``EMPTY_DIGEST`` for a tile without data (whatever the style).
 
     Invalid pixels are zeroed in a copy before hashing, so two tiles that
     show the same thing hash alike whatever their nodata pixels hold.
@@ -276,7 +277,7 @@ def value_digests(values: np.ndarray, valid: np.ndarray, meta: Meta, ts: int) ->
                 out.append(EMPTY_DIGEST)
                 continue
             ys = slice(dy * ts, (dy + 1) * ts)
-            h = xxhash.xxh3_128()
+            h = xxhash.xxh3_128(style)
             if c == full:
                 h.update(np.ascontiguousarray(values[ys, xs]))
                 h.update(b"\1")

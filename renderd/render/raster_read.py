@@ -259,12 +259,6 @@ class DatasetPool:
         return len(self._items)
 
 
-def default_bands(count: int, alpha: int) -> tuple[int, ...]:
-    """The first 3 non-alpha bands of a dataset with 3 or more, else band 1."""
-    bands = [b for b in range(1, count + 1) if b != alpha]
-    return tuple(bands[:3]) if len(bands) >= 3 else tuple(bands[:1])
-
-
 # --- reading ------------------------------------------------------------------
 
 def read_piece(pool: DatasetPool, ds: Dataset, grid: Grid, bands: tuple[int, ...],
@@ -301,21 +295,45 @@ def _covered(idx: np.ndarray, size: int) -> tuple[int, int] | None:
     return int(inside[0]), int(inside[-1]) + 1
 
 
-def _read_separable(src: Source, grid: Grid, bands: tuple[int, ...], kind: str,
-                    times: ReadTimes) -> Piece | None:
-    h = src.handle
-    t = h.transform
+@dataclass(frozen=True)
+class Lookup:
+    """The separable mapping of a grid onto a source: which output rows and
+    columns it covers (``j0:j1``, ``i0:i1``), the source row and column of
+    each, and the source window they span (``r0:r1``, ``c0:c1``)."""
+
+    j0: int
+    j1: int
+    i0: int
+    i1: int
+    rows: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return (int(self.rows[0]), int(self.rows[-1]) + 1), (int(self.cols[0]), int(self.cols[-1]) + 1)
+
+
+def separable_lookup(transform: Any, width: int, height: int, grid: Grid, kind: str) -> Lookup | None:
+    """Nearest-neighbour source indexes of a grid's pixel centres (EPSG:4326 or 3857 source)."""
+    t = transform
     xs, ys = (grid.lon_centers, grid.lat_centers) if kind == "4326" else (grid.x_centers, grid.y_centers)
     cols = np.floor((xs - t.c) / t.a + EPSILON).astype(np.int64)
     rows = np.floor((ys - t.f) / t.e + EPSILON).astype(np.int64)
-    cspan, rspan = _covered(cols, h.width), _covered(rows, h.height)
+    cspan, rspan = _covered(cols, width), _covered(rows, height)
     if cspan is None or rspan is None:
         return None
-    i0, i1 = cspan
-    j0, j1 = rspan
-    cols, rows = cols[i0:i1], rows[j0:j1]
-    c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    (i0, i1), (j0, j1) = cspan, rspan
+    return Lookup(j0, j1, i0, i1, rows[j0:j1], cols[i0:i1])
+
+
+def _read_separable(src: Source, grid: Grid, bands: tuple[int, ...], kind: str,
+                    times: ReadTimes) -> Piece | None:
+    h = src.handle
+    lk = separable_lookup(h.transform, h.width, h.height, grid, kind)
+    if lk is None:
+        return None
+    i0, i1, j0, j1, cols, rows = lk.i0, lk.i1, lk.j0, lk.j1, lk.cols, lk.rows
+    (r0, r1), (c0, c1) = lk.window
     t0 = time.perf_counter()
     values, valid = _read_window(src, bands, (r0, r1), (c0, c1))
     t1 = time.perf_counter()
@@ -424,5 +442,6 @@ def _warped_span(ds: Dataset, grid: Grid, transform_bounds: Any
     return (j0, j1), (i0, i1)
 
 
-__all__ = ["DatasetPool", "Grid", "Piece", "ReadTimes", "Source", "choose_overview", "crs_kind",
-           "default_bands", "native_merc_res", "overview_factors", "read_piece"]
+__all__ = ["DatasetPool", "Grid", "Lookup", "Piece", "ReadTimes", "Source", "choose_overview",
+           "crs_kind", "native_merc_res", "overview_factors", "read_piece",
+           "separable_lookup"]

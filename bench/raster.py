@@ -180,44 +180,62 @@ def _tiles() -> list[Tile]:
     return [t for z, x, y in METAS for t in meta_tiles(Meta(z, x, y, min(8, 1 << z)))]
 
 
-def rio_tiles(path: str, case: Case, rescale: tuple[float, float] | None,
-              tiles: list[Tile]) -> dict:
-    """Render ``tiles`` with rio-tiler; CPU seconds by phase and the bytes of each."""
-    from rio_tiler.colormap import cmap
-    from rio_tiler.errors import TileOutsideBounds
-    from rio_tiler.io import Reader
-    from rio_tiler.profiles import img_profiles
+class RioSide:
+    """rio-tiler, tile by tile: CPU seconds by phase and the bytes of each tile."""
 
-    warnings.simplefilter("ignore")
-    cm = cmap.get(case.colormap) if case.colormap else None
-    profile = img_profiles.get(case.rio_format.lower())
-    out: list[bytes | None] = []
-    read = style = enc = 0.0
-    start = time.process_time()
-    with Reader(path) as src:
+    def __init__(self, path: str, case: Case, rescale: tuple[float, float] | None):
+        from rio_tiler.colormap import cmap
+        from rio_tiler.profiles import img_profiles
+
+        self.path, self.case, self.rescale = path, case, rescale
+        self.cm = cmap.get(case.colormap) if case.colormap else None
+        self.profile = img_profiles.get(case.rio_format.lower())
+        self.cpu = self.read = self.style = self.encode = 0.0
+        self.out: dict[Tile, bytes | None] = {}
+        self.src = None
+
+    def __enter__(self) -> "RioSide":
+        from rio_tiler.io import Reader
+        self.src = Reader(self.path)
+        self.src.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.src.__exit__(None, None, None)
+
+    def tiles(self, tiles: list[Tile]) -> None:
+        from rio_tiler.errors import TileOutsideBounds
+        start = time.process_time()
         for t in tiles:
             t0 = time.process_time()
             try:
-                img = src.tile(t.x, t.y, t.z, resampling_method="nearest")
+                img = self.src.tile(t.x, t.y, t.z, resampling_method="nearest")
             except TileOutsideBounds:
-                out.append(None)
+                self.out[t] = None
                 continue
             t1 = time.process_time()
-            if rescale is not None:
-                img.rescale(in_range=(rescale,))
+            if self.rescale is not None:
+                img.rescale(in_range=(self.rescale,))
             t2 = time.process_time()
-            out.append(img.render(img_format=case.rio_format, colormap=cm, **profile))
+            self.out[t] = img.render(img_format=self.case.rio_format, colormap=self.cm, **self.profile)
             t3 = time.process_time()
-            read += t1 - t0
-            style += t2 - t1
-            enc += t3 - t2
-    return {"cpu": time.process_time() - start, "read": read, "style": style, "encode": enc,
-            "tiles": out}
+            self.read += t1 - t0
+            self.style += t2 - t1
+            self.encode += t3 - t2
+        self.cpu += time.process_time() - start
+
+
+def rio_tiles(path: str, case: Case, rescale: tuple[float, float] | None,
+              tiles: list[Tile]) -> RioSide:
+    warnings.simplefilter("ignore")
+    with RioSide(path, case, rescale) as side:
+        side.tiles(tiles)
+    return side
 
 
 def _rio_worker(args: tuple) -> float:
     path, case, rescale, tiles = args
-    return rio_tiles(path, case, rescale, tiles)["cpu"]
+    return rio_tiles(path, case, rescale, tiles).cpu
 
 
 def rio_two_processes(path: str, case: Case, rescale, tiles: list[Tile]) -> tuple[float, float]:
@@ -238,29 +256,55 @@ def layer_of(case: Case, name: str | None = None):
                         rescale=case.rescale, resampling="nearest")
 
 
-def ours(ds, case: Case) -> dict:
-    from renderd.render.raster_renderer import RasterRenderer
-    from renderd.render.tiles import EncodeMemo
+class OurSide:
+    """The raster renderer, metatile by metatile (a fresh encode memo per run)."""
 
-    phases: dict[str, float] = {}
-    tiles: dict[Tile, bytes] = {}
-    encoded = count = 0
-    with RasterRenderer(layer_of(case), find=ListFind([ds]), memo=EncodeMemo()) as r:
-        t_wall = time.perf_counter()
-        start = time.process_time()
-        for z, x, y in METAS:
-            meta = Meta(z, x, y, min(8, 1 << z))
-            res = r.render(meta)
-            encoded += res.encoded
-            count += len(res.hashes)
-            for k, v in res.phases.items():
-                phases[k] = phases.get(k, 0.0) + v
-            for i, t in enumerate(meta_tiles(meta)):
-                tiles[t] = res.tile(i)
-        cpu = time.process_time() - start
-        wall = time.perf_counter() - t_wall
-    return {"cpu": cpu, "wall": wall, "phases": phases, "encoded": encoded, "count": count,
-            "tiles": tiles}
+    def __init__(self, ds, case: Case):
+        from renderd.render.raster_renderer import RasterRenderer
+        from renderd.render.tiles import EncodeMemo
+
+        self.renderer = RasterRenderer(layer_of(case), find=ListFind([ds]), memo=EncodeMemo())
+        self.cpu = self.wall = 0.0
+        self.phases: dict[str, float] = {}
+        self.tiles: dict[Tile, bytes] = {}
+        self.encoded = self.count = 0
+
+    def __enter__(self) -> "OurSide":
+        self.renderer.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.renderer.__exit__(None, None, None)
+
+    def metatile(self, meta: Meta) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = self.renderer.render(meta)
+        self.cpu += time.process_time() - c0
+        self.wall += time.perf_counter() - t0
+        self.encoded += res.encoded
+        self.count += len(res.hashes)
+        for k, v in res.phases.items():
+            self.phases[k] = self.phases.get(k, 0.0) + v
+        for i, t in enumerate(meta_tiles(meta)):
+            self.tiles[t] = res.tile(i)
+
+
+def metas() -> list[Meta]:
+    return [Meta(z, x, y, min(8, 1 << z)) for z, x, y in METAS]
+
+
+def measure(path: str, ds, case: Case, rescale) -> tuple[RioSide, OurSide, float]:
+    """(a) and (b) taking turns metatile by metatile, so the machine's load falls on both alike.
+
+    Returns both sides and the wall seconds of (a)."""
+    a_wall = 0.0
+    with RioSide(path, case, rescale) as a, OurSide(ds, case) as b:
+        for meta in metas():
+            t0 = time.perf_counter()
+            a.tiles(list(meta_tiles(meta)))
+            a_wall += time.perf_counter() - t0
+            b.metatile(meta)
+    return a, b, a_wall
 
 
 # --- (c) the daemon ---------------------------------------------------------------
@@ -347,15 +391,16 @@ url = "sqlite://{tmp / 'unused.sqlite'}"
             # opens are done, as the in-process run (b) has them done by its warm-up
             render_all(c, [(case.name, Meta(8, x, 248, 8)) for case in cases for x in (0, 248)])
             for case in cases:
-                metas = [Meta(z, x, y, min(8, 1 << z)) for z, x, y in METAS]
                 before = _cpu_of(pids)
                 work0 = c.status()["work"]
                 t0 = time.perf_counter()
-                failed = render_all(c, [(case.name, m) for m in metas])
+                failed = render_all(c, [(case.name, m) for m in metas()])
                 wall = time.perf_counter() - t0
                 work1 = c.status()["work"]
                 out[case.name] = {"wall": wall, "cpu": _cpu_of(pids) - before, "failed": failed,
-                                  "encoded": work1.get("encoded", 0) - work0.get("encoded", 0)}
+                                  **{k: work1.get(k, 0) - work0.get(k, 0)
+                                     for k in ("encoded", "draw_seconds", "encode_seconds",
+                                               "store_seconds", "job_seconds")}}
     finally:
         stop_daemon(proc)
     store = open_store(_config.load(cfg, check_files=False).store)
@@ -449,22 +494,20 @@ def main() -> None:
             lo, hi = (float(v[1:]) for v in case.rescale.split(","))
             rescale = (ds.band_stats(1).percentile(lo), ds.band_stats(1).percentile(hi))
         path = str(cogs[case.cog])
-        rio_tiles(path, case, rescale, tiles[:4])  # warm the page cache and imports
-        t0 = time.perf_counter()
-        a = rio_tiles(path, case, rescale, tiles)
-        a_wall = time.perf_counter() - t0
-        ours(ds, case)  # warm
-        b = ours(ds, case)
-        ours_list = [b["tiles"][t] for t in tiles]
-        pix, same_tiles = agreement(a["tiles"], ours_list)
+        measure(path, ds, case, rescale)       # warm the page cache and imports
+        a, b, a_wall = measure(path, ds, case, rescale)
+        ours_list = [b.tiles[t] for t in tiles]
+        a_list = [a.out[t] for t in tiles]
+        pix, same_tiles = agreement(a_list, ours_list)
         n = len(tiles)
-        row = Row(case.name, n, n / a_wall, a["cpu"] / n * 1000, n / b["wall"], b["cpu"] / n * 1000,
-                  a["cpu"] / b["cpu"], pix, same_tiles, b["encoded"])
-        row.extra = {"a_ms": {k: a[k] / n * 1000 for k in ("read", "style", "encode")},
-                     "b_ms": {k: v / n * 1000 for k, v in b["phases"].items()},
-                     "a_bytes": sum(len(x or b"") for x in a["tiles"]) / n,
+        row = Row(case.name, n, n / a_wall, a.cpu / n * 1000, n / b.wall, b.cpu / n * 1000,
+                  a.cpu / b.cpu, pix, same_tiles, b.encoded)
+        row.extra = {"a_ms": {"read": a.read / n * 1000, "style": a.style / n * 1000,
+                              "encode": a.encode / n * 1000},
+                     "b_ms": {k: v / n * 1000 for k, v in b.phases.items()},
+                     "a_bytes": sum(len(x or b"") for x in a_list) / n,
                      "b_bytes": sum(len(x) for x in ours_list) / n,
-                     "empty": sum(1 for x in a["tiles"] if x is None)}
+                     "empty": sum(1 for x in a_list if x is None)}
         if not args.no_two:
             w2, c2 = rio_two_processes(path, case, rescale, tiles)
             row.a2_rate, row.a2_cpu = n / w2, c2 / n * 1000
@@ -484,9 +527,15 @@ def main() -> None:
             row.c_cpu = c["cpu"] / row.tiles * 1000
             row.c_ratio = row.c_rate / row.a2_rate if row.a2_rate else 0.0
             row.c_per_worker = row.c_rate / 2 / row.b_rate
-            ref = ours(records[case.cog], case)["tiles"]
+            with OurSide(records[case.cog], case) as ref_side:
+                for meta in metas():
+                    ref_side.metatile(meta)
+            ref = ref_side.tiles
             row.c_identical = sum(c["tiles"].get(t) == ref[t] for t in tiles) / len(tiles)
             row.extra["c_failed"] = c["failed"]
+            row.extra["c_ms"] = {k.split("_")[0]: c[k] / row.tiles * 1000
+                                 for k in ("draw_seconds", "encode_seconds", "store_seconds",
+                                           "job_seconds")}
     report(rows, real)
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
@@ -509,13 +558,19 @@ def report(rows: list[Row], real: bool) -> None:
         print(f"  {r.case}: (a) read {a['read']:.2f}, rescale {a['style']:.2f}, "
               f"render/encode {a['encode']:.2f} | (b) " +
               ", ".join(f"{k} {v:.2f}" for k, v in b.items()) + " (wall, summed per phase)")
-    if any(r.a2_rate for r in rows):
+    if any(r.c_rate for r in rows):
         print("\n| case | (a) 2 processes tiles/s | (a) 2p CPU ms/tile | (c) serve 2 workers tiles/s "
               "| (c) workers CPU ms/tile | (c)/(a, 2p) | (c) per worker / (b) | (c) tiles = (b) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r.case} | {r.a2_rate:.0f} | {r.a2_cpu:.2f} | {r.c_rate:.0f} | {r.c_cpu:.2f} | "
                   f"{r.c_ratio:.1f}x | {r.c_per_worker:.2f} | {r.c_identical * 100:.0f}% |")
+        print("\n(c) in the workers, wall ms per tile (as they report to the broker):")
+        for r in rows:
+            cm = r.extra.get("c_ms", {})
+            print(f"  {r.case}: " + ", ".join(f"{k} {v:.2f}" for k, v in cm.items())
+                  + f"; (b) draw {r.extra['b_ms'].get('read', 0) + r.extra['b_ms'].get('warp', 0):.2f}"
+                  + (f"; {r.extra['c_failed']} metatiles FAILED" if r.extra.get("c_failed") else ""))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"\n(bench process peak RSS {usage.ru_maxrss / 1024:.0f} MiB)")
 

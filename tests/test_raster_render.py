@@ -399,6 +399,30 @@ def test_keys_are_checked_and_passed_to_find(tmp_path):
         render(raster_layer(), datasets, keys={"month": "07"})
 
 
+def test_mapnik_imported_first_leaves_rasterio_its_crs_database(tmp_path):
+    """Importing the Mapnik wheel points PROJ_LIB at a folder without proj.db; a worker
+    with a Mapnik layer before a raster layer must still warp a UTM dataset."""
+    import subprocess
+    import sys
+    code = f"""
+import mapnik, numpy as np
+from rasterio.transform import from_origin
+from tests.fixtures.rasters import ListFind, dataset_record, raster_layer, write_cog
+from renderd.render.raster_renderer import RasterRenderer
+from renderd.tilemath import metatile_of
+p = write_cog({str(tmp_path / 'utm.tif')!r}, np.full((1, 200, 200), 50, np.uint8), "EPSG:32632",
+              from_origin(400000, 5200000, 1000, 1000))
+with RasterRenderer(raster_layer(), find=ListFind([dataset_record(p)])) as r:
+    res = r.render(metatile_of(8, 134, 90))
+print(res.unique, r.last_times.warped)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    unique, warped = out.stdout.split()
+    assert int(unique) > 1 and int(warped) == 1
+
+
 # --- the command line --------------------------------------------------------------------------
 
 def test_renderd_py_render_a_raster_tile(tmp_path, monkeypatch, capsys):

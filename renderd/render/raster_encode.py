@@ -4,10 +4,12 @@
   grey), else with it (RGBA or grey+alpha). A colormapped tile is written
   as a palette PNG of the colours it uses (a ``tRNS`` chunk makes the
   invalid pixels transparent): one byte a pixel instead of four, with the
-  same decoded pixels. zlib at level 6 with the run-length strategy
-  (``Z_RLE``): on shaded relief it is about 3x faster than the default
-  strategy for about 10% more bytes, which puts it within a few per cent of
-  the RGBA PNGs GDAL writes for rio-tiler (``docs/benchmarks.md``).
+  same decoded pixels. zlib at level 6; for RGB, RGBA and grey tiles with
+  the run-length strategy (``Z_RLE``): on shaded relief about 2x faster
+  than the default strategy for about 14% more bytes, within a few per cent
+  of the RGBA PNGs GDAL writes for rio-tiler (``docs/benchmarks.md``); for
+  palette tiles with the default strategy, which there costs little more
+  and writes 2-4x fewer bytes.
 - JPEG: RGB (or grey) with invalid pixels black; ``jpegNN`` is quality NN,
   ``jpeg`` 85 (rio-tiler's and Mapnik's default).
 - WebP: lossy, with alpha where a pixel is invalid; ``webpNN`` is quality
@@ -26,7 +28,8 @@ from ..errors import RenderError
 from .raster_style import Styled
 
 PNG_LEVEL = 6
-PNG_STRATEGY = 3            # zlib's Z_RLE
+PNG_STRATEGY = 3            # zlib's Z_RLE, for RGB, RGBA and grey tiles
+PALETTE_STRATEGY = 0        # zlib's default, for palette tiles
 DEFAULT_QUALITY = {"jpeg": 85, "webp": 75}
 
 
@@ -53,7 +56,8 @@ def encode(tile: Styled, fmt: TileFormat) -> bytes:
 
     if fmt.kind == "png":
         im, extra = _png_image(tile)
-        return _save(im, "PNG", compress_level=PNG_LEVEL, compress_type=PNG_STRATEGY, **extra)
+        extra.setdefault("compress_type", PNG_STRATEGY)
+        return _save(im, "PNG", compress_level=PNG_LEVEL, **extra)
     if fmt.kind == "jpeg":
         pixels = _opaque(tile)
         return _save(Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB"), "JPEG",
@@ -149,7 +153,7 @@ def _palette(tile: Styled) -> tuple[object, dict] | None:
     remap[256] = len(used) % 256
     im = Image.fromarray(remap[idx], "P")
     im.putpalette(colours[:, :3].tobytes(), "RGB")
-    extra = {}
+    extra: dict = {"compress_type": PALETTE_STRATEGY}
     if (colours[:, 3] != 255).any():
         extra["transparency"] = colours[:, 3].tobytes()
     return im, extra

@@ -49,6 +49,38 @@ from ..catalog.model import Dataset
 from ..errors import RenderError
 from ..tilemath import MERC_HALF, Meta, meta_merc_bounds
 
+#: GDAL settings of the process's reads: no directory listing for sidecar files on open
+GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+_PROCESS_ENV: Any = None
+
+
+def gdal_env() -> None:
+    """Enter one rasterio environment for the life of this thread, with rasterio's own PROJ data.
+
+    Idempotent. Without an environment, every ``rasterio.open`` makes one
+    and re-reads ``PROJ_LIB``, which importing the Mapnik wheel points at a
+    folder of its own without ``proj.db``: in a worker with Mapnik and raster
+    layers rasterio would then know no CRS. So a single environment is
+    entered (and never left) and PROJ is pointed at rasterio's data when the
+    variable names a folder without ``proj.db``.
+    """
+    global _PROCESS_ENV
+    import rasterio
+    import rasterio.env as renv
+
+    if renv.local._env is None:
+        _PROCESS_ENV = rasterio.Env(**GDAL_OPTIONS)
+        _PROCESS_ENV.__enter__()
+    for var in ("PROJ_DATA", "PROJ_LIB"):
+        path = os.environ.get(var)
+        if path:
+            if not os.path.isfile(os.path.join(path, "proj.db")):
+                wheel = renv.PROJDataFinder().search_wheel()
+                if wheel:
+                    renv.set_proj_data_search_path(wheel)
+            return
+
+
 EARTH_RADIUS = 6378137.0
 #: what a source's pixel edge is nudged by before flooring, as GDAL does
 EPSILON = 1e-10
@@ -442,6 +474,6 @@ def _warped_span(ds: Dataset, grid: Grid, transform_bounds: Any
     return (j0, j1), (i0, i1)
 
 
-__all__ = ["DatasetPool", "Grid", "Lookup", "Piece", "ReadTimes", "Source", "choose_overview",
+__all__ = ["DatasetPool", "gdal_env", "Grid", "Lookup", "Piece", "ReadTimes", "Source", "choose_overview",
            "crs_kind", "native_merc_res", "overview_factors", "read_piece",
            "separable_lookup"]

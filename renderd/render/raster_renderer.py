@@ -28,7 +28,6 @@ shows up.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Sequence
 
@@ -41,7 +40,7 @@ from ..errors import RenderError, StyleError
 from ..tilemath import Meta, meta_lnglat_bounds
 from .expression import Expression, ExpressionError, parse_expression
 from .raster_encode import TileFormat, empty, encode
-from .raster_read import DatasetPool, Grid, ReadTimes, read_piece
+from .raster_read import DatasetPool, Grid, ReadTimes, gdal_env, read_piece
 from .raster_style import (Mosaic, Range, Style, band_range, colormap_lut, expression_range,
                            parse_rescale, style_key)
 from .tiles import MEMO, EncodeMemo, MetatileResult, encode_distinct
@@ -52,9 +51,6 @@ Find = Callable[[Bounds, "dict[str, str] | None"], Sequence[Dataset]]
 WORLD: Bounds = (-180.0, -90.0, 180.0, 90.0)
 #: the digest of a tile with no valid pixel (xxh3 digests of data never are all zero in practice)
 EMPTY_DIGEST = b"\0" * 16
-#: GDAL settings for the worker's reads (no directory listing for sidecar files on open),
-#: set in the process environment on enter unless already set there
-GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 class RasterRenderer:
@@ -114,8 +110,7 @@ class RasterRenderer:
                 self.lut = colormap_lut(self.layer.colormap)
             except RenderError as e:
                 raise StyleError(f"layer {self.layer.name}: {e}") from None
-        for k, v in GDAL_OPTIONS.items():
-            os.environ.setdefault(k, v)
+        gdal_env()
         self.pool = DatasetPool(self.pool_size)
         opener = getattr(self.find, "open", None)
         if opener is not None:

@@ -423,6 +423,32 @@ print(res.unique, r.last_times.warped)
     assert int(unique) > 1 and int(warped) == 1
 
 
+def test_catalog_find_asks_the_catalog_with_where_and_keys():
+    from renderd.errors import StyleError, UsageError
+    from renderd.render import CatalogFind
+
+    calls = []
+
+    class Catalog:
+        def find(self, collection, where, bbox):
+            calls.append((collection, where, bbox))
+            return []
+
+        def close(self):
+            calls.append("closed")
+
+    layer = raster_layer(collection="sst", keys=["month"], where={"band": "sst"})
+    find = CatalogFind("sqlite:///x.sqlite", layer, opener=lambda url: Catalog())
+    assert find((0.0, 1.0, 2.0, 3.0), {"month": "07"}) == []
+    find.close()
+    assert calls == [("sst", {"band": "sst", "month": "07"}, (0.0, 1.0, 2.0, 3.0)), "closed"]
+
+    def broken(url):
+        raise UsageError("catalog schema 7, expected 1")
+    with pytest.raises(StyleError, match="layer r: catalog sqlite:///x.sqlite: catalog schema 7"):
+        CatalogFind("sqlite:///x.sqlite", layer, opener=broken).open()
+
+
 # --- the command line --------------------------------------------------------------------------
 
 def test_renderd_py_render_a_raster_tile(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..config import LayerConfig
-from ..errors import StyleError
+from ..errors import RenderdError, StyleError
 from ..tilemath import check_tile, metatile_of, tile_index
 from .tiles import MEMO, EncodeMemo, MetatileResult, encode_metatile
 
@@ -54,15 +54,20 @@ class CatalogFind:
     def open(self) -> None:
         if self._catalog is not None:
             return
-        opener = self._opener
-        if opener is None:
+        try:
+            if self._opener is not None:
+                self._catalog = self._opener(self.url)
+                return
             try:
                 from ..catalog import open_catalog  # type: ignore[attr-defined]
             except ImportError:
                 raise StyleError(f"layer {self.layer.name}: the catalog is not available in this "
                                  f"installation") from None
-            opener = open_catalog
-        self._catalog = opener(self.url)
+            self._catalog = open_catalog(self.url, create=False)   # a reader makes no tables
+        except StyleError:
+            raise
+        except RenderdError as e:
+            raise StyleError(f"layer {self.layer.name}: catalog {self.url}: {e}") from None
 
     def __call__(self, bbox_wgs84: tuple[float, float, float, float],
                  keys: dict[str, str] | None) -> list[Any]:

@@ -36,7 +36,7 @@ import xxhash
 
 from ..catalog.model import Dataset
 from ..config import LayerConfig
-from ..errors import RenderError, StyleError
+from ..errors import RenderdError, RenderError, StyleError
 from ..tilemath import Meta, meta_lnglat_bounds
 from .expression import Expression, ExpressionError, parse_expression
 from .raster_encode import TileFormat, empty, encode
@@ -145,7 +145,7 @@ class RasterRenderer:
         ts = self.layer.tile_size
         t0 = time.perf_counter()
         grid = Grid.of(meta, ts)
-        datasets = list(self.find(tuple(meta_lnglat_bounds(meta)), keys))
+        datasets = self._find(tuple(meta_lnglat_bounds(meta)), keys)
         if self.layer.mosaic == "last":
             datasets.reverse()
         times = ReadTimes()
@@ -177,6 +177,12 @@ class RasterRenderer:
             "encode": max(result.encode_seconds - (t_hash - t_mosaic) - style_seconds[0], 0.0),
         }
         return result
+
+    def _find(self, bbox: Bounds, keys: dict[str, str] | None) -> list[Dataset]:
+        try:
+            return list(self.find(bbox, keys))
+        except RenderdError as e:   # the catalog's errors: a database gone, a bad row
+            raise RenderError(f"layer {self.layer.name}: catalog: {e}") from None
 
     def _bands(self, datasets: Sequence[Dataset]) -> tuple[int, ...]:
         if self.expression is not None:
@@ -226,7 +232,7 @@ class RasterRenderer:
         needs_stats = bool(self.rescale) and any(p.startswith("p") for pair in self.rescale
                                                   for p in pair)
         needs_stats |= not self.rescale and (dtype != np.uint8 or self.expression is not None)
-        selection: Sequence[Dataset] = list(self.find(WORLD, keys)) if needs_stats else datasets
+        selection: Sequence[Dataset] = self._find(WORLD, keys) if needs_stats else datasets
         ranges: list[Range] | None = None
         try:
             if self.expression is not None:

@@ -182,14 +182,7 @@ def run_daemon(cfg: Path, endpoint: str, jobs: list[tuple[str, Meta]]) -> tuple[
     try:
         with Client(endpoint) as c:
             t0 = time.perf_counter()
-            for name, meta in jobs:
-                c.send(p.RenderRequest(b"", name, _tile(meta), p.BULK, 600_000, frozenset({"nodata"})))
-            failed = 0
-            for _ in jobs:
-                r = c.recv(600)
-                if r is None:
-                    raise SystemExit("bench: the daemon stopped answering")
-                failed += not r.ok
+            failed = render_all(c, jobs, frozenset({"nodata"}))
             elapsed = time.perf_counter() - t0
             st = c.status()
         if failed:
@@ -197,6 +190,19 @@ def run_daemon(cfg: Path, endpoint: str, jobs: list[tuple[str, Meta]]) -> tuple[
         return elapsed, st
     finally:
         stop_daemon(proc)
+
+
+def render_all(c: Client, jobs: list[tuple[str, Meta]], flags: frozenset[str] = frozenset()) -> int:
+    """Ask for every metatile at once and wait for all the answers; returns how many failed."""
+    for name, meta in jobs:
+        c.send(p.RenderRequest(b"", name, _tile(meta), p.BULK, 600_000, flags))
+    failed = 0
+    for _ in jobs:
+        r = c.recv(600)
+        if r is None:
+            raise SystemExit("bench: the daemon stopped answering")
+        failed += not r.ok
+    return failed
 
 
 def _tile(meta: Meta) -> Tile:

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     renderers = {}
     try:
         for layer in cfg.layers:
-            r = open_renderer(layer)
+            r = open_renderer(layer, cfg.catalog.url)
             r.__enter__()
             renderers[layer.name] = r
     except StyleError as e:

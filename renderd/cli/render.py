@@ -21,22 +21,28 @@ from .options import config_option
 @click.argument("y", type=int)
 @click.option("-o", "--output", "output", required=True, metavar="FILE",
               help="where to write the tile ('-' for standard output)")
+@click.option("--key", "key_values", multiple=True, metavar="KEY=VALUE",
+              help="a raster layer's key value (once per key of the layer)")
 @config_option
-def command(cfg, layer: str, z: int, x: int, y: int, output: str) -> None:
+def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tuple[str, ...]) -> None:
     """Render tile Z/X/Y of LAYER in this process and write it to FILE.
 
     The whole metatile holding the tile is rendered, with the layer's buffer,
     exactly as the daemon renders it; nothing is stored. For style
-    development and debugging.
+    development and debugging. A raster layer reads its datasets from the
+    [catalog]; give each of its keys with --key KEY=VALUE.
     """
-    lyr = tilesets.layer_of(cfg, layer)
+    # LAYER with --key KEY=VALUE per key, or a tile set named LAYER/VALUE/...
+    lyr = tilesets.layer_of(cfg, tilesets.from_options(cfg, layer, key_values)
+                            if key_values or "/" not in layer else layer)
     try:
         check_tile(z, x, y, lyr.minzoom, lyr.maxzoom)
     except TileError as e:
         raise TileError(f"layer {layer}: {e}") from None
+    keys = tilesets.key_values(lyr) or None
     from ..render import render_tile_png
 
-    data = render_tile_png(lyr, z, x, y)
+    data = render_tile_png(lyr, z, x, y, catalog_url=cfg.catalog.url, keys=keys)
     if not data:
         raise RenderdError(f"tile {z}/{x}/{y} of layer {layer} rendered empty")
     if output == "-":
@@ -44,28 +50,3 @@ def command(cfg, layer: str, z: int, x: int, y: int, output: str) -> None:
         sys.stdout.buffer.flush()
         return
     _write(output, data)
-
-
-def _write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".render.", dir=folder)
-    except OSError as e:
-        raise RenderdError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise RenderdError(f"cannot write {path}: {e.strerror}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

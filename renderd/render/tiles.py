@@ -20,7 +20,7 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import xxhash
@@ -48,6 +48,9 @@ class MetatileResult:
     draw_seconds: float
     encode_seconds: float
     memo_hits: int = 0
+    #: seconds per phase where a renderer measures them (raster: read, warp,
+    #: mosaic, hash, style, encode); draw and encode seconds are their sums
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def unique(self) -> int:
@@ -154,6 +157,29 @@ def encode_metatile(image: Any, meta: Meta, fmt: str, tile_size: int = 256, *, m
     digests = tile_pixel_hashes(pixels, meta, tile_size)
     # a numpy input is handed to Mapnik one distinct tile at a time
     mimage = None if isinstance(image, np.ndarray) else image
+
+    def encode_one(i: int) -> bytes:
+        x, y = (i // meta.n) * tile_size, (i % meta.n) * tile_size
+        if mimage is not None:
+            return encode_view(mimage, x + margin, y + margin, tile_size, fmt)
+        return encode_array(pixels[y:y + tile_size, x:x + tile_size], fmt)
+
+    return encode_distinct(meta, digests, encode_one, fmt, tile_size, memo=memo,
+                           draw_seconds=draw_seconds, started=t0)
+
+
+def encode_distinct(meta: Meta, digests: list[bytes], encode_one: Callable[[int], bytes],
+                    memo_key: str, tile_size: int = 256, *, memo: EncodeMemo | None = MEMO,
+                    draw_seconds: float = 0.0, started: float | None = None) -> MetatileResult:
+    """Encode each distinct tile of a metatile once, given a digest per tile (x-major).
+
+    ``encode_one(i)`` gives the bytes of tile ``i``; it is called once per
+    distinct digest that the memo does not hold. ``memo_key`` names what the
+    digests are digests of (a format, or a raster layer's style), so that
+    equal digests of different renderings never share an encode.
+    ``started`` is when the caller's encode phase began (``perf_counter``).
+    """
+    t0 = time.perf_counter() if started is None else started
     by_pixels: dict[bytes, str] = {}
     blobs: dict[str, bytes] = {}
     hashes: list[str] = []
@@ -161,14 +187,10 @@ def encode_metatile(image: Any, meta: Meta, fmt: str, tile_size: int = 256, *, m
     for i, pd in enumerate(digests):
         digest = by_pixels.get(pd)
         if digest is None:
-            key = (fmt, tile_size, pd)
+            key = (memo_key, tile_size, pd)
             item = memo.get(key) if memo is not None else None
             if item is None:
-                x, y = (i // meta.n) * tile_size, (i % meta.n) * tile_size
-                if mimage is not None:
-                    data = encode_view(mimage, x + margin, y + margin, tile_size, fmt)
-                else:
-                    data = encode_array(pixels[y:y + tile_size, x:x + tile_size], fmt)
+                data = encode_one(i)
                 digest = content_hash(data)
                 encoded += 1
                 if memo is not None:

@@ -1,5 +1,7 @@
 // The renderd-py demo map: every layer of /layers.json on a Leaflet map,
-// with a layer switcher. The view is kept in the URL: #layer/zoom/lat/lon.
+// with a layer switcher, and for a raster layer with keys a picker of its
+// key values (from /datasets/{layer}.json). The view is kept in the URL:
+// #layer/zoom/lat/lon, the layer being a tile set (sst/2012-08) where it has keys.
 (function () {
   "use strict";
 
@@ -7,6 +9,7 @@
   var layerName = document.getElementById("layer-name");
   var layerInfo = document.getElementById("layer-info");
   var tileInfo = document.getElementById("tile-info");
+  var picker = document.getElementById("key-picker");
   var message = document.getElementById("message");
   var stats = { loaded: 0, errors: 0 };
 
@@ -65,7 +68,27 @@
       document.body.setAttribute("data-tile-errors", String(stats.errors));
     });
     layer.tilejson = tj;
+    layer.choices = entry.choices || null;   // tile sets of a layer with keys
+    layer.tileset = entry.choices ? entry.choices[0].tileset : entry.name;
     return layer;
+  }
+
+  // a layer with keys: its tile sets from the catalog, the first one's TileJSON
+  function tilesetsOf(entry) {
+    return getJSON("datasets/" + encodeURIComponent(entry.name) + ".json?limit=1000").then(function (doc) {
+      var seen = {};
+      entry.choices = [];
+      (doc.datasets || []).forEach(function (d) {
+        if (d.tileset && !seen[d.tileset]) {
+          seen[d.tileset] = true;
+          entry.choices.push({ tileset: d.tileset, tilejson: d.tilejson, keys: d.keys });
+        }
+      });
+      if (entry.choices.length === 0) {
+        throw new Error("layer " + entry.name + " has no datasets in the catalog");
+      }
+      return getJSON(entry.choices[0].tilejson);
+    });
   }
 
   function start(entries, tilejsons) {
@@ -91,9 +114,42 @@
       L.control.layers(layers, null, { collapsed: false }).addTo(map);
     }
 
+    function choose(layer, tileset) {
+      // another tile set of a layer with keys: its TileJSON, then its tiles
+      var choice = (layer.choices || []).filter(function (c) { return c.tileset === tileset; })[0];
+      if (!choice || layer.tileset === tileset) {
+        return Promise.resolve();
+      }
+      return getJSON(choice.tilejson).then(function (tj) {
+        layer.tileset = tileset;
+        layer.tilejson = tj;
+        layer.setUrl(tj.tiles[0]);
+        describe();
+        keepHash();
+      }).catch(function (err) { showMessage("Cannot show " + tileset + ": " + err.message); });
+    }
+
+    function showPicker() {
+      var layer = layers[current];
+      picker.hidden = !layer.choices;
+      picker.textContent = "";
+      (layer.choices || []).forEach(function (c) {
+        var opt = document.createElement("option");
+        opt.value = c.tileset;
+        opt.textContent = c.tileset.slice(current.length + 1);
+        opt.selected = c.tileset === layer.tileset;
+        picker.appendChild(opt);
+      });
+    }
+    picker.addEventListener("change", function () { choose(layers[current], picker.value); });
+
     var view = parseHash();
-    var current = view && layers[view.layer] ? view.layer : order[0];
+    var wanted = view ? view.layer.split("/")[0] : null;
+    var current = wanted && layers[wanted] ? wanted : order[0];
     layers[current].addTo(map);
+    if (view && view.layer !== current) {
+      choose(layers[current], view.layer);
+    }
     if (view) {
       map.setView(view.center, view.zoom);
     } else {
@@ -111,14 +167,15 @@
 
     function describe() {
       var tj = layers[current].tilejson;
-      layerName.textContent = "· " + current;
+      layerName.textContent = "· " + layers[current].tileset;
+      document.body.setAttribute("data-tileset", layers[current].tileset);
       layerInfo.textContent = (tj.description ? tj.description + " · " : "") +
         "zoom " + tj.minzoom + "–" + tj.maxzoom;
     }
 
     function keepHash() {
       var c = map.getCenter();
-      var hash = "#" + encodeURIComponent(current) + "/" + map.getZoom() + "/" +
+      var hash = "#" + encodeURIComponent(layers[current].tileset) + "/" + map.getZoom() + "/" +
         c.lat.toFixed(4) + "/" + c.lng.toFixed(4);
       if (window.location.hash !== hash) {
         window.history.replaceState(null, "", hash);
@@ -132,6 +189,7 @@
         }
       });
       describe();
+      showPicker();
       keepHash();
     });
     map.on("moveend", keepHash);
@@ -143,7 +201,8 @@
         e.latlng.lat.toFixed(4) + ", " + e.latlng.lng.toFixed(4);
     });
     describe();
-    window.renderdMap = { map: map, layers: layers, stats: stats };
+    showPicker();
+    window.renderdMap = { map: map, layers: layers, stats: stats, choose: choose };
   }
 
   getJSON("layers.json")
@@ -152,7 +211,9 @@
       if (entries.length === 0) {
         throw new Error("the configuration has no [[layer]]");
       }
-      return Promise.all(entries.map(function (e) { return getJSON(e.tilejson); }))
+      return Promise.all(entries.map(function (e) {
+        return e.keys && e.keys.length ? tilesetsOf(e) : getJSON(e.tilejson);
+      }))
         .then(function (tilejsons) { start(entries, tilejsons); });
     })
     .catch(function (err) {

@@ -55,14 +55,21 @@ def runtime(cfg: Config) -> dict[str, Any]:
 
 
 def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dict[str, Any]:
-    """TileJSON 3.0.0 of a layer; ``base`` is replaced by nginx per request."""
+    """TileJSON 3.0.0 of a layer, or of one tile set of a layer with keys
+    (``lyr`` named as the tile set, renderd.tilesets); ``base`` is replaced
+    by nginx per request. The layer of a layer with keys gets a tile URL
+    template with a ``{key}`` segment per key and the list of its ``keys``:
+    the concrete URLs are in each tile set's own TileJSON."""
     w, s, e, n = lyr.bounds
     lon, lat = (w + e) / 2, (s + n) / 2
     zoom = max(lyr.minzoom, min(lyr.maxzoom, 2))
+    path = lyr.name
+    if lyr.keys and "/" not in lyr.name:
+        path = "/".join([lyr.name, *(f"{{{k}}}" for k in lyr.keys)])
     doc: dict[str, Any] = {
         "tilejson": "3.0.0",
         "name": lyr.name,
-        "tiles": [f"{base}/tiles/{lyr.name}/{{z}}/{{x}}/{{y}}.{lyr.ext}"],
+        "tiles": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}.{lyr.ext}"],
         "scheme": "xyz",
         "minzoom": lyr.minzoom,
         "maxzoom": lyr.maxzoom,
@@ -73,6 +80,8 @@ def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dic
         doc["description"] = lyr.description
     if lyr.attribution:
         doc["attribution"] = lyr.attribution
+    if lyr.keys and "/" not in lyr.name:
+        doc["keys"] = list(lyr.keys)
     return doc
 
 
@@ -80,5 +89,6 @@ def layers_index(cfg: Config) -> dict[str, Any]:
     """``/layers.json``: what the demo page shows (URLs relative to the page)."""
     return {"layers": [{"name": lyr.name, "tilejson": f"tiles/{lyr.name}.json",
                         "tile_size": lyr.tile_size, "minzoom": lyr.minzoom,
-                        "maxzoom": lyr.maxzoom, "description": lyr.description}
+                        "maxzoom": lyr.maxzoom, "description": lyr.description,
+                        **({"keys": list(lyr.keys)} if lyr.keys else {})}
                        for lyr in cfg.layers]}

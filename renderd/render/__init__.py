@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..config import LayerConfig
-from ..errors import RenderdError, StyleError
+from ..errors import CatalogMissing, RenderdError, StyleError
 from ..tilemath import check_tile, metatile_of, tile_index
 from .tiles import MEMO, EncodeMemo, MetatileResult, encode_metatile
 
@@ -64,6 +64,9 @@ class CatalogFind:
                 raise StyleError(f"layer {self.layer.name}: the catalog is not available in this "
                                  f"installation") from None
             self._catalog = open_catalog(self.url, create=False)   # a reader makes no tables
+        except CatalogMissing:
+            # nothing ingested yet: no datasets, and asked again at the next metatile
+            self._catalog = None
         except StyleError:
             raise
         except RenderdError as e:
@@ -72,6 +75,8 @@ class CatalogFind:
     def __call__(self, bbox_wgs84: tuple[float, float, float, float],
                  keys: dict[str, str] | None) -> list[Any]:
         self.open()
+        if self._catalog is None:
+            return []
         where = {**self.layer.where, **(keys or {})}
         return self._catalog.find(self.layer.collection, where, bbox_wgs84)
 

@@ -116,8 +116,10 @@ class FrontPurge:
         return f"  nginx:     {self.tiles} hot tiles of {self.purged} metatiles {what}"
 
     def warning(self) -> str | None:
-        """One line for stderr if nginx was not told of every metatile."""
-        if self.error is None:
+        """One line for stderr if nginx was not told of every metatile (none
+        when there were none to tell of: an ingest's empty announcement to a
+        front that is not running, which asks the catalog afresh when it starts)."""
+        if self.error is None or self.unsent == 0:
             return None
         what = "mark stale" if self.mode == "dirty" else "drop"
         return (f"warning: could not tell nginx at {self.url} to {what} the hot copies of "

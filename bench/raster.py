@@ -352,8 +352,9 @@ def _cpu_of(pids: list[int]) -> float:
     return total
 
 
-def daemon_run(tmp: Path, cogs: dict[str, Path], records: dict, cases: list[Case]) -> dict:
-    """Every case's metatiles through ``renderd-py serve`` (2 workers, disk store)."""
+def daemon_run(tmp: Path, cogs: dict[str, Path], records: dict, cases: list[Case],
+               workers: int = 2) -> dict:
+    """Every case's metatiles through ``renderd-py serve`` (``workers`` workers, disk store)."""
     from renderd.store import open_store
     from renderd import config as _config
 
@@ -376,7 +377,7 @@ resampling = "nearest"
     cfg.write_text(f"""
 [daemon]
 broker = "{endpoint}"
-workers = 2
+workers = {workers}
 reserved = 0
 queue_size = 100000
 recent_seconds = 0.0
@@ -393,7 +394,7 @@ url = "sqlite://{tmp / 'unused.sqlite'}"
     old = dict(os.environ)
     os.environ.update(env)
     try:
-        proc = start_daemon(cfg, endpoint)
+        proc = start_daemon(cfg, endpoint, workers)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -405,16 +406,22 @@ url = "sqlite://{tmp / 'unused.sqlite'}"
             # opens are done, as the in-process run (b) has them done by its warm-up
             render_all(c, [(case.name, Meta(8, x, 248, 8)) for case in cases for x in (0, 248)])
             for case in cases:
-                before = _cpu_of(pids)
+                # (b) again right before, so that (c) / (b) compares runs minutes apart at most
+                with OurSide(records[case.cog], case) as near:
+                    for meta in metas():
+                        near.metatile(meta)
+                before, broker_before = _cpu_of(pids), _cpu_of([proc.pid])
                 work0 = c.status()["work"]
                 t0 = time.perf_counter()
                 failed = render_all(c, [(case.name, m) for m in metas()])
                 wall = time.perf_counter() - t0
                 work1 = c.status()["work"]
                 out[case.name] = {"wall": wall, "cpu": _cpu_of(pids) - before, "failed": failed,
+                                  "broker_cpu": _cpu_of([proc.pid]) - broker_before,
                                   **{k: work1.get(k, 0) - work0.get(k, 0)
                                      for k in ("encoded", "draw_seconds", "encode_seconds",
-                                               "store_seconds", "job_seconds")}}
+                                               "store_seconds", "job_seconds")},
+                                  "b_wall": near.wall, "b_cpu": near.cpu, "b_tiles": near.tiles}
     finally:
         stop_daemon(proc)
     store = open_store(_config.load(cfg, check_files=False).store)
@@ -487,6 +494,7 @@ def main() -> None:
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--no-daemon", action="store_true", help="skip (c)")
     ap.add_argument("--no-two", action="store_true", help="skip (a) with 2 processes")
+    ap.add_argument("--workers", type=int, default=2, help="workers of (c) (default 2)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "renderd-bench-raster"),
                     help="where the COGs are made and kept")
     ap.add_argument("--json", default="", help="also write the results to this file")
@@ -533,7 +541,7 @@ def main() -> None:
     if not args.no_daemon:
         tmp = Path(tempfile.mkdtemp(prefix="renderd-bench-raster-"))
         try:
-            got = daemon_run(tmp, cogs, records, cases)
+            got = daemon_run(tmp, cogs, records, cases, args.workers)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for row, case in zip(rows, cases):
@@ -541,13 +549,12 @@ def main() -> None:
             row.c_rate = row.tiles / c["wall"]
             row.c_cpu = c["cpu"] / row.tiles * 1000
             row.c_ratio = row.c_rate / row.a2_rate if row.a2_rate else 0.0
-            row.c_per_worker = row.c_rate / 2 / row.b_rate
-            with OurSide(records[case.cog], case) as ref_side:
-                for meta in metas():
-                    ref_side.metatile(meta)
-            ref = ref_side.tiles
+            row.c_per_worker = row.c_rate / args.workers / (row.tiles / c["b_wall"])
+            row.extra["c_cpu_vs_b"] = c["b_cpu"] / c["cpu"]
+            ref = c["b_tiles"]
             row.c_identical = sum(c["tiles"].get(t) == ref[t] for t in tiles) / len(tiles)
             row.extra["c_failed"] = c["failed"]
+            row.extra["c_broker_ms"] = c["broker_cpu"] / row.tiles * 1000
             row.extra["c_ms"] = {k.split("_")[0]: c[k] / row.tiles * 1000
                                  for k in ("draw_seconds", "encode_seconds", "store_seconds",
                                            "job_seconds")}
@@ -579,17 +586,21 @@ def report(rows: list[Row], real: bool) -> None:
               f"render/encode {a['encode']:.2f} | (b) " +
               ", ".join(f"{k} {v:.2f}" for k, v in b.items()) + " (wall, summed per phase)")
     if any(r.c_rate for r in rows):
-        print("\n| case | (a) 2 processes tiles/s | (a) 2p CPU ms/tile | (c) serve 2 workers tiles/s "
-              "| (c) workers CPU ms/tile | (c)/(a, 2p) | (c) per worker / (b) | (c) tiles = (b) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| case | (a) 2 processes tiles/s | (a) 2p CPU ms/tile | (c) serve tiles/s "
+              "| (c) workers CPU ms/tile | (c)/(a, 2p) | (c) per worker / (b) tiles/s "
+              "| (b) / (c) CPU per tile | (c) tiles = (b) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r.case} | {r.a2_rate:.0f} | {r.a2_cpu:.2f} | {r.c_rate:.0f} | {r.c_cpu:.2f} | "
-                  f"{r.c_ratio:.1f}x | {r.c_per_worker:.2f} | {r.c_identical * 100:.0f}% |")
+                  f"{r.c_ratio:.1f}x | {r.c_per_worker:.2f} | {r.extra['c_cpu_vs_b']:.2f} | "
+                  f"{r.c_identical * 100:.0f}% |")
+        print("((b) here is run again right before each case's (c), the daemon idle meanwhile)")
         print("\n(c) in the workers, wall ms per tile (as they report to the broker):")
         for r in rows:
             cm = r.extra.get("c_ms", {})
             print(f"  {r.case}: " + ", ".join(f"{k} {v:.2f}" for k, v in cm.items())
                   + f"; (b) draw {r.extra['b_ms'].get('read', 0) + r.extra['b_ms'].get('warp', 0):.2f}"
+                  + f"; the broker's CPU {r.extra.get('c_broker_ms', 0):.2f}"
                   + (f"; {r.extra['c_failed']} metatiles FAILED" if r.extra.get("c_failed") else ""))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"\n(bench process peak RSS {usage.ru_maxrss / 1024:.0f} MiB)")

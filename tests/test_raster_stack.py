@@ -156,3 +156,59 @@ def test_demo_page_picks_key_values(raster_stack, tmp_path):
         re.search(r'<option value="temp/02"[^>]*>02</option>', dom)
     srcs = re.findall(r'<img[^>]+src="([^"]+)"[^>]+leaflet-tile-loaded', dom)
     assert srcs and all(src.startswith(s.url + "tiles/temp/02/4/") for src in srcs), srcs
+
+
+WORLD_AND_TEMP = """
+[catalog]
+url = "{catalog}"
+
+[[layer]]
+name = "world"
+style = "{style}"
+maxzoom = 8
+attribution = "Natural Earth"
+
+[[layer]]
+name = "temp"
+kind = "raster"
+collection = "temp"
+keys = ["month"]
+colormap = "viridis"
+rescale = "0,100"
+maxzoom = 8
+"""
+
+
+def test_a_vanished_file_is_503_and_other_layers_keep_working(stack_factory, tmp_path):
+    from tests.fixtures.stack import WORLD_STYLE
+    s = stack_factory(start=False, expect_errors=True, layers=WORLD_AND_TEMP.format(
+        catalog=f"sqlite://{tmp_path}/catalog.sqlite", style=WORLD_STYLE))
+    for month in (1, 2):
+        sst_like(tmp_path / f"temp_0{month}.tif", month)
+    cli(s, "ingest", str(tmp_path / "temp_{month}.tif"), "--collection", "temp", "-q")
+    (tmp_path / "temp_02.tif").unlink()
+    s.start()
+    r = s.get("/tiles/temp/02/4/8/6.png")
+    assert r.status == 503 and len(r.body) < 200, (r.status, r.body[:200])
+    assert r.headers.get("retry-after")
+    assert s.get("/tiles/temp/01/4/8/6.png").status == 200
+    assert s.get("/tiles/world/2/1/1.png").status == 200
+    log = (s.prefix / "logs" / "renderd.log").read_text()
+    assert "temp_02.tif is gone" in log, "the logged reason names the file"
+
+
+def test_postgresql_catalog_and_redis_store(stack_factory, tmp_path, pg_catalog_url, redis_url):
+    """The shared parts: the catalog in PostgreSQL, the tiles in Redis."""
+    s = stack_factory(start=False, store="redis", redis_url=redis_url,
+                      layers=LAYERS.replace(f'sqlite://{{dir}}/catalog.sqlite', pg_catalog_url))
+    sst_like(tmp_path / "temp_07.tif", 7)
+    cli(s, "ingest", str(tmp_path / "temp_{month}.tif"), "--collection", "temp", "-q")
+    s.start()
+    r = s.get("/tiles/temp/07/4/8/6.png")
+    assert r.status == 200 and r.headers["x-cache"] == "RENDER", (r.status, r.body[:200])
+    out = tmp_path / "t.png"
+    cli(s, "render", "temp/07", "4", "8", "6", "-o", str(out))
+    assert out.read_bytes() == r.body
+    assert s.get("/tiles/temp/08/4/8/6.png").status == 404
+    doc = json.loads(s.get("/datasets/temp.json").body)
+    assert [d["tileset"] for d in doc["datasets"]] == ["temp/07"]

@@ -72,3 +72,32 @@ def test_missing_file_and_bad_toml(tmp_path):
     p.write_text("[daemon\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(p, env={})
+
+
+RASTER = GOOD + """
+[catalog]
+url = "sqlite://catalog.sqlite"
+[[layer]]
+name = "r"
+kind = "raster"
+collection = "r"
+"""
+
+
+@pytest.mark.parametrize("line,key,message", [
+    ('rescale = "0,abc"', "rescale", "is not MIN,MAX"),
+    ('colormap = "nosuch"', "colormap", "unknown colormap 'nosuch'"),
+    ('expression = "__import__(1)"', "expression", "unknown function '__import__'"),
+    ('expression = "b1 +"', "expression", "expression"),
+    ('bands = [1, 9, 2, 3, 4]', "bands", "1, 3 or 4 band numbers"),
+    ('mosaic = "avg"', "mosaic", "'avg' is not one of"),
+    ('resampling = "fancy"', "resampling", "'fancy' is not one of"),
+    ('keys = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]', "keys", "more than 8 keys"),
+    ('format = "gif"', "format", "gif"),
+    ('style = "style.xml"', "style", "style"),
+])
+def test_bad_raster_layer_keys_name_the_key(tmp_path, line, key, message):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, RASTER + line + "\n"), env={})
+    assert e.value.key == f"layer[1].{key}", str(e.value)
+    assert message in str(e.value)

@@ -13,7 +13,15 @@ fully covered, some partly, some with no data at all):
     cache then keeps decoded blocks from tile to tile): the peer at its
     best, a bound rather than what a server does;
 (b) the raster renderer in-process, metatile by metatile, 1 process;
-(c) ``renderd-py serve`` with 2 workers writing to the disk store.
+(c) ``renderd-py serve`` with 2 workers writing to the disk store;
+(d) the dynamic path: ``renderd-py up`` (nginx + Lua, the daemon, the disk
+    store), one request for a tile of a metatile never rendered, its
+    latency against rio-tiler's time for that one tile and (b)'s for the
+    metatile, taking turns.
+
+Every side finds its datasets in one SQLite catalog that ``renderd-py
+ingest`` fills (a collection per case); the rescale percentiles are the
+catalog's.
 
 Nearest resampling throughout. Prints per case tiles/s and CPU ms per tile,
 the ratios (b)/(a) and (c)/(a, 2 processes), where the time goes, the
@@ -27,7 +35,8 @@ from data/raster (scripts/fetch-sample-data --raster) with rasterio's COG
 driver and kept in --cache; without the samples the bench makes synthetic
 stand-ins of the same kinds and says so.
 
-Usage: .venv/bin/python bench/raster.py [--cases a,b] [--no-daemon] [--json FILE]
+Usage: .venv/bin/python bench/raster.py [--cases a,b] [--no-daemon] [--no-nginx] [--no-two]
+                                        [--workers N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +66,7 @@ sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _HERE] 
 from common import ROOT, free_port, render_all, start_daemon, stop_daemon  # noqa: E402
 from renderd.client import Client  # noqa: E402
 from renderd.tilemath import Meta, Tile, meta_tiles  # noqa: E402
-from tests.fixtures.rasters import (ListFind, dataset_record, dataset_to_json,  # noqa: E402
-                                    raster_layer)
+from tests.fixtures.rasters import ListFind, raster_layer  # noqa: E402
 
 #: the metatiles of every case: (z, x0, y0); mixed zooms, over sea, coasts and inland
 METAS = [(2, 0, 0), (3, 0, 0), (4, 8, 0), (4, 0, 8), (5, 16, 8), (5, 8, 16), (6, 32, 24),
@@ -323,20 +333,36 @@ def measure(path: str, ds, case: Case, rescale) -> tuple[RioSide, RioSide, OurSi
 
 # --- (c) the daemon ---------------------------------------------------------------
 
-SITECUSTOMIZE = '''
-"""Bench only: raster layers find their datasets in a JSON file of catalog
-records (RENDERD_BENCH_DATASETS) until the catalog is part of the tree."""
-import json, os
-_path = os.environ.get("RENDERD_BENCH_DATASETS")
-if _path:
-    import renderd.render as _render
-    from tests.fixtures.rasters import ListFind, dataset_from_json
-    with open(_path) as _f:
-        _records = json.load(_f)
-    def _finder(url, layer):
-        return ListFind([dataset_from_json(d) for d in _records[layer.collection]])
-    _render.catalog_finder = _finder
-'''
+def layers_toml(cases: list[Case]) -> str:
+    return "".join(f"""
+[[layer]]
+name = "{c.name}"
+kind = "raster"
+collection = "{c.name}"
+format = "{c.fmt}"
+colormap = "{c.colormap}"
+rescale = "{c.rescale}"
+resampling = "nearest"
+maxzoom = 12
+""" for c in cases)
+
+
+def build_catalog(tmp: Path, cogs: dict[str, Path], cases: list[Case]) -> tuple[str, dict]:
+    """A SQLite catalog filled by ``renderd-py ingest``, one collection per case; returns its
+    URL and each case's record as the catalog holds it (statistics and percentiles included)."""
+    from renderd.catalog import open_catalog
+
+    url = f"sqlite://{tmp / 'catalog.sqlite'}"
+    cfg = tmp / "ingest.toml"
+    cfg.write_text(f'[catalog]\nurl = "{url}"\n' + layers_toml(cases))
+    for c in cases:
+        r = subprocess.run([sys.executable, "-m", "renderd.cli.main", "ingest", str(cogs[c.cog]),
+                            "--collection", c.name, "-q", "-c", str(cfg)],
+                           capture_output=True, text=True, cwd=str(ROOT))
+        if r.returncode != 0:
+            raise SystemExit(f"bench: ingest failed: {r.stderr.strip()}")
+    with open_catalog(url, create=False) as cat:
+        return url, {c.name: cat.list(c.name)[0] for c in cases}
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -352,27 +378,13 @@ def _cpu_of(pids: list[int]) -> float:
     return total
 
 
-def daemon_run(tmp: Path, cogs: dict[str, Path], records: dict, cases: list[Case],
+def daemon_run(tmp: Path, catalog_url: str, records: dict, cases: list[Case],
                workers: int = 2) -> dict:
     """Every case's metatiles through ``renderd-py serve`` (``workers`` workers, disk store)."""
     from renderd.store import open_store
     from renderd import config as _config
 
-    (tmp / "site").mkdir(exist_ok=True)
-    (tmp / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    (tmp / "datasets.json").write_text(json.dumps(
-        {c.name: [dataset_to_json(records[c.cog])] for c in cases}))
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    layers = "".join(f"""
-[[layer]]
-name = "{c.name}"
-kind = "raster"
-collection = "{c.name}"
-format = "{c.fmt}"
-colormap = "{c.colormap}"
-rescale = "{c.rescale}"
-resampling = "nearest"
-""" for c in cases)
     cfg = tmp / "daemon.toml"
     cfg.write_text(f"""
 [daemon]
@@ -386,18 +398,10 @@ log_level = "warning"
 kind = "disk"
 path = "{tmp / 'store'}"
 [catalog]
-url = "sqlite://{tmp / 'unused.sqlite'}"
-{layers}
+url = "{catalog_url}"
+{layers_toml(cases)}
 """)
-    env = dict(os.environ, RENDERD_BENCH_DATASETS=str(tmp / "datasets.json"),
-               PYTHONPATH=os.pathsep.join([str(tmp / "site"), str(ROOT)]))
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        proc = start_daemon(cfg, endpoint, workers)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    proc = start_daemon(cfg, endpoint, workers)
     out = {}
     try:
         with Client(endpoint) as c:
@@ -407,7 +411,7 @@ url = "sqlite://{tmp / 'unused.sqlite'}"
             render_all(c, [(case.name, Meta(8, x, 248, 8)) for case in cases for x in (0, 248)])
             for case in cases:
                 # (b) again right before, so that (c) / (b) compares runs minutes apart at most
-                with OurSide(records[case.cog], case) as near:
+                with OurSide(records[case.name], case) as near:
                     for meta in metas():
                         near.metatile(meta)
                 before, broker_before = _cpu_of(pids), _cpu_of([proc.pid])
@@ -442,6 +446,98 @@ url = "sqlite://{tmp / 'unused.sqlite'}"
     finally:
         store.close()
     return out
+
+
+# --- (d) the dynamic path through nginx ------------------------------------------------
+
+def _middle(meta: Meta) -> Tile:
+    return Tile(meta.z, meta.x0 + meta.n // 2, meta.y0 + meta.n // 2)
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            return r.status, r.headers.get("X-Cache", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("X-Cache", ""), e.read()
+
+
+def nginx_run(tmp: Path, catalog_url: str, records: dict, cogs: dict[str, Path],
+              cases: list[Case], workers: int = 2) -> dict:
+    """Cold tiles through ``renderd-py up`` (nginx + Lua, the daemon, the disk store, the
+    catalog): for the middle tile of each metatile, never rendered before, the latency of one
+    request, alternated with rio-tiler's time for the same tile (a Reader opened for it, as a
+    tile server does) and (b)'s in-process time for its metatile."""
+    d = tmp / "up"
+    d.mkdir()
+    port, metrics = free_port(), free_port()
+    cfg = d / "up.toml"
+    cfg.write_text(f"""
+[daemon]
+broker = "ipc://{d / 'broker.sock'}"
+workers = {workers}
+log_level = "warning"
+[store]
+kind = "disk"
+path = "{d / 'cache'}"
+[http]
+listen = "127.0.0.1:{port}"
+metrics = "127.0.0.1:{metrics}"
+prefix = "{d / 'run'}"
+[catalog]
+url = "{catalog_url}"
+{layers_toml(cases)}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "renderd.cli.main", "up", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=str(d), start_new_session=True)
+    out: dict[str, dict] = {}
+    try:
+        line = proc.stdout.readline().strip()
+        if not line.startswith("http"):
+            raise SystemExit(f"bench: renderd-py up did not start ({line!r})")
+        base = line.rstrip("/")
+        # warm up: a few metatiles outside the set per layer, so both workers have imported,
+        # opened the catalog and the dataset (as (a) and (b) are warm)
+        for case in cases:
+            for x in (0, 8, 248, 240):
+                _get(f"{base}/tiles/{case.name}/8/{x + 4}/252.{'jpg' if case.rio_format == 'JPEG' else 'png'}")
+        for case in cases:
+            ext = "jpg" if case.rio_format == "JPEG" else "png"
+            ds = records[case.name]
+            rescale = _rescale_of(case, ds)
+            path = str(cogs[case.cog])
+            ours, rio, inproc, statuses = [], [], [], []
+            with RioSide(path, case, rescale) as a, OurSide(ds, case) as b:
+                for meta in metas():
+                    t = _middle(meta)
+                    t0 = time.perf_counter()
+                    status, cache, _ = _get(f"{base}/tiles/{case.name}/{t.z}/{t.x}/{t.y}.{ext}")
+                    ours.append(time.perf_counter() - t0)
+                    statuses.append(f"{status} {cache}")
+                    t0 = time.perf_counter()
+                    a.tiles([t])
+                    rio.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    b.metatile(meta)
+                    inproc.append(time.perf_counter() - t0)
+            out[case.name] = {"ours": ours, "rio": rio, "inproc": inproc, "statuses": statuses}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out
+
+
+def _rescale_of(case: Case, ds) -> tuple[float, float] | None:
+    if not case.rescale:
+        return None
+    lo, hi = (float(v[1:]) for v in case.rescale.split(","))
+    return ds.band_stats(1).percentile(lo), ds.band_stats(1).percentile(hi)
 
 
 # --- comparing pixels ---------------------------------------------------------------
@@ -493,6 +589,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--no-daemon", action="store_true", help="skip (c)")
+    ap.add_argument("--no-nginx", action="store_true", help="skip (d), cold tiles through nginx")
     ap.add_argument("--no-two", action="store_true", help="skip (a) with 2 processes")
     ap.add_argument("--workers", type=int, default=2, help="workers of (c) (default 2)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "renderd-bench-raster"),
@@ -502,7 +599,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     cases = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
     cogs, real = prepare(Path(args.cache))
-    records = {k: dataset_record(str(v)) for k, v in cogs.items()}
+    tmp = Path(tempfile.mkdtemp(prefix="renderd-bench-raster-"))
+    catalog_url, records = build_catalog(tmp, cogs, cases)
     tiles = _tiles()
     print(f"{len(tiles)} tiles in {len(METAS)} metatiles per case, zooms "
           f"{sorted({z for z, _, _ in METAS})}; COGs from "
@@ -510,11 +608,8 @@ def main() -> None:
           f"nearest resampling; CPU time per tile")
     rows = []
     for case in cases:
-        ds = records[case.cog]
-        rescale = None
-        if case.rescale:
-            lo, hi = (float(v[1:]) for v in case.rescale.split(","))
-            rescale = (ds.band_stats(1).percentile(lo), ds.band_stats(1).percentile(hi))
+        ds = records[case.name]
+        rescale = _rescale_of(case, ds)
         path = str(cogs[case.cog])
         measure(path, ds, case, rescale)       # warm the page cache and imports
         a, a_open, b, a_wall = measure(path, ds, case, rescale)
@@ -538,12 +633,15 @@ def main() -> None:
         print(f"  {case.name}: (a) {row.a_cpu:.2f} ms/tile, (b) {row.b_cpu:.2f} ms/tile, "
               f"{row.ratio:.1f}x, pixels {pix * 100:.3f}% identical", flush=True)
 
-    if not args.no_daemon:
-        tmp = Path(tempfile.mkdtemp(prefix="renderd-bench-raster-"))
-        try:
-            got = daemon_run(tmp, cogs, records, cases, args.workers)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    got, cold = {}, {}
+    try:
+        if not args.no_daemon:
+            got = daemon_run(tmp, catalog_url, records, cases, args.workers)
+        if not args.no_nginx:
+            cold = nginx_run(tmp, catalog_url, records, cogs, cases, args.workers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if got:
         for row, case in zip(rows, cases):
             c = got[case.name]
             row.c_rate = row.tiles / c["wall"]
@@ -559,8 +657,27 @@ def main() -> None:
                                  for k in ("draw_seconds", "encode_seconds", "store_seconds",
                                            "job_seconds")}
     report(rows, real)
+    if cold:
+        report_cold(cold)
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+
+
+def report_cold(cold: dict) -> None:
+    import statistics
+    med = statistics.median
+    print("\n(d) cold tiles through nginx, one request per metatile never rendered "
+          "(the middle tile), wall ms:")
+    print("| case | (d) latency median | (d) max | rio-tiler one tile (Reader opened) median "
+          "| (d) / rio-tiler | (b) its metatile in-process median | (d) - (b) median | answers |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, c in cold.items():
+        ours, rio, inproc = ([v * 1000 for v in c[k]] for k in ("ours", "rio", "inproc"))
+        over = [o - i for o, i in zip(ours, inproc)]
+        answers = sorted(set(c["statuses"]))
+        print(f"| {name} | {med(ours):.1f} | {max(ours):.1f} | {med(rio):.1f} | "
+              f"{med(ours) / med(rio):.2f} | {med(inproc):.1f} | {med(over):.1f} | "
+              f"{', '.join(answers)} |")
 
 
 def report(rows: list[Row], real: bool) -> None:

@@ -102,7 +102,7 @@ def run(ctx: click.Context, config_path: str | None, file: str, dry_run: bool, q
     pipeline, cfg = _checked(ctx, file, config_path)
     stop = Stop()
     debug = bool((ctx.find_root().obj or {}).get("debug"))
-    env = Env(cfg, stop, debug=debug, dry_run=dry_run, progress=not (quiet or as_json or dry_run))
+    env = Env(cfg, stop, debug=debug, dry_run=dry_run, progress=not (quiet or dry_run))
     stages = build(pipeline, env)
     if dry_run:
         plans = [(s, s.plan()) for s in stages]

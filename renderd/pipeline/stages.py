@@ -43,7 +43,7 @@ from ..catalog.model import Dataset
 from ..errors import (CatalogMissing, DaemonError, IngestError, PipelineError, RenderdError,
                       UsageError)
 from ..store.index import EMPTY, MetaIndex
-from ..tilemath import BBox, Meta
+from ..tilemath import BBox, Meta, meta_lnglat_bounds
 from ..tools.area import Area
 from .engine import Inbox, Outbox, Stop
 from .parse import Flow, Pipeline
@@ -105,6 +105,7 @@ class Env:
     debug: bool = False
     dry_run: bool = False
     progress: bool = True
+    started: float = field(default_factory=time.monotonic)
 
     def store(self):
         from ..store import open_store
@@ -166,6 +167,17 @@ class Base:
                                  position=position)
         self.seconds = 0.0
         self._incomplete: list[str] = []
+        #: when the first and the last item were done, in seconds since the run started
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def advance(self, extra: str | None = None) -> None:
+        """One item done: counted, timed, shown."""
+        now = round(time.monotonic() - self.env.started, 3)
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.progress.advance(1, extra)
 
     def fail(self, message: str, usage: bool = True) -> RenderdError:
         return (PipelineError if usage else RenderdError)(f"{self.label}: {message}")
@@ -183,7 +195,8 @@ class Base:
         return []
 
     def report(self) -> dict:
-        return {"stage": self.stage.index, "type": self.stage.type}
+        return {"stage": self.stage.index, "type": self.stage.type, "done": self.progress.done,
+                "first": self.first, "last": self.last}
 
     def incomplete(self) -> list[str]:
         return self._incomplete
@@ -254,7 +267,7 @@ class ReadFiles(Base):
         for r in self.items:
             if self.env.stop.is_set() or not outbox.put(r):
                 break
-            self.progress.advance(1, os.path.basename(r.file))
+            self.advance(os.path.basename(r.file))
         self.seconds = time.monotonic() - t0
 
     def lines(self) -> list[str]:
@@ -380,7 +393,7 @@ class Convert(Base):
                 else:
                     self.written += 1
                     self.bytes += res.bytes
-                self.progress.advance(1, os.path.basename(res.output))
+                self.advance(os.path.basename(res.output))
                 if not outbox.put(by_output[res.output]):
                     break
         finally:
@@ -496,7 +509,7 @@ class WriteCatalog(Base):
                                         stats=self.stage["stats"], restale=restale):
                     r = fed.popleft()
                     self.counts[done.status] += 1
-                    self.progress.advance(1, os.path.basename(done.path))
+                    self.advance(os.path.basename(done.path))
                     if not outbox.put(DatasetItem(r.id, done.dataset, r.keys, r.bounds)):
                         break
         finally:
@@ -550,7 +563,7 @@ class ReadCatalog(Base):
         for d in self.items:
             if self.env.stop.is_set() or not outbox.put(d):
                 break
-            self.progress.advance(1)
+            self.advance()
 
     def lines(self) -> list[str]:
         return [f"{plural(self.progress.done, 'datasets')} of collection {self.stage['collection']}"]
@@ -692,7 +705,7 @@ class Pyramid(Tiles):
                     idx = store.get_index(ev.layer, ev.meta)
                 r = self.readiness[ev.layer]
                 assert r is not None
-                self.progress.advance(1, f"rendered {s.rendered} skipped {s.skipped} failed {s.failed}")
+                self.advance(f"rendered {s.rendered} skipped {s.skipped} failed {s.failed}")
                 outbox.put(MetaTiles(ev.layer, ev.meta, idx, r.area))
                 outstanding[ev.layer] -= 1
             events.clear()
@@ -845,7 +858,7 @@ class ReadStore(Tiles):
                             return
                         idx = store.get_index(ts, m)
                         self.missing += idx is None
-                        self.progress.advance(1)
+                        self.advance()
                         if not outbox.put(MetaTiles(ts, m, idx, self.area)):
                             return
                     outbox.put(TilesetDone(ts, self.area, self.zooms))
@@ -857,12 +870,11 @@ class ReadStore(Tiles):
                     for idx in store.iter_indexes(ts, z):
                         if self.env.stop.is_set():
                             return
-                        from ..tilemath import meta_lnglat_bounds
                         b = meta_lnglat_bounds(idx.meta)
                         west, south = min(west, b.west), min(south, b.south)
                         east, north = max(east, b.east), max(north, b.north)
                         self.progress.total = max(self.progress.total, self.progress.done + 1)
-                        self.progress.advance(1)
+                        self.advance()
                         if not outbox.put(MetaTiles(ts, idx.meta, idx, world)):
                             return
                 extent = world if west == float("inf") else Area.from_bbox(
@@ -1004,7 +1016,7 @@ class WriteExtract(Base):
                         o.metas.append(item.meta)
                     else:
                         write(o, item.meta, item.area)
-                    self.progress.advance(1, os.path.basename(o.path))
+                    self.advance(os.path.basename(o.path))
                 elif isinstance(item, TilesetDone):
                     o = open_.pop(item.tileset, None) or self._open(item.tileset, item.area, item.zooms)
                     if o.verify and o.fingerprint.hex() == o.record.get("fingerprint"):

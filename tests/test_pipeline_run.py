@@ -235,6 +235,39 @@ def test_a_mosaic_is_rendered_once_both_halves_are_in(stack_factory, tmp_path):
         assert Reader(MmapSource(f)).get(4, 8, 5) == s.get("/tiles/land/4/8/5.png").body
 
 
+def test_failed_metatiles_end_the_run_with_1_after_writing_the_rest(stack_factory, tmp_path):
+    """A dataset's file gone after ingest: the metatiles over it fail, the
+    others are rendered and written, and the run ends with status 1."""
+    s = stack_factory(layers=LAYERS.format(catalog=f"sqlite://{tmp_path / 'catalog.sqlite'}"))
+    (tmp_path / "src").mkdir()
+    month_raster(tmp_path / "src" / "land_a.tif", 1, west=-20.0)
+    month_raster(tmp_path / "src" / "land_b.tif", 9, west=40.0)
+    p = write_pipeline(tmp_path, [
+        {"type": "read.files", "pattern": "src/land_{}.tif"},
+        {"type": "transform.optimize", "output": "cogs"},
+        {"type": "write.catalog", "collection": "land"},
+    ])
+    code, _, err = pipeline(s, p)
+    assert code == 0, err
+    (tmp_path / "cogs" / "land_b.tif").unlink()
+    p2 = write_pipeline(tmp_path, [
+        {"type": "read.catalog", "collection": "land"},
+        {"type": "transform.pyramid", "layer": "land", "zoom": "4-6", "mode": "force"},
+        {"type": "write.pmtiles", "path": "out/land.pmtiles"},
+    ], "p2.json")
+    code, doc, err = pipeline(s, p2)
+    assert code == 1, err
+    pyr, out = stage_report(doc, 2), stage_report(doc, 3)
+    assert pyr["failed"] > 0 and pyr["rendered"] > 0 and pyr["rendered"] + pyr["failed"] == pyr["metatiles"]
+    assert out["files"][0]["status"] == "written" and out["files"][0]["missing"] > 0
+    errors = [ln for ln in err.splitlines() if not ln.startswith("progress: ")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"renderd-py: error: stage 2 \(transform\.pyramid\): {pyr['failed']} metatiles failed: "
+        rf"\d+/\d+/\d+: FAIL: dataset {re.escape(str(tmp_path / 'cogs' / 'land_b.tif'))} is gone .*",
+        errors[0]), errors
+    assert doc["incomplete"] and doc["error"] is None
+
+
 def test_reproject_read_catalog_and_read_store(stack_factory, tmp_path):
     s = stack_factory(layers=LAYERS.format(catalog=f"sqlite://{tmp_path / 'catalog.sqlite'}"))
     (tmp_path / "src").mkdir()

@@ -477,8 +477,12 @@ class Broker:
         job.worker = worker
         job.started = self.clock()
         worker.job = job
+        # built from the next zoom's tiles only when every caller asked for it
+        # (a user's request that joined the job gets a render from the sources)
+        flags = frozenset.intersection(*(w.flags & p.JOB_FLAGS for w in job.waiters)) \
+            if job.waiters else frozenset()
         self.send([worker.ident] + p.Job(job.job_id, job.layer, job.meta,
-                                         int(self.render_timeout * 1000)).frames())
+                                         int(self.render_timeout * 1000), flags).frames())
 
     # --- lifecycle -------------------------------------------------------
     def stop_workers(self, generation: int | None = None) -> None:

@@ -40,7 +40,9 @@ BYE = b"BYE"
 #: priority classes, most urgent first
 MISSING, STALE, BULK, EXPIRY = 0, 1, 2, 3
 PRIORITY_NAMES = ("missing", "stale", "bulk", "expiry")
-FLAGS = frozenset({"meta", "nodata", "force"})
+FLAGS = frozenset({"meta", "nodata", "force", "children"})
+#: the flags of a request the broker hands on to the worker
+JOB_FLAGS = frozenset({"children"})
 MAX_ID = 64
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 #: bytes of a FAILED reason a worker sends at the most
@@ -237,21 +239,30 @@ class Job:
     layer: str
     meta: Meta
     timeout_ms: int
+    #: how to make it: ``children`` from the next zoom's stored tiles (a
+    #: worker that does not know a flag renders from the sources)
+    flags: frozenset[str] = frozenset()
 
     def frames(self) -> list[bytes]:
         m = self.meta
-        return [WORKER, JOB, self.job_id, self.layer.encode(), f"{m.z}/{m.x0}/{m.y0}".encode(),
-                str(m.n).encode(), str(self.timeout_ms).encode()]
+        out = [WORKER, JOB, self.job_id, self.layer.encode(), f"{m.z}/{m.x0}/{m.y0}".encode(),
+               str(m.n).encode(), str(self.timeout_ms).encode()]
+        if self.flags:
+            out.append(",".join(sorted(self.flags)).encode())
+        return out
 
 
 def decode_job(frames: list[bytes]) -> Job:
-    """Frames after ``RPW1 JOB``."""
+    """Frames after ``RPW1 JOB``; flags it does not know are left out."""
     if len(frames) < 5:
         raise ProtocolError("JOB needs id, layer, metatile, size, timeout")
     t = parse_tile(frames[2])
     n = _int(frames[3], "metatile size", 1, 64)
+    flags: frozenset[str] = frozenset()
+    if len(frames) > 5 and frames[5]:
+        flags = frozenset(frames[5].decode("ascii", "replace").split(",")) & JOB_FLAGS
     return Job(frames[0], _name(frames[1]), Meta(t.z, t.x, t.y, n),
-               _int(frames[4], "timeout", 0, MAX_TIMEOUT_MS))
+               _int(frames[4], "timeout", 0, MAX_TIMEOUT_MS), flags)
 
 
 def ready_frames(info: dict) -> list[bytes]:

@@ -153,11 +153,20 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
         layer = cfg.layer(base)
         signal.setitimer(signal.ITIMER_REAL, max(job.timeout_ms, 1) / 1000.0)
         try:
-            # (a tile set of a layer with keys: its values, renderd.tilesets)
-            result = (renderer.render(job.meta, keys=dict(zip(layer.keys, values))) if values
-                      else renderer.render(job.meta))
+            result = None
+            if "children" in job.flags and layer.kind == "raster":
+                # from the next zoom's stored tiles; None: one is missing, from the sources then
+                from .render.pyramid import from_children
+                result = from_children(store, job.layer, job.meta, layer)
+            if result is not None:
+                data_time = result.data_time
+            else:
+                # (a tile set of a layer with keys: its values, renderd.tilesets)
+                result = (renderer.render(job.meta, keys=dict(zip(layer.keys, values))) if values
+                          else renderer.render(job.meta))
+                data_time = getattr(renderer, "data_time", None)
             now = int(time.time())
-            data_time = getattr(renderer, "data_time", None) or now
+            data_time = data_time or now
             index = MetaIndex(job.meta, tuple(result.hashes), now, int(data_time), layer.ext)
             t_store = time.perf_counter()
             store.put_metatile(job.layer, index, result.blobs)

@@ -52,6 +52,15 @@ collection = "land"
 rescale = "0,100"
 colormap = "terrain"
 maxzoom = 8
+
+[[layer]]
+name = "smooth"
+kind = "raster"
+collection = "land"
+rescale = "0,100"
+colormap = "terrain"
+resampling = "average"
+maxzoom = 8
 """
 
 
@@ -268,6 +277,54 @@ def test_failed_metatiles_end_the_run_with_1_after_writing_the_rest(stack_factor
     assert doc["incomplete"] and doc["error"] is None
 
 
+def test_lower_zooms_from_the_next_zooms_tiles(stack_factory, tmp_path):
+    """A layer whose resampling averages: two zooms of every three below the
+    highest are built by the daemon's workers from the next zoom's stored
+    tiles, the others rendered from the sources. (At the edges of an area a
+    metatile whose children are not all stored is rendered from the sources:
+    here the raster covers the world.)"""
+    from renderd import config as _config
+    from renderd.render import render_tile_png
+    from renderd.render.pyramid import from_children
+    from renderd.store import open_store
+    from renderd.tilemath import Meta, Tile
+    s = stack_factory(layers=LAYERS.format(catalog=f"sqlite://{tmp_path / 'catalog.sqlite'}"))
+    (tmp_path / "src").mkdir()
+    month_raster(tmp_path / "src" / "land_a.tif", 1, west=-180.0, north=85.0, size=(340, 720), res=0.5)
+    p = write_pipeline(tmp_path, [
+        {"type": "read.files", "pattern": "src/land_{}.tif"},
+        {"type": "transform.optimize", "output": "cogs"},
+        {"type": "write.catalog", "collection": "land"},
+        {"type": "transform.pyramid", "layer": "smooth", "zoom": "1-5"},
+        {"type": "write.mbtiles", "path": "out/smooth.mbtiles"},
+    ])
+    code, doc, err = pipeline(s, p)
+    assert code == 0, err
+    pyr = stage_report(doc, 4)
+    assert pyr["tiles_zooms"] == [1, 3, 4]
+    assert pyr["rendered"] == pyr["metatiles"] and pyr["from_tiles"] == 1 + 1 + 4
+    cfg = _config.load(s.config)
+    lyr = cfg.layer("smooth")
+    with open_store(cfg.store) as store:
+        for m in (Meta(4, 0, 8, 8), Meta(4, 8, 0, 8), Meta(3, 0, 0, 8), Meta(1, 0, 0, 2)):
+            want = from_children(store, "smooth", m, lyr, memo=None)
+            assert want is not None, m
+            assert store.get_index("smooth", m).hashes == want.hashes, m
+        for z, x, y in ((2, 1, 2), (5, 20, 12)):               # rendered from the sources
+            got = store.read_tile("smooth", Tile(z, x, y))
+            assert got.data == render_tile_png(lyr, z, x, y, catalog_url=cfg.catalog.url), (z, x, y)
+    # every zoom from the sources when asked: now as a render gives them
+    doc2 = json.loads(p.read_text())
+    doc2[3].update(lower_zooms="sources", mode="force")
+    p.write_text(json.dumps(doc2))
+    code, doc, err = pipeline(s, p)
+    assert code == 0, err
+    assert stage_report(doc, 4)["tiles_zooms"] == [] and stage_report(doc, 4)["from_tiles"] == 0
+    with open_store(cfg.store) as store:
+        got = store.read_tile("smooth", Tile(4, 9, 10))
+    assert got.data == render_tile_png(lyr, 4, 9, 10, catalog_url=cfg.catalog.url)
+
+
 def test_reproject_read_catalog_and_read_store(stack_factory, tmp_path):
     s = stack_factory(layers=LAYERS.format(catalog=f"sqlite://{tmp_path / 'catalog.sqlite'}"))
     (tmp_path / "src").mkdir()
@@ -417,3 +474,36 @@ def test_the_daemon_down_fails_with_one_line_and_resumes(stack_factory, tmp_path
     assert rendered_before <= stage_report(second, 4)["skipped"]
     assert daemon_rendered(s) == stage_report(second, 4)["rendered"]
     assert stage_report(second, 5)["written"] == 4
+
+
+def test_split_bands_and_files_straight_into_the_catalog(stack_factory, tmp_path):
+    """One raster per band of a three-band file (keyed by band number), its
+    COGs named with the key; and GeoTIFFs ingested as they are."""
+    import rasterio
+    s = stack_factory(layers=LAYERS.format(catalog=f"sqlite://{tmp_path / 'catalog.sqlite'}"))
+    (tmp_path / "src").mkdir()
+    data = np.stack([np.full((100, 200), v, np.float32) for v in (10, 20, 30)])
+    write_raster(tmp_path / "src" / "three.tif", data, transform=from_origin(-10.0, 50.0, 0.1, 0.1))
+    p = write_pipeline(tmp_path, [
+        {"type": "read.files", "pattern": "src/three.tif", "split_bands": {"key": "month", "value": "band"}},
+        {"type": "transform.optimize", "output": "cogs", "name": "temp_{month}.tif"},
+        {"type": "write.catalog", "collection": "temp"},
+        {"type": "transform.pyramid", "layer": "temp", "zoom": "2-4"},
+    ])
+    code, doc, err = pipeline(s, p)
+    assert code == 0, err
+    assert stage_report(doc, 1)["rasters"] == 3 and stage_report(doc, 4)["tilesets"] == 3
+    for band, value in ((1, 10), (2, 20), (3, 30)):
+        with rasterio.open(tmp_path / "cogs" / f"temp_{band}.tif") as d:
+            assert d.count == 1 and float(d.read(1).mean()) == value
+    assert s.get("/tiles/temp/2/4/7/5.png").headers.get("x-cache") == "STORE"
+    # files that are rasters already: straight into the catalog
+    month_raster(tmp_path / "src" / "land_a.tif", 1)
+    p2 = write_pipeline(tmp_path, [
+        {"type": "read.files", "pattern": "src/land_{}.tif"},
+        {"type": "write.catalog", "collection": "land", "stats": False},
+        {"type": "transform.pyramid", "layer": "land", "zoom": "3-4"},
+    ], "p2.json")
+    code, doc, err = pipeline(s, p2)
+    assert code == 0, err
+    assert stage_report(doc, 2)["ingested"] == 1 and stage_report(doc, 3)["rendered"] > 0

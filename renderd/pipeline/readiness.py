@@ -59,14 +59,39 @@ def union_area(bounds: list[Bounds], source: str = "the datasets' bounds") -> Ar
     return Area(BBox(w, s, e, n), geom, source)
 
 
+def in_plan(area: Area, z: int, metas: list[Meta], boxes=None) -> np.ndarray:
+    """Which of ``metas`` (all of zoom ``z``) ``area.metatiles(z)`` gives,
+    by the same test (``boxes``: their ``meta_box`` es, if made already)."""
+    if area.is_box:
+        xmin, ymin, xmax, ymax = tile_range(area.bbox, z)
+        return np.array([m.x0 <= xmax and m.x0 + m.n > xmin and m.y0 <= ymax and m.y0 + m.n > ymin
+                         for m in metas], dtype=bool)
+    geom = area.geometry
+    rows: dict[int, bool] = {}
+    ok = np.zeros(len(metas), dtype=bool)
+    for i, m in enumerate(metas):
+        if m.y0 not in rows:
+            north, south = _lat(z, m.y0), _lat(z, m.y0 + m.n)
+            strip = geom.intersection(box(-180.0, south, 180.0, north))
+            rows[m.y0] = not (strip.is_empty or strip.area == 0)
+        ok[i] = rows[m.y0]
+    if ok.any():
+        if boxes is None:
+            boxes = np.array([meta_box(m) for m in metas])
+        ok &= shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
+    return ok
+
+
 class Readiness:
     """The metatiles of ``area`` over ``zooms`` for the datasets ``expected``
     (id -> lon/lat bounds, None when not known: it meets the whole area)."""
 
     def __init__(self, area: Area, zooms: tuple[int, int], meta: int,
-                 expected: dict[object, Bounds | None]):
+                 expected: dict[object, Bounds | None], levels: list[int] | None = None):
         self.area = area
         self.zooms = zooms
+        #: the zooms it gives metatiles of (default: every zoom of ``zooms``)
+        self.levels = list(range(zooms[0], zooms[1] + 1)) if levels is None else sorted(levels)
         self.meta = meta
         self.ids = list(expected)
         self.geoms = []
@@ -84,7 +109,7 @@ class Readiness:
         return not self.pending
 
     def total(self) -> int:
-        """Metatiles in the plan of the area."""
+        """Metatiles in the plan of the area (at every zoom of ``zooms``)."""
         return self.area.count_metatiles(self.zooms, self.meta)
 
     def _meets(self, k: int, boxes) -> np.ndarray:
@@ -92,25 +117,7 @@ class Readiness:
         return shapely.intersects(g, boxes) & ~shapely.touches(g, boxes)
 
     def _in_plan(self, z: int, metas: list[Meta], boxes) -> np.ndarray:
-        """Which of ``metas`` (all of zoom ``z``) ``self.area.metatiles(z)``
-        gives, by the same test."""
-        if self.area.is_box:
-            xmin, ymin, xmax, ymax = tile_range(self.area.bbox, z)
-            return np.array([m.x0 <= xmax and m.x0 + m.n > xmin and m.y0 <= ymax and m.y0 + m.n > ymin
-                             for m in metas], dtype=bool)
-        geom = self.area.geometry
-        rows: dict[int, bool] = {}
-        ok = np.zeros(len(metas), dtype=bool)
-        for i, m in enumerate(metas):
-            if m.y0 not in rows:
-                north, south = _lat(z, m.y0), _lat(z, m.y0 + m.n)
-                strip = geom.intersection(box(-180.0, south, 180.0, north))
-                rows[m.y0] = not (strip.is_empty or strip.area == 0)
-            ok[i] = rows[m.y0]
-        if ok.any():
-            hit = shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
-            ok &= hit
-        return ok
+        return in_plan(self.area, z, metas, boxes)
 
     def _blocked(self, boxes, among: set[int]) -> np.ndarray:
         """For each box: whether it meets a dataset of ``among``."""
@@ -145,7 +152,7 @@ class Readiness:
         g = self.geoms[k]
         if g.is_empty:
             return
-        for z in range(self.zooms[0], self.zooms[1] + 1):
+        for z in self.levels:
             metas = self._candidates(z, g)
             if not metas:
                 continue
@@ -166,7 +173,7 @@ class Readiness:
             return
         self.swept = True
         everyone = set(range(len(self.ids)))
-        for z in range(self.zooms[0], self.zooms[1] + 1):
+        for z in self.levels:
             batch: list[Meta] = []
             for m in self.area.metatiles(z, self.meta):
                 batch.append(m)

@@ -435,6 +435,10 @@ TYPES: dict[str, StageType] = {t.name: t for t in (
         "area": Field(area, help="GeoJSON file or object (default: the datasets' bounds)"),
         "mode": Field(choice("missing", "force"), default="missing",
                       help="missing: render what is not stored or stale; force: everything"),
+        "lower_zooms": Field(choice("auto", "sources", "tiles"), default="auto",
+                             help="zooms below the highest from the sources, or from the next zoom's "
+                                  "tiles (2x2 -> 1); auto: from tiles where that is faster and looks "
+                                  "the same"),
         "concurrency": Field(integer(1, 10000), help="renders in flight (default: twice the workers)"),
         "timeout": Field(number(0.0), default=600.0, help="seconds to wait for one metatile"),
     }, "metatiles rendered by the daemon at the bulk priority (seed)", _one_area),

@@ -43,7 +43,7 @@ from ..catalog.model import Dataset
 from ..errors import (CatalogMissing, DaemonError, IngestError, PipelineError, RenderdError,
                       UsageError)
 from ..store.index import EMPTY, MetaIndex
-from ..tilemath import BBox, Meta, meta_lnglat_bounds
+from ..tilemath import BBox, Meta, meta_lnglat_bounds, metatile_of
 from ..tools.area import Area
 from .engine import Inbox, Outbox, Stop
 from .parse import Flow, Pipeline
@@ -214,6 +214,10 @@ class ReadFiles(Base):
             files = parse_pattern(st["pattern"]).files()
         except IngestError as e:
             raise self.fail(f"field \"pattern\": {e}") from None
+        # the smallest first (ties by name): the quickest to convert and ingest, so
+        # that the renders, the bulk of the work, start as early as they can
+        # (Johnson's rule for two stages in a row)
+        files.sort(key=lambda f: (os.path.getsize(f[0]), f[0]))
         var, split = st.get("variable"), st.get("split_bands")
         self.files = len(files)
         self.bytes = 0
@@ -385,7 +389,8 @@ class Convert(Base):
 
         try:
             for res in optimize_iter(work(), self.outdir, self.stage["overwrite"], self.stage["jobs"],
-                                     self.env.debug, in_process=False, stop=self.env.stop.is_set):
+                                     self.env.debug, in_process=False, stop=self.env.stop.is_set,
+                                     nice=CONVERT_NICE):
                 if isinstance(res, Failure):
                     raise (UsageError if res.usage else RenderdError)(res.message)
                 if res.status == "current":
@@ -407,6 +412,11 @@ class Convert(Base):
     def report(self) -> dict:
         return {**super().report(), "written": self.written, "current": self.current,
                 "bytes": self.bytes}
+
+
+#: the nice level of the processes converting COGs: the renders they feed
+#: (and users' renders on the same host) go first when the CPU is short
+CONVERT_NICE = 10
 
 
 def _is_web_mercator(crs: str) -> bool:
@@ -609,11 +619,17 @@ class Pyramid(Tiles):
             groups.setdefault(ts, {})[d.id] = d.bounds
         self.readiness: dict[str, Readiness | None] = {}
         self.expected = groups
+        from ..render.pyramid import from_tiles
+        z0, top = self.zooms
+        self.tiles_levels = [z for z in range(z0, top + 1)
+                             if from_tiles(self.lyr, z, top, st["lower_zooms"])]
+        self.source_levels = [z for z in range(z0, top + 1) if z not in self.tiles_levels]
         for ts, exp in sorted(groups.items()):
             area = self.area
             if area is None and all(b is not None for b in exp.values()):
                 area = union_area([b for b in exp.values() if b is not None])
-            self.readiness[ts] = None if area is None else Readiness(area, self.zooms, self.lyr.metatile, exp)
+            self.readiness[ts] = None if area is None else Readiness(area, self.zooms, self.lyr.metatile,
+                                                                     exp, self.source_levels)
         self.progress.total = sum(r.total() for r in self.readiness.values() if r is not None)
         if not self.env.dry_run and self.readiness:
             from ..client import connect
@@ -630,7 +646,9 @@ class Pyramid(Tiles):
         out = [f"layer {lyr.name}, zooms {z0}-{z1}, {self.stage['mode']}: "
                f"{plural(len(self.readiness), 'tile sets')} from "
                f"{plural(sum(len(e) for e in self.expected.values()), 'datasets')}"
-               + (f" ({plural(self.ignored, 'datasets')} the layer does not draw)" if self.ignored else "")]
+               + (f" ({plural(self.ignored, 'datasets')} the layer does not draw)" if self.ignored else "")
+               + (f"; zooms {_zoom_list(self.tiles_levels)} from the next zoom's tiles"
+                  if self.tiles_levels else "")]
         if not self.readiness:
             return out
         store = self.env.existing_store()
@@ -667,16 +685,38 @@ class Pyramid(Tiles):
         events: list[SeedEvent] = []
         store = self.env.store()
         seeder = Seeder(store, cfg.daemon.broker, opts, s, None, self.env.stop, changed, events.append)
-        ready: deque[tuple[str, Meta]] = deque()
+        ready: deque[tuple[str, Meta, frozenset[str]]] = deque()
         outstanding: Counter[str] = Counter()
+        tiles_levels = set(self.tiles_levels)
+        children_done: dict[tuple[str, Meta], int] = {}
+        self.from_tiles = 0
+        flag = frozenset({"children"})
         late: dict[str, list[DatasetItem]] = {}      # tile sets whose area waits for every dataset
         finished: set[str] = set()
         self.tilesets_done = 0
 
-        def add(ts: str, metas) -> None:
+        def add(ts: str, metas, flags: frozenset[str] = frozenset()) -> None:
             for m in metas:
-                ready.append((ts, m))
+                ready.append((ts, m, flags))
                 outstanding[ts] += 1
+
+        def cascade(ts: str, m: Meta, area: Area) -> None:
+            """``m`` is done: its parent goes once all its children in the area are."""
+            from ..render.pyramid import children
+            from .readiness import in_plan
+            z = m.z - 1
+            if z not in tiles_levels:
+                return
+            parent = metatile_of(z, m.x0 >> 1, m.y0 >> 1, lyr.metatile)
+            if not in_plan(area, z, [parent])[0]:
+                return
+            key = (ts, parent)
+            children_done[key] = children_done.get(key, 0) + 1
+            kids = children(parent, lyr.metatile)
+            if children_done[key] == int(in_plan(area, z + 1, kids).sum()):
+                del children_done[key]
+                self.from_tiles += 1
+                add(ts, [parent], flag)
 
         def arrive(item: DatasetItem) -> None:
             ts = tilesets.layer_tileset(lyr, item.keys)
@@ -690,7 +730,7 @@ class Pyramid(Tiles):
                 area = union_area([i.dataset.wgs84_bounds for i in late[ts] if i.dataset is not None])
                 if area is None:
                     return
-                r = self.readiness[ts] = Readiness(area, self.zooms, lyr.metatile, {})
+                r = self.readiness[ts] = Readiness(area, self.zooms, lyr.metatile, {}, self.source_levels)
                 self.progress.total += r.total()
                 s.metatiles = self.progress.total
             else:
@@ -707,6 +747,7 @@ class Pyramid(Tiles):
                 assert r is not None
                 self.advance(f"rendered {s.rendered} skipped {s.skipped} failed {s.failed}")
                 outbox.put(MetaTiles(ev.layer, ev.meta, idx, r.area))
+                cascade(ev.layer, ev.meta, r.area)
                 outstanding[ev.layer] -= 1
             events.clear()
             for ts, r in self.readiness.items():
@@ -731,9 +772,9 @@ class Pyramid(Tiles):
                                 add(ts, r.arrive(i))
                             add(ts, r.sweep())
                 while ready and seeder.in_flight < opts.concurrency and not self.env.stop.is_set():
-                    ts, m = ready.popleft()
-                    if not seeder.offer(ts, m):
-                        ready.appendleft((ts, m))
+                    ts, m, flags = ready.popleft()
+                    if not seeder.offer(ts, m, flags):
+                        ready.appendleft((ts, m, flags))
                         break
                 seeder.poll(0.05 if seeder.in_flight else 0.0)
                 flush()
@@ -763,7 +804,8 @@ class Pyramid(Tiles):
                 f"{plural(len(self.readiness), 'tile sets')}: "
                 f"{plural(s.rendered + s.skipped + s.failed, 'metatiles')}: "
                 f"{s.rendered} rendered, {s.skipped} skipped (stored), {s.failed} failed"
-                + (f", {s.not_done} left for the next run" if s.not_done else "")] + (
+                + (f", {s.not_done} left for the next run" if s.not_done else "")
+                + (f" ({self.from_tiles} asked from the next zoom's tiles)" if self.from_tiles else "")] + (
                 [f"  written: {s.unique_tiles} unique tiles, {mb(s.bytes)}; {s.rate:.1f} metatiles/s"]
                 if s.rendered else [])
 
@@ -775,7 +817,20 @@ class Pyramid(Tiles):
             return base
         return {**base, "metatiles": s.metatiles, "rendered": s.rendered, "skipped": s.skipped,
                 "failed": s.failed, "not_done": s.not_done, "unique_tiles": s.unique_tiles,
-                "bytes": s.bytes}
+                "bytes": s.bytes, "from_tiles": self.from_tiles, "tiles_zooms": self.tiles_levels}
+
+
+def _zoom_list(zooms: list[int]) -> str:
+    """``[0, 1, 2, 4]`` -> ``0-2, 4``."""
+    out, run = [], []
+    for z in zooms:
+        if run and z != run[-1] + 1:
+            out.append(run)
+            run = []
+        run.append(z)
+    if run:
+        out.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in out)
 
 
 def _zoom_counts(store, ts: str, area: Area, zooms: tuple[int, int], meta: int, force: bool) -> str:

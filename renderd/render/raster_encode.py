@@ -69,6 +69,21 @@ def encode(tile: Styled, fmt: TileFormat) -> bytes:
                  quality=fmt.quality)
 
 
+def encode_image(im: object, fmt: TileFormat) -> bytes:
+    """A Pillow image (RGB, or RGBA with some transparent pixel) in ``fmt``,
+    with the settings ``encode`` writes tiles with."""
+    if fmt.kind == "png":
+        return _save(im, "PNG", compress_level=PNG_LEVEL, compress_type=PNG_STRATEGY)
+    if fmt.kind == "jpeg":
+        if im.mode != "RGB":  # type: ignore[attr-defined]
+            from PIL import Image
+            black = Image.new("RGB", im.size)  # type: ignore[attr-defined]
+            black.paste(im, mask=im.getchannel("A"))  # type: ignore[attr-defined]
+            im = black
+        return _save(im, "JPEG", quality=fmt.quality)
+    return _save(im, "WEBP", quality=fmt.quality)
+
+
 def empty(size: int, fmt: TileFormat) -> bytes:
     """A tile with no data: transparent (black for JPEG)."""
     z = np.zeros((size, size), dtype=np.uint8)
@@ -160,4 +175,4 @@ def _palette(tile: Styled) -> tuple[object, dict] | None:
 
 
 __all__ = ["DEFAULT_QUALITY", "PNG_LEVEL", "PNG_STRATEGY", "TileFormat", "empty", "encode",
-           "pixels_alpha"]
+           "encode_image", "pixels_alpha"]

@@ -51,6 +51,9 @@ class MetatileResult:
     #: seconds per phase where a renderer measures them (raster: read, warp,
     #: mosaic, hash, style, encode); draw and encode seconds are their sums
     phases: dict[str, float] = field(default_factory=dict)
+    #: unix seconds of the data it shows, where the result knows it (built
+    #: from stored tiles: theirs)
+    data_time: float | None = None
 
     @property
     def unique(self) -> int:

@@ -834,8 +834,13 @@ def _job(args: tuple[str, str, Options, bool, str | None, int, bool]) -> Result 
                              "(run with --debug for a traceback)", usage=False)
 
 
-def _ignore_sigint() -> None:
+def _ignore_sigint(nice: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True)
@@ -854,14 +859,15 @@ class Conversion:
 
 def optimize_iter(work: Iterable[Conversion], outdir: str, overwrite: bool = False, jobs: int = 1,
                   debug: bool = False, in_process: bool = True,
-                  stop: Callable[[], bool] | None = None) -> Iterator[Result | Failure]:
+                  stop: Callable[[], bool] | None = None, nice: int = 0) -> Iterator[Result | Failure]:
     """Convert each conversion of ``work`` as it comes (an iterable that may
     block for its next item: a stage's inbox), yielding each ``Result`` or
     ``Failure`` as it is done. With ``jobs`` > 1, or ``in_process`` False,
     ``jobs`` spawned processes convert, at most ``jobs`` at a time, fed by a
     thread of their own so that a result is yielded as soon as it is done
-    even while the next conversion is not there yet. ``stop()`` true: no
-    more is started; what runs is finished and yielded."""
+    even while the next conversion is not there yet, at ``nice`` (a lower
+    priority than the renders they feed). ``stop()`` true: no more is
+    started; what runs is finished and yielded."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     stopped = stop or (lambda: False)
     if jobs == 1 and in_process:
@@ -876,7 +882,7 @@ def optimize_iter(work: Iterable[Conversion], outdir: str, overwrite: bool = Fal
     results: "queue.Queue[tuple[str, Any]]" = queue.Queue()
     slots = threading.Semaphore(jobs)
     names: list[str] = []
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_sigint)
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_sigint, initargs=(nice,))
 
     def feed() -> None:
         try:

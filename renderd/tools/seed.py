@@ -248,9 +248,10 @@ class Seeder:
         if self.on_event is not None:
             self.on_event(SeedEvent(layer, m, "failed", reason=reason))
 
-    def offer(self, layer: str, m: Meta) -> bool:
-        """Skip or send one metatile; False if stopped (or the daemon went)
-        before it could be sent."""
+    def offer(self, layer: str, m: Meta, extra_flags: frozenset[str] = frozenset()) -> bool:
+        """Skip or send one metatile (with ``extra_flags``, such as
+        ``children``); False if stopped (or the daemon went) before it could
+        be sent."""
         if self.stop.is_set():
             return False
         idx = self.store.get_index(layer, m)
@@ -271,7 +272,7 @@ class Seeder:
                                  tick=self.progress.maybe_draw if self.progress is not None else None)
         if idx is not None:
             self.replacing.add((layer, m))
-        return self.window.submit(m, flags, layer=layer, tag=(layer, m))
+        return self.window.submit(m, flags | extra_flags, layer=layer, tag=(layer, m))
 
     def poll(self, wait: float = 0.0) -> None:
         """Handle the answers that came (waiting up to ``wait`` seconds)."""

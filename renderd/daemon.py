@@ -56,7 +56,7 @@ class Pool:
     def spawn(self, generation: int | None = None) -> Child:
         gen = self.generation if generation is None else generation
         cmd = [sys.executable, "-m", "renderd.worker", "-c", self.config_path, "--connect", self.endpoint,
-               "--generation", str(gen), "--pool", self.token]
+               "--generation", str(gen), "--pool", self.token, "--parent", str(os.getpid())]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=False)
         child = Child(proc, gen, time.monotonic())
         self.children[proc.pid] = child

@@ -224,7 +224,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--generation", type=int, default=0)
     ap.add_argument("--pool", default="")
     ap.add_argument("--max-jobs", type=int, default=None)
+    ap.add_argument("--parent", type=int, default=0, help="end when this process (the pool) ends")
     return ap.parse_args(argv)
+
+
+def end_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM (which ends a worker at once) when the pool that
+    started this worker dies, however it dies; exit now if it is gone already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("cannot ask to end with the pool: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:
+        sys.exit(EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,7 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    sys.exit(run(parse_args(argv)))
+    args = parse_args(argv)
+    if args.parent:
+        end_with_parent(args.parent)
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":

@@ -362,3 +362,43 @@ def test_remote_workers_over_tcp(serve, tmp_path):
         remote.send_signal(signal.SIGTERM)
         remote.wait(30)
     assert remote.returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_end_when_the_daemon_is_killed(serve):
+    """No orphans: SIGKILL of `serve` leaves no worker process after 10 s."""
+    s = serve()
+    pids = [w["pid"] for w in s.status()["worker_list"]]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    s.proc.kill()
+    s.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "workers outlived their daemon"
+
+
+def test_workers_of_a_killed_worker_pool_end_too(serve):
+    s = serve(workers=0)
+    pool = subprocess.Popen(RENDERD + ["worker", "-c", str(s.config), "--connect", s.endpoint,
+                                       "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        st = s.wait_workers(2)
+        pids = [w["pid"] for w in st["worker_list"]]
+        pool.kill()
+        pool.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        if pool.poll() is None:
+            pool.kill()

@@ -34,10 +34,12 @@ def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any, str], i
     return check
 
 
-def _float(lo: float = 0.0) -> Callable[[Any, str], float]:
+def _float(lo: float = 0.0, lo_ok: bool = False) -> Callable[[Any, str], float]:
+    """A number above ``lo`` (or ``lo`` itself with ``lo_ok``)."""
     def check(v: Any, key: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= lo:
-            raise ConfigError(f"must be a number above {lo}, not {v!r}", key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (v == lo and not lo_ok):
+            raise ConfigError(f"must be a number {'of at least' if lo_ok else 'above'} {lo}, not {v!r}",
+                              key)
         return float(v)
     return check
 
@@ -232,6 +234,11 @@ HTTP = {
                                          "(serving stale or rendering)"),
     "catalog_ttl": Option(10.0, _float(), "seconds nginx keeps a raster layer's key combinations "
                                           "before asking the daemon again (an ingest's purge: at once)"),
+    "render_rate": Option(0.0, _float(lo_ok=True), "renders one client address may start per second through "
+                                         "nginx (tiles neither hot nor stored); over it, 429 with "
+                                         "Retry-After while stored tiles are still served (0: no limit)"),
+    "render_burst": Option(20, _int(0, 1_000_000), "renders a client may start at once ahead of "
+                                                   "render_rate"),
 }
 
 LAYER = {
@@ -368,6 +375,8 @@ class HttpConfig:
     store_timeout: float
     store_retry: float
     catalog_ttl: float
+    render_rate: float
+    render_burst: int
 
 
 @dataclass(frozen=True)

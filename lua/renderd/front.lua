@@ -32,7 +32,9 @@
 --      (renderd.fill);
 --   4. one RENDER per metatile however many requests miss it
 --      (renderd.render): RENDER; the hot cache gets the metatile after the
---      answer;
+--      answer; a request that would start a render counts against its
+--      client's render rate (renderd.throttle): over it, an expired copy
+--      (STALE) or 429 with Retry-After;
 --   5. on BUSY, FAIL, timeout or store errors: an expired hot-cache copy
 --      (STALE), else 503 with Retry-After (renderd.reply).
 -- An empty tile (the renderer stored none there) is a 404 "no tile" with
@@ -43,6 +45,7 @@ local path = require "renderd.path"
 local cache = require "renderd.cache"
 local store = require "renderd.store"
 local render = require "renderd.render"
+local throttle = require "renderd.throttle"
 local fill = require "renderd.fill"
 local catalog = require "renderd.catalog"
 local reply = require "renderd.reply"
@@ -142,6 +145,14 @@ function _M.serve()
         serve_expired(t)
     end
 
+    if not render.pending(t) then
+        local wait = throttle.take(ngx_var.binary_remote_addr)
+        if wait then
+            metrics.incr("renderd_throttled_total")
+            serve_expired(t)
+            return reply.throttled(t, wait)
+        end
+    end
     local res = render.fetch(t, req_start() + rt.timeout)
     if res.status == "OK" then
         local tile = render.tile(res, t)

@@ -56,6 +56,7 @@ local HELP = {
     renderd_render_requests_total = "RENDER requests sent to the broker by reply status",
     renderd_render_seconds = "Time from RENDER to the broker's reply",
     renderd_store_errors_total = "Store reads that failed",
+    renderd_throttled_total = "Tile requests refused a render over their client's render rate",
     renderd_shared_dict_capacity_bytes = "Size of each lua_shared_dict",
     renderd_shared_dict_free_bytes = "Free pages of each lua_shared_dict",
     renderd_daemon_up = "1 if the daemon answered STATUS",

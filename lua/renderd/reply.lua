@@ -6,6 +6,7 @@
 --       -- match), or 404 "no tile" for hash nil or index.EMPTY
 --   reply.plain(404, "unknown layer")           -- a short text/plain error
 --   reply.unavailable(t, "render queue full")   -- 503 with Retry-After
+--   reply.throttled(t, wait)                    -- 429 with Retry-After (seconds, rounded up)
 --   reply.json(text, layer)                     -- 200 application/json (catalog documents)
 --   reply.allow_origin(layer)                   -- the CORS header (layer or [http])
 --
@@ -161,6 +162,12 @@ end
 function _M.unavailable(t, why)
     ngx_header["Retry-After"] = retry_after
     return _M.plain(503, "tile " .. t.z .. "/" .. t.x .. "/" .. t.y .. " unavailable: " .. why, nil, t.layer)
+end
+
+function _M.throttled(t, wait)
+    ngx_header["Retry-After"] = math.ceil(wait)
+    return _M.plain(429, "too many renders asked from this address; stored tiles are still served",
+                    nil, t.layer)
 end
 
 return _M

@@ -15,6 +15,8 @@
 --    "broker_connect_timeout": 2, "broker_retry": 1, "status_timeout": 2,
 --    "store_timeout": 1, "store_retry": 2,          -- Redis, per reply / after a failure
 --    "catalog_ttl": 10,              -- seconds a layer's key combinations are kept
+--    "render_rate": 0, "render_burst": 20,   -- renders a client may start per second
+--                                    -- (0: no limit) and ahead of that rate
 --    "cors": "*",                    -- "" for no Access-Control-Allow-Origin
 --    "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"},
 --    "store": {"kind": "disk", "path": "/var/cache/renderd-py"}
@@ -33,6 +35,7 @@ local cache = require "renderd.cache"
 local store = require "renderd.store"
 local client = require "renderd.client"
 local render = require "renderd.render"
+local throttle = require "renderd.throttle"
 local fill = require "renderd.fill"
 local reply = require "renderd.reply"
 local catalog = require "renderd.catalog"
@@ -135,6 +138,8 @@ local function check(c)
                            "catalog_ttl" }) do
         number(c, key, "", 0)
     end
+    number(c, "render_rate", "", 0, true)
+    number(c, "render_burst", "", 0, true, true)
     number(c, "retry_after", "", 0, true, true)
     string_(c, "cors", "")
     need(type(c.dicts) == "table", "dicts missing")
@@ -168,6 +173,7 @@ function _M.setup(c)
     metrics.configure(dicts.metrics, c.dicts, c.metrics_interval, c.status_timeout * 1000)
     fill.configure(locks)
     render.configure({ locks = locks, timeout = c.timeout })
+    throttle.configure(locks, c.render_rate, c.render_burst)
     reply.configure({ cors = c.cors, retry_after = c.retry_after })
     catalog.configure({ ttl = c.catalog_ttl, locks = locks, timeout_ms = c.status_timeout * 1000,
                         layers = by_name })

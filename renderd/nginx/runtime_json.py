@@ -7,7 +7,8 @@ from a configuration option (``renderd/config.py``), so the front has no
 defaults of its own. Top-level keys: ``broker``, ``timeout``, ``hot_ttl``,
 ``retry_after``, ``log_interval``, ``metrics_interval``,
 ``broker_connect_timeout``, ``broker_retry``, ``status_timeout``,
-``store_timeout``, ``store_retry``, ``cors``, ``dicts``, ``store`` (``kind``
+``store_timeout``, ``store_retry``, ``catalog_ttl``, ``render_rate``,
+``render_burst``, ``cors``, ``dicts``, ``store`` (``kind``
 and what that kind needs) and ``layers``.
 """
 
@@ -27,7 +28,7 @@ RUNTIME_JSON = "renderd-py.json"
 #: the [http] options the Lua front reads, under their own names
 FRONT_OPTIONS = ("timeout", "hot_ttl", "retry_after", "log_interval", "metrics_interval",
                  "broker_connect_timeout", "broker_retry", "status_timeout", "store_timeout",
-                 "store_retry", "catalog_ttl", "cors")
+                 "store_retry", "catalog_ttl", "render_rate", "render_burst", "cors")
 
 
 def front_options(http: HttpConfig) -> dict[str, Any]:

@@ -44,6 +44,33 @@ def _float(lo: float = 0.0, lo_ok: bool = False) -> Callable[[Any, str], float]:
     return check
 
 
+def _urls(v: Any, key: str) -> tuple[str, ...]:
+    """A purge URL, a list of them, "" or "off" (as a tuple: (), ("off",) or the URLs)."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not all(isinstance(u, str) for u in items):
+        raise ConfigError(f"must be a URL or a list of URLs, not {v!r}", key)
+    items = [u for u in items if u]
+    if items == ["off"]:
+        return ("off",)
+    for u in items:
+        if not re.fullmatch(r"https?://\S+", u):
+            raise ConfigError(f"{u!r} is not an http:// or https:// URL (or off)", key)
+    return tuple(items)
+
+
+def _networks(v: Any, key: str) -> tuple[str, ...]:
+    """A list of addresses or networks (``10.0.0.0/8``, ``::1``)."""
+    import ipaddress
+    if not isinstance(v, (list, tuple)) or not all(isinstance(a, str) for a in v):
+        raise ConfigError(f"must be a list of addresses or networks, not {v!r}", key)
+    for a in v:
+        try:
+            ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            raise ConfigError(f"{a!r} is not an address or network such as 10.0.0.0/8", key) from None
+    return tuple(v)
+
+
 def _str(pattern: str | None = None, choices: tuple[str, ...] | None = None) -> Callable[[Any, str], str]:
     def check(v: Any, key: str) -> str:
         if not isinstance(v, str):
@@ -212,9 +239,13 @@ HTTP = {
     "user": Option("", _str(r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?"),
                    "user (and group) of nginx's workers when nginx starts as root (default: www-data "
                    "or nobody if they can read what nginx serves, else root)"),
-    "purge_url": Option("", _str(r"|off|https?://\S+"),
-                        "where expire and seed tell nginx of changed metatiles "
-                        "(default: /purge on [http] metrics; off: nowhere)"),
+    "purge_url": Option((), _urls,
+                        "where expire, seed and ingest tell nginx of changed metatiles: a URL, or a "
+                        "list of every front's (default: /purge on [http] metrics; off: nowhere)"),
+    "purge_token": Option("", _str(r"[!-~]*"),
+                          "a shared secret that /purge asks of requests from other hosts (header "
+                          "X-Purge-Token) and the tools send; with it, [http] metrics may listen "
+                          "beyond loopback"),
     # read by the Lua front from the runtime JSON (renderd/nginx/runtime.py);
     # the front has no defaults of its own
     "hot_ttl": Option(300.0, _float(), "seconds a hot-cache entry counts as fresh; afterwards it is "
@@ -237,6 +268,9 @@ HTTP = {
     "render_rate": Option(0.0, _float(lo_ok=True), "renders one client address may start per second through "
                                          "nginx (tiles neither hot nor stored); over it, 429 with "
                                          "Retry-After while stored tiles are still served (0: no limit)"),
+    "real_ip_from": Option((), _networks,
+                           "proxies (addresses or networks) whose X-Forwarded-For names the client, "
+                           "for logs and render_rate: a router's, for example"),
     "render_burst": Option(20, _int(0, 1_000_000), "renders a client may start at once ahead of "
                                                    "render_rate"),
 }
@@ -363,7 +397,8 @@ class HttpConfig:
     workers: int
     prefix: str
     cors: str
-    purge_url: str
+    purge_url: tuple[str, ...]
+    purge_token: str
     user: str
     hot_ttl: float
     retry_after: int
@@ -377,6 +412,7 @@ class HttpConfig:
     catalog_ttl: float
     render_rate: float
     render_burst: int
+    real_ip_from: tuple[str, ...]
 
 
 @dataclass(frozen=True)

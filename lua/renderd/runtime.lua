@@ -18,6 +18,7 @@
 --    "render_rate": 0, "render_burst": 20,   -- renders a client may start per second
 --                                    -- (0: no limit) and ahead of that rate
 --    "cors": "*",                    -- "" for no Access-Control-Allow-Origin
+--    "purge_token": "",              -- what /purge asks of other hosts ("": loopback only)
 --    "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"},
 --    "store": {"kind": "disk", "path": "/var/cache/renderd-py"}
 --           | {"kind": "redis", "host": "127.0.0.1", "port": 6379, "db": 0,
@@ -142,6 +143,7 @@ local function check(c)
     number(c, "render_burst", "", 0, true, true)
     number(c, "retry_after", "", 0, true, true)
     string_(c, "cors", "")
+    string_(c, "purge_token", "")
     need(type(c.dicts) == "table", "dicts missing")
     local dicts = {}
     for _, key in ipairs({ "tiles", "locks", "metrics" }) do

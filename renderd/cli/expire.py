@@ -29,7 +29,7 @@ def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurr
     """Mark stale, delete or re-render the metatiles of changed tiles."""
     from ..store import open_store
     from ..tools.expire import expire, open_input
-    from ..tools.purge import FrontPurge, purge_url
+    from ..tools.purge import front_purge
     from .seed import Interrupts
 
     lyr = tilesets.layer_of(cfg, layer)
@@ -39,7 +39,7 @@ def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurr
                                  param_hint="--min-zoom")
     stream = open_input(path)
     # nginx's hot copies: stale with the store's (dirty, render), or gone (delete)
-    front = FrontPurge(purge_url(cfg), lyr.name, "delete" if mode == "delete" else "dirty")
+    front = front_purge(cfg, lyr.name, "delete" if mode == "delete" else "dirty")
     try:
         with open_store(cfg.store) as store, Interrupts() as stop:
             summary = expire(store, lyr.name, stream, (lo, lyr.maxzoom), mode, meta=lyr.metatile,
@@ -55,7 +55,7 @@ def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurr
     elif not quiet:
         for line in summary.lines_out():
             click.echo(line)
-        if front.url is not None and front.error is None:
+        if front.nodes and front.error is None:
             click.echo(front.line())
     if front.warning():
         click.echo(f"renderd-py: {front.warning()}", err=True)

@@ -117,6 +117,8 @@ def http_block(cfg: Config, paths: Paths, access_log: str, extra_locations: str 
         "runtime_json": _path(paths.runtime_json, "the runtime JSON"),
         "cache_size": nginx_size(cfg.http.cache_size),
         "resolver": resolver_directive(cfg),
+        "real_ip": "".join(f"set_real_ip_from {a};\n" for a in cfg.http.real_ip_from)
+                   + ("real_ip_header X-Forwarded-For;\nreal_ip_recursive on;\n" if cfg.http.real_ip_from else ""),
         "listen": nginx_listen(host, port),
         "metrics_listen": metrics_listen(cfg),
         "access_log": access_log,
@@ -156,10 +158,16 @@ def render_conf(cfg: Config, prefix: str | os.PathLike[str], *, lua_dir: str | N
     note = "nginx-conf --user"
     if user is None and os.geteuid() == 0:
         user, note = worker_user(cfg, paths)
-    if user is not None and not re.fullmatch(USER_RE, user):
-        raise UsageError(f"{user!r} is not a user name")
     http = http_block(cfg, paths, access_log or f"{prefix}/logs/access.log rpy buffer=64k flush=1s",
                       extra_locations)
+    return nginx_frame(cfg, prefix, http, user=user, note=note, error_level=error_level)
+
+
+def nginx_frame(cfg: Config, prefix: str, http: str, *, user: str | None, note: str,
+                error_level: str = "warn") -> str:
+    """A whole nginx.conf around the http-level part ``http``, its files under ``prefix``."""
+    if user is not None and not re.fullmatch(USER_RE, user):
+        raise UsageError(f"{user!r} is not a user name")
     return fill(_template("nginx.conf.tmpl"), {
         "config": cfg.path or "the built-in defaults",
         "prefix": prefix,

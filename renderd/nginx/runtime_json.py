@@ -8,7 +8,7 @@ defaults of its own. Top-level keys: ``broker``, ``timeout``, ``hot_ttl``,
 ``retry_after``, ``log_interval``, ``metrics_interval``,
 ``broker_connect_timeout``, ``broker_retry``, ``status_timeout``,
 ``store_timeout``, ``store_retry``, ``catalog_ttl``, ``render_rate``,
-``render_burst``, ``cors``, ``dicts``, ``store`` (``kind``
+``render_burst``, ``purge_token``, ``cors``, ``dicts``, ``store`` (``kind``
 and what that kind needs) and ``layers``.
 """
 
@@ -28,7 +28,7 @@ RUNTIME_JSON = "renderd-py.json"
 #: the [http] options the Lua front reads, under their own names
 FRONT_OPTIONS = ("timeout", "hot_ttl", "retry_after", "log_interval", "metrics_interval",
                  "broker_connect_timeout", "broker_retry", "status_timeout", "store_timeout",
-                 "store_retry", "catalog_ttl", "render_rate", "render_burst", "cors")
+                 "store_retry", "catalog_ttl", "render_rate", "render_burst", "purge_token", "cors")
 
 
 def front_options(http: HttpConfig) -> dict[str, Any]:

@@ -512,6 +512,7 @@ class Broker:
             "queues": {name: len(q) for name, q in zip(p.PRIORITY_NAMES, self.queues)},
             "running": self.running,
             "workers": {"idle": states["idle"], "busy": states["busy"], "total": len(self.workers)},
+            "hosts": dict(collections.Counter(str(w.info.get("host")) for w in self.workers.values())),
             "counters": dict(self.counters),
             "render_seconds": dict(zip(p.PRIORITY_NAMES, self.render_seconds)),
             "render_count": dict(zip(p.PRIORITY_NAMES, self.render_count)),

@@ -96,6 +96,10 @@ def _endpoint(v: Any, key: str) -> str:
     return v
 
 
+def _endpoint_or_none(v: Any, key: str) -> str:
+    return v if v == "" else _endpoint(v, key)
+
+
 def _hostport(v: Any, key: str) -> str:
     v = _str()(v, key)
     m = re.fullmatch(r"(?:(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):)?(\d+)", v)
@@ -210,6 +214,13 @@ DAEMON = {
                              "a metatile finished this recently answers repeats without a render"),
     "shutdown_timeout": Option(30.0, _float(), "seconds TERM waits for running renders"),
     "log_level": Option("info", _str(choices=("debug", "info", "warning", "error")), "log level"),
+    "workers_bind": Option("", _endpoint_or_none,
+                           "a second address for workers on other hosts (tcp://0.0.0.0:5556), with "
+                           "CURVE unless it is loopback (empty: none)"),
+    "curve_secret": Option("", _str(), "the broker's key pair for workers_bind (a .key_secret file "
+                                       "of renderd-py keygen; relative to the config file)"),
+    "authorized_workers": Option("", _str(), "a directory of the .key files of the workers let in on "
+                                             "workers_bind (re-read on HUP; relative to the config file)"),
 }
 
 CATALOG = {
@@ -370,6 +381,9 @@ class DaemonConfig:
     recent_seconds: float
     shutdown_timeout: float
     log_level: str
+    workers_bind: str
+    curve_secret: str
+    authorized_workers: str
 
     @property
     def interactive_reserve(self) -> int:
@@ -529,6 +543,9 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
     dvals = _section(data.get("daemon"), DAEMON, "daemon", env)
     if dvals["broker"].startswith("ipc://") and not dvals["broker"].startswith("ipc:///"):
         dvals["broker"] = "ipc://" + str(base / dvals["broker"][len("ipc://"):])
+    for key in ("curve_secret", "authorized_workers"):
+        if dvals[key] and not os.path.isabs(dvals[key]):
+            dvals[key] = str(base / dvals[key])
     daemon = DaemonConfig(**dvals)
     store = _section(data.get("store"), STORE, "store", env)
     if not os.path.isabs(store["path"]):

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import zmq
 
 from . import config as _config
+from . import protocol as p
 from .broker import Broker, Worker
+from .farm import REMOTE, WorkersEndpoint, is_local_endpoint
 from .errors import ConfigError, DaemonError
 from .exitcodes import BOOT_FAILURES, EXIT_OK, EXIT_STYLE
 from .sdnotify import notify
@@ -44,9 +46,11 @@ class Child:
 class Pool:
     """Worker processes of this machine, connected to ``endpoint``."""
 
-    def __init__(self, config_path: str, endpoint: str, size: int, token: str):
+    def __init__(self, config_path: str, endpoint: str, size: int, token: str,
+                 curve: tuple[str, str] | None = None):
         self.config_path = config_path
         self.endpoint = endpoint
+        self.curve = curve          # (the worker's .key_secret, the broker's .key) for CURVE
         self.size = size
         self.token = token
         self.generation = 0
@@ -57,6 +61,8 @@ class Pool:
         gen = self.generation if generation is None else generation
         cmd = [sys.executable, "-m", "renderd.worker", "-c", self.config_path, "--connect", self.endpoint,
                "--generation", str(gen), "--pool", self.token, "--parent", str(os.getpid())]
+        if self.curve:
+            cmd += ["--key", self.curve[0], "--broker-key", self.curve[1]]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=False)
         child = Child(proc, gen, time.monotonic())
         self.children[proc.pid] = child
@@ -110,13 +116,35 @@ class Daemon:
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.token = uuid.uuid4().hex
+        if not is_local_endpoint(cfg.daemon.broker):
+            raise ConfigError(f"{cfg.daemon.broker!r} is not a loopback address: nginx, the tools and the "
+                              "local workers talk to the broker on ipc:// or loopback; workers on other "
+                              "hosts connect to daemon.workers_bind, with CURVE", "daemon.broker")
+        self.remote = WorkersEndpoint(self.ctx, cfg.daemon.workers_bind, cfg.daemon.curve_secret,
+                                      cfg.daemon.authorized_workers) if cfg.daemon.workers_bind else None
         self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token)
-        self.broker = Broker(cfg, self.sock.send_multipart, kill=self._kill_worker, pool=self.token)
+        self.broker = Broker(cfg, self._send, kill=self._kill_worker, pool=self.token)
         self.pending: list[str] = []
         self.stopping = False
         self.stop_deadline = 0.0
         self.notified_ready = False
         self.reload_generation: int | None = None
+
+    def _send(self, frames: list[bytes]) -> None:
+        """The broker's replies: to the workers' endpoint for its peers, else the main one."""
+        if self.remote is not None and frames[0][:1] == REMOTE:
+            self.remote.sock.send_multipart([frames[0][1:]] + frames[1:])
+        else:
+            self.sock.send_multipart(frames)
+
+    def _from_remote(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.remote.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) >= 2 and frames[1] == p.WORKER:    # workers' messages only
+                self.broker.handle([REMOTE + frames[0]] + frames[1:])
 
     # --- setup -----------------------------------------------------------
     def bind(self) -> None:
@@ -132,6 +160,8 @@ class Daemon:
             self.sock.bind(endpoint)
         except zmq.ZMQError as e:
             raise DaemonError(f"cannot bind {endpoint}: {e}") from None
+        if self.remote is not None:
+            self.remote.bind()
 
     def _ipc_alive(self, endpoint: str) -> bool:
         path = endpoint[len("ipc://"):]
@@ -162,6 +192,10 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
+        if self.remote is not None:
+            poller.register(self.remote.sock, zmq.POLLIN)
+            log.info("workers from other hosts on %s (%s)", self.remote.endpoint,
+                     "CURVE" if self.remote.keys is not None else "loopback, no CURVE")
         self.pool.fill()
         log.info("broker on %s with %d workers", self.cfg.daemon.broker, self.pool.size)
         if self.pool.size == 0:
@@ -176,6 +210,8 @@ class Daemon:
                         except zmq.Again:
                             break
                         self.broker.handle(frames)
+                if self.remote is not None and self.remote.sock in events:
+                    self._from_remote()
                 if wake.fileno() in events or wake in events:
                     try:
                         wake.recv(4096)
@@ -195,6 +231,8 @@ class Daemon:
             notify("STOPPING=1")
             self.pool.terminate_all(5.0)
             self.sock.close(0)
+            if self.remote is not None:
+                self.remote.close()
             if self.cfg.daemon.broker.startswith("ipc://"):
                 try:
                     os.unlink(self.cfg.daemon.broker[len("ipc://"):])
@@ -245,6 +283,11 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         notify("RELOADING=1")
+        if self.remote is not None:
+            try:
+                self.remote.reload()
+            except ConfigError as e:
+                log.error("authorized workers not re-read, keeping the keys known: %s", e)
         self.cfg = cfg
         self.broker.layers = {lyr.name: lyr for lyr in cfg.layers}
         self.pool.generation += 1
@@ -287,11 +330,15 @@ class Daemon:
             self.pool.kill(pid)
 
 
-def run_pool(cfg: _config.Config, endpoint: str, size: int) -> int:
-    """``renderd-py worker``: a pool of workers for a broker elsewhere."""
+def run_pool(cfg: _config.Config, endpoint: str, size: int, curve: tuple[str, str] | None = None) -> int:
+    """``renderd-py worker``: a pool of workers for a broker elsewhere (``curve``: the
+    worker's .key_secret and the broker's .key files)."""
     if cfg.path is None:
         raise ConfigError("worker needs a configuration file")
-    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex)
+    if curve is None and not is_local_endpoint(endpoint):
+        raise ConfigError(f"{endpoint!r} is not a loopback address: a worker on another host connects "
+                          "with CURVE (--key and --broker-key)")
+    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex, curve)
     pending: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: pending.append(s))

@@ -47,8 +47,9 @@ class BrokerLink:
     """
 
     def __init__(self, endpoint: str, info: dict, heartbeat: float, liveness: int,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve: tuple[bytes, bytes, bytes] | None = None):
         self.endpoint = endpoint
+        self.curve = curve     # (own public, own secret, the broker's public) for CURVE
         self.info = info
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -92,8 +93,15 @@ class BrokerLink:
     def _connect(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 2000)
+        # (zmq reconnects by itself after a broker restart: from 0.1 s, doubling up to 10 s)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 10_000)
+        if self.curve is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
         sock.connect(self.endpoint)
-        sock.send_multipart(p.ready_frames(self.info))
+        try:
+            sock.send_multipart(p.ready_frames(self.info), zmq.NOBLOCK)
+        except zmq.Again:
+            pass            # (sent again when the broker asks, or on the next reconnect)
         return sock
 
     def _io_loop(self) -> None:
@@ -103,12 +111,24 @@ class BrokerLink:
         poller.register(self._io_end, zmq.POLLIN)
         heard = time.monotonic()
         next_beat = heard + self.heartbeat
+        lost = False
+        warned = -1e9
+
+        def send(frames) -> None:
+            # never block: with no way to the broker (a refused handshake drops the
+            # connection), the message is dropped and the link reconnects
+            nonlocal lost
+            try:
+                broker.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                lost = True
+
         while True:
             events = dict(poller.poll(int(self.heartbeat * 1000 / 2)))
             now = time.monotonic()
             if self._io_end in events:
                 frames = self._io_end.recv_multipart(copy=False)
-                broker.send_multipart(frames, copy=False)
+                send(frames)
                 if frames[1].bytes == p.BYE:
                     break
             if broker in events:
@@ -118,24 +138,28 @@ class BrokerLink:
                     cmd, _ = p.decode_worker_message(frames)
                 except ProtocolError:
                     cmd = b""  # not for a worker: ignored
+                warned = -1e9
                 if cmd == p.JOB:
                     self._io_end.send_multipart(frames)
                 elif cmd == p.STOP:
                     self._io_end.send_multipart([p.STOP])
                 elif cmd == p.READY:
-                    broker.send_multipart(p.ready_frames(self.info))
+                    send(p.ready_frames(self.info))
             if self._stop.is_set():
                 break
             if now >= next_beat:
-                broker.send_multipart(p.heartbeat_frames())
+                send(p.heartbeat_frames())
                 next_beat = now + self.heartbeat
             if now - heard > self.heartbeat * self.liveness:
-                log.warning("broker at %s silent for %.0fs: reconnecting", self.endpoint, now - heard)
+                if now - warned > 60:       # (a broker away for long: a line a minute)
+                    log.warning("broker at %s %s for %.0fs: reconnecting", self.endpoint,
+                                "unreachable" if lost else "silent", now - heard)
+                    warned = now
                 poller.unregister(broker)
                 broker.close(0)
                 broker = self._connect()
                 poller.register(broker, zmq.POLLIN)
-                heard = now
+                heard, lost = now, False
         broker.close()
         self._io_end.close(0)
 
@@ -205,7 +229,17 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(cfg.store)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "layers": list(renderers),
             "generation": args.generation, "pool": args.pool}
-    link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness)
+    curve = None
+    if args.key:
+        from .farm import load_public, load_secret
+        try:
+            public, secret = load_secret(args.key)
+            curve = (public, secret, load_public(args.broker_key))
+        except ConfigError as e:
+            print(f"renderd-py worker: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness,
+                      curve=curve)
     max_jobs = cfg.daemon.max_jobs if args.max_jobs is None else args.max_jobs
     try:
         serve_jobs(cfg, link, renderers, store, max_jobs)
@@ -225,6 +259,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pool", default="")
     ap.add_argument("--max-jobs", type=int, default=None)
     ap.add_argument("--parent", type=int, default=0, help="end when this process (the pool) ends")
+    ap.add_argument("--key", default="", help="this worker's .key_secret file (CURVE)")
+    ap.add_argument("--broker-key", default="", help="the broker's .key file (CURVE)")
     return ap.parse_args(argv)
 
 

@@ -63,6 +63,7 @@ local HELP = {
     renderd_daemon_queue_depth = "Jobs queued per priority",
     renderd_daemon_running = "Jobs running",
     renderd_daemon_workers = "Render workers by state",
+    renderd_daemon_host_workers = "Render workers by host",
     renderd_daemon_events_total = "Daemon counters",
     renderd_daemon_render_seconds_total = "Render time per priority",
     renderd_daemon_renders_total = "Renders per priority",
@@ -189,6 +190,7 @@ local function daemon_samples(out)
     local known = {
         queues = { "renderd_daemon_queue_depth", "priority" },
         workers = { "renderd_daemon_workers", "state" },
+        hosts = { "renderd_daemon_host_workers", "host" },
         counters = { "renderd_daemon_events_total", "event" },
         render_seconds = { "renderd_daemon_render_seconds_total", "priority" },
         render_count = { "renderd_daemon_renders_total", "priority" },

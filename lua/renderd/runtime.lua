@@ -24,7 +24,8 @@
 --    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
 --                "ext": "png", "content_type": "image/png",
 --                "cache_control": "public, max-age=3600", "cors": "*",
---                "tile_size": 256, "keys": []}]}      -- a raster layer's URL keys
+--                "tile_size": 256, "keys": []}],      -- a raster layer's URL keys
+--    "docs_dir": "/path"}            -- the WMTS and OGC API documents (renderd.standards)
 
 local cjson = require "cjson.safe"
 local path = require "renderd.path"
@@ -137,6 +138,7 @@ local function check(c)
     end
     number(c, "retry_after", "", 0, true, true)
     string_(c, "cors", "")
+    need(c.docs_dir == nil or type(c.docs_dir) == "string", "docs_dir must be a string")
     need(type(c.dicts) == "table", "dicts missing")
     local dicts = {}
     for _, key in ipairs({ "tiles", "locks", "metrics" }) do

@@ -8,7 +8,7 @@ defaults of its own. Top-level keys: ``broker``, ``timeout``, ``hot_ttl``,
 ``retry_after``, ``log_interval``, ``metrics_interval``,
 ``broker_connect_timeout``, ``broker_retry``, ``status_timeout``,
 ``store_timeout``, ``store_retry``, ``cors``, ``dicts``, ``store`` (``kind``
-and what that kind needs) and ``layers``.
+and what that kind needs), ``layers`` and ``docs_dir``.
 """
 
 from __future__ import annotations
@@ -43,15 +43,18 @@ def layer_runtime(cfg: Config, lyr: LayerConfig) -> dict[str, Any]:
             "tile_size": lyr.tile_size, "keys": list(lyr.keys)}
 
 
-def runtime(cfg: Config) -> dict[str, Any]:
-    """The runtime JSON read by ``require("renderd.front").init(path)``."""
+def runtime(cfg: Config, docs_dir: str = "") -> dict[str, Any]:
+    """The runtime JSON read by ``require("renderd.front").init(path)``;
+    ``docs_dir``: where the WMTS and OGC API documents are (written beside
+    it by ``write_support``; "" for none)."""
     if cfg.store.kind == "disk":
         store: dict[str, Any] = {"kind": "disk", "path": cfg.store.path}
     else:
         from ..store.redis_scripts import META_SCRIPT   # the hot-cache fill's script, run by nginx
         store = {**redis_settings(cfg.store.url, cfg.store.prefix), "meta_script": META_SCRIPT}
     return {"broker": broker_address(cfg.daemon.broker), **front_options(cfg.http), "store": store,
-            "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers], "dicts": dict(DICTS)}
+            "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers], "dicts": dict(DICTS),
+            "docs_dir": docs_dir}
 
 
 def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Tiles documents and tiles through the Lua front, onto the same cache as
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -306,10 +307,12 @@ maxzoom = 8
 """
 
 
-def gdal(*args: str) -> subprocess.CompletedProcess:
+def gdal(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """A GDAL command-line tool, its cache of WMTS tiles under ``tmp``."""
     if not shutil.which(args[0]):
         pytest.skip(f"{args[0]} is not installed (gdal-bin; run scripts/setup)")
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, GDAL_DEFAULT_WMS_CACHE_PATH=str(tmp / "gdalwmscache"))
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp, env=env)
     assert r.returncode == 0, r.stderr
     return r
 
@@ -333,10 +336,10 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     cli(s, "ingest", str(tmp_path / "temp_{month}.tif"), "--collection", "temp", "-q")
     s.start()
     url = s.url + "wmts/1.0.0/WMTSCapabilities.xml"
-    info = gdal("gdalinfo", f"WMTS:{url}").stdout
+    info = gdal(tmp_path, "gdalinfo", f"WMTS:{url}").stdout
     assert f"SUBDATASET_1_NAME=WMTS:{url},layer=temp" in info
     assert f"SUBDATASET_2_NAME=WMTS:{url},layer=world" in info
-    info = gdal("gdalinfo", "-json", f"WMTS:{url},layer=temp").stdout
+    info = gdal(tmp_path, "gdalinfo", "-json", f"WMTS:{url},layer=temp").stdout
     corners = json.loads(info)["wgs84Extent"]["coordinates"][0]
     assert min(c[0] for c in corners) == pytest.approx(-20, abs=0.05)
     assert max(c[1] for c in corners) == pytest.approx(60, abs=0.05)
@@ -345,7 +348,7 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     w, _, _, n = merc_bounds(3, 3, 3)
     _, s_, e, _ = merc_bounds(3, 4, 3)
     out = tmp_path / "world.tif"
-    gdal("gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e), repr(s_),
+    gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e), repr(s_),
          f"WMTS:{url},layer=world", str(out))
     with rasterio.open(out) as ds:
         got = np.moveaxis(ds.read(), 0, -1)
@@ -355,7 +358,7 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
     # the layer with keys at its Dimension's default, the month ingested
     out = tmp_path / "temp.tif"
-    gdal("gdal_translate", "-q", "-oo", "ZOOM_LEVEL=4", f"WMTS:{url},layer=temp", str(out))
+    gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=4", f"WMTS:{url},layer=temp", str(out))
     with rasterio.open(out) as ds:
         assert ds.read(4).max() == 255
     assert s.get("/tiles/temp/01/4/8/6.png").headers["x-cache"] in ("HIT", "STORE")

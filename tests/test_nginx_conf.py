@@ -89,7 +89,7 @@ def test_runtime_json_disk(tmp_path):
     world, photo = rt["layers"]
     assert world == {"name": "world", "minzoom": 0, "maxzoom": 6, "metatile": 8, "ext": "png",
                      "content_type": "image/png", "cache_control": "public, max-age=3600",
-                     "cors": "*", "tile_size": 256, "keys": []}
+                     "cors": "*", "tile_size": 256, "keys": [], "scales": [1]}
     assert rt["cors"] == "*"
     assert photo["ext"] == "jpg" and photo["content_type"] == "image/jpeg"
     assert photo["cache_control"] == "public, max-age=60"

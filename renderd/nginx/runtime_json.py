@@ -40,7 +40,7 @@ def layer_runtime(cfg: Config, lyr: LayerConfig) -> dict[str, Any]:
             "metatile": lyr.metatile, "ext": lyr.ext, "content_type": lyr.content_type,
             "cache_control": lyr.cache_control or cfg.http.cache_control,
             "cors": cfg.http.cors if lyr.cors is None else lyr.cors,
-            "tile_size": lyr.tile_size, "keys": list(lyr.keys)}
+            "tile_size": lyr.tile_size, "keys": list(lyr.keys), "scales": list(lyr.scales)}
 
 
 def runtime(cfg: Config, docs_dir: str = "") -> dict[str, Any]:
@@ -73,6 +73,10 @@ def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dic
         "tilejson": "3.0.0",
         "name": lyr.name,
         "tiles": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}.{lyr.ext}"],
+        # HiDPI: the same tiles at each further scale ([[layer]] scales), as
+        # "tiles@2x" and so on (not in TileJSON 3.0.0, which ignores other keys)
+        **{f"tiles@{n}x": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}@{n}x.{lyr.ext}"]
+           for n in lyr.scales if n > 1},
         "scheme": "xyz",
         "minzoom": lyr.minzoom,
         "maxzoom": lyr.maxzoom,
@@ -93,5 +97,6 @@ def layers_index(cfg: Config) -> dict[str, Any]:
     return {"layers": [{"name": lyr.name, "tilejson": f"tiles/{lyr.name}.json",
                         "tile_size": lyr.tile_size, "minzoom": lyr.minzoom,
                         "maxzoom": lyr.maxzoom, "description": lyr.description,
+                        "scales": list(lyr.scales),
                         **({"keys": list(lyr.keys)} if lyr.keys else {})}
                        for lyr in cfg.layers]}

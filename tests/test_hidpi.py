@@ -49,6 +49,28 @@ def test_scaled_tile_sets():
             _config.parse({"layer": [{"name": "w", "style": "w.xml", "scales": bad}]}, check_files=False)
 
 
+def test_ingest_marks_every_scale_of_the_tile_sets_it_feeds(tmp_path, catalog_url):
+    from rasterio.transform import from_origin
+
+    from renderd.catalog import open_catalog
+    from renderd.store.disk import DiskStore
+    from renderd.tilemath import metatiles_in_bbox
+    from renderd.tools.ingest import Restale, ingest, merc_boxes
+    from tests.fixtures.catalog import write_raster
+    from tests.test_ingest import layer, put, stale_of
+    lyr = layer(name="k", keys=["date"], scales=[1, 2])
+    write_raster(tmp_path / "S2_1.tif", np.ones((1, 100, 100), np.uint8), transform=from_origin(10, 50, 0.1, 0.1))
+    store = DiskStore(tmp_path / "cache")
+    inside = next(metatiles_in_bbox(merc_boxes((10, 40, 20, 50))[0], 9))
+    for ts in ("k/1", "k@2x/1", "k/2"):
+        put(store, ts, [inside])
+    assert store.layers() == ["k", "k/1", "k/2", "k@2x", "k@2x/1"]
+    with open_catalog(catalog_url) as cat:
+        s = ingest(cat, str(tmp_path / "S2_{date}.tif"), "s2", restale=Restale([lyr], "s2", lambda: store))
+    assert s.ingested == 1
+    assert [stale_of(store, ts) for ts in ("k/1", "k@2x/1", "k/2")] == [{inside}, {inside}, set()]
+
+
 # --- the Lua front, with a fake broker ---------------------------------------------------
 
 WORLD2 = dict(LAYER, scales=[1, 2])
@@ -179,3 +201,27 @@ def test_demo_map_asks_for_hidpi_tiles_on_a_dense_screen(stack_factory, tmp_path
     suffix = "@2x.png" if factor == 2 else ".png"
     assert len(srcs) >= 4 and all(src.endswith(suffix) and (factor == 2 or "@" not in src)
                                   for src in srcs), srcs
+
+
+@pytest.mark.slow
+def test_hidpi_raster_tiles(stack_factory, tmp_path):
+    """A raster layer's @2x tile: the same area read at twice the pixels."""
+    from tests.test_raster_stack import LAYERS as RASTER, sst_like
+    s = stack_factory(start=False, layers=RASTER.format(dir=tmp_path) + "scales = [1, 2]\n")
+    sst_like(tmp_path / "temp_01.tif", 1)
+    r = cli(s, "ingest", str(tmp_path / "temp_{month}.tif"), "--collection", "temp", "-q")
+    assert r.returncode == 0, r.stderr
+    s.start()
+    one, two = s.get("/tiles/temp/01/4/8/6.png"), s.get("/tiles/temp/01/4/8/6@2x.png")
+    assert (one.status, two.status, two.headers["x-cache"]) == (200, 200, "RENDER")
+    a = np.asarray(Image.open(io.BytesIO(one.body)).convert("RGBA")).astype(int)
+    b = np.asarray(Image.open(io.BytesIO(two.body)).convert("RGBA")).astype(int)
+    assert a.shape == (256, 256, 4) and b.shape == (512, 512, 4)
+    assert np.abs(b[::2, ::2] - a).mean() < 4          # nearest resampling: every other pixel, nearly
+    out = tmp_path / "t.png"
+    r = cli(s, "render", "temp", "4", "8", "6", "--key", "month=01", "--scale", "2", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == two.body
+    assert s.get("/tiles/temp/02/4/8/6@2x.png").status == 404         # not in the catalog
+    tj = json.loads(s.get("/tiles/temp/01.json").body)
+    assert tj["tiles@2x"] == [s.url + "tiles/temp/01/{z}/{x}/{y}@2x.png"]

@@ -116,7 +116,7 @@ class Broker:
         self.clock = clock
         self.kill = kill or (lambda w: None)
         self.pool = pool
-        self.layers = {lyr.name: lyr for lyr in cfg.layers}
+        self.layers = tilesets.layer_parts(cfg)     # (a layer at each of its scales)
         self.catalog = CatalogService(cfg)   # opened at the first question
         d = cfg.daemon
         self.queue_size = d.queue_size

@@ -150,6 +150,17 @@ def _where(v: Any, key: str) -> dict[str, str]:
     return dict(v)
 
 
+def _scales(v: Any, key: str) -> tuple[int, ...]:
+    if (not isinstance(v, (list, tuple)) or not v
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n in (1, 2, 3, 4) for n in v)):
+        raise ConfigError("must be a list of scales among 1, 2, 3 and 4, such as [1, 2]", key)
+    if len(set(v)) != len(v):
+        raise ConfigError("names a scale twice", key)
+    if 1 not in v:
+        raise ConfigError("must hold 1 (the plain tiles)", key)
+    return tuple(sorted(v))
+
+
 def _bands(v: Any, key: str) -> tuple[int, ...]:
     if (not isinstance(v, (list, tuple)) or len(v) not in (0, 1, 3, 4)
             or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 65535 for b in v)):
@@ -299,6 +310,8 @@ LAYER = {
     "buffer": Option(128, _int(0, 4096), "pixels rendered around a metatile so labels are not cut"),
     "tile_size": Option(256, _int(64, 1024), "pixels along a tile's side"),
     "scale": Option(1.0, _float(), "Mapnik scale factor"),
+    "scales": Option((1,), _scales, "HiDPI: the scales served, e.g. [1, 2]: /tiles/{layer}/{z}/{x}/{y}@2x.png "
+                                    "is a tile of twice the pixels over the same area, a tile set of its own"),
     "cache_control": Option(None, _str(), "Cache-Control of this layer's tiles (default: [http])"),
     "cors": Option(None, _str(r"[!-~]*"), "Access-Control-Allow-Origin of this layer (default: [http])"),
     "description": Option("", _str(), "TileJSON description"),
@@ -448,6 +461,7 @@ class LayerConfig:
     bounds: tuple[float, float, float, float]
     params: dict[str, str] = field(default_factory=dict)
     font_dir: str = ""
+    scales: tuple[int, ...] = (1,)
     collection: str | None = None
     keys: tuple[str, ...] = ()
     where: dict[str, str] = field(default_factory=dict)

@@ -174,7 +174,7 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
         if renderer is None:
             link.failed(job, f"unknown layer {base}")
             continue
-        layer = cfg.layer(base)
+        layer = renderer.layer
         signal.setitimer(signal.ITIMER_REAL, max(job.timeout_ms, 1) / 1000.0)
         try:
             # (a tile set of a layer with keys: its values, renderd.tilesets)
@@ -219,10 +219,10 @@ def run(args: argparse.Namespace) -> int:
                         format=f"renderd-py worker[{os.getpid()}]: %(levelname)s %(message)s")
     renderers = {}
     try:
-        for layer in cfg.layers:
+        for part, layer in tilesets.layer_parts(cfg).items():    # (each scale its own renderer)
             r = open_renderer(layer, cfg.catalog.url)
             r.__enter__()
-            renderers[layer.name] = r
+            renderers[part] = r
     except StyleError as e:
         print(f"renderd-py worker: error: {e}", file=sys.stderr)
         return EXIT_STYLE

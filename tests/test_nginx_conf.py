@@ -89,7 +89,7 @@ def test_runtime_json_disk(tmp_path):
     world, photo = rt["layers"]
     assert world == {"name": "world", "minzoom": 0, "maxzoom": 6, "metatile": 8, "ext": "png",
                      "content_type": "image/png", "cache_control": "public, max-age=3600",
-                     "cors": "*", "tile_size": 256, "keys": []}
+                     "cors": "*", "tile_size": 256, "keys": [], "scales": [1]}
     assert rt["cors"] == "*"
     assert photo["ext"] == "jpg" and photo["content_type"] == "image/jpeg"
     assert photo["cache_control"] == "public, max-age=60"
@@ -241,11 +241,12 @@ def test_output_dir_passes_nginx_t(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"nginx -p {out} -c {out}/nginx.conf" in r.stderr
     for f in ("nginx.conf", "renderd-py.json", "layers.json", "tilejson/world.json",
-              "tilejson/photo_2.json"):
+              "tilejson/photo_2.json", "wmts/1.0.0/WMTSCapabilities.xml", "ogcapi/index.json",
+              "ogcapi/collections/world/map/tiles/WebMercatorQuad.json"):
         assert (out / f).is_file(), f
     assert (out / "logs").is_dir() and (out / "tmp").is_dir()
     rt = json.loads((out / "renderd-py.json").read_text())
-    assert rt == json.loads(json.dumps(nginx.runtime(cfg)))
+    assert rt == json.loads(json.dumps(nginx.runtime(cfg, docs_dir=str(out))))
     conf = (out / "nginx.conf").read_text()
     assert f'init("{out}/renderd-py.json")' in conf
     t = subprocess.run(["nginx", "-t", "-p", str(out), "-c", str(out / "nginx.conf")],

@@ -98,27 +98,11 @@ local function serve_expired(t)
     end
 end
 
---- content_by_lua of `location /tiles/`.
-function _M.serve()
-    local rt, layers = runtime.get()
-    if not rt then
-        error("renderd.front.init() was not called (init_by_lua)", 2)
-    end
-    local method = get_method()
-    if method ~= "GET" and method ~= "HEAD" then
-        ngx_header["Allow"] = "GET, HEAD"
-        return reply.plain(405, "method not allowed")
-    end
-    local t, status, msg = path.parse(ngx_var.request_uri, layers)
-    if not t then
-        if status == 400 and find(ngx_var.uri, "%.json$") then
-            return catalog.serve()    -- a tile set's TileJSON
-        end
-        return reply.plain(status, msg)
-    end
+--- Answer with tile t (a checked path.parse result; rt: the runtime
+-- config): steps 1 (the key combination) to 5 of the module comment.
+local function answer(t, rt)
     if #t.values > 0 then
-        local ok
-        ok, status, msg = catalog.check(t)
+        local ok, status, msg = catalog.check(t)
         if not ok then
             if status == 503 then
                 ngx_header["Retry-After"] = tostring(rt.retry_after)
@@ -168,6 +152,29 @@ function _M.serve()
              tostring(res.reason))
     serve_expired(t)
     return reply.unavailable(t, res.status == "BUSY" and "render queue full" or "render failed or timed out")
+end
+
+_M.answer = answer
+
+--- content_by_lua of `location /tiles/`.
+function _M.serve()
+    local rt, layers = runtime.get()
+    if not rt then
+        error("renderd.front.init() was not called (init_by_lua)", 2)
+    end
+    local method = get_method()
+    if method ~= "GET" and method ~= "HEAD" then
+        ngx_header["Allow"] = "GET, HEAD"
+        return reply.plain(405, "method not allowed")
+    end
+    local t, status, msg = path.parse(ngx_var.request_uri, layers)
+    if not t then
+        if status == 400 and find(ngx_var.uri, "%.json$") then
+            return catalog.serve()    -- a tile set's TileJSON
+        end
+        return reply.plain(status, msg)
+    end
+    return answer(t, rt)
 end
 
 return _M

@@ -119,9 +119,11 @@ function _M.serve()
     local args = get_uri_args()
     -- a tile set: the layer's name, and for a layer with keys its values
     local name = type(args.layer) == "string" and args.layer or ""
-    local base, nvalues = match(name, "^([^/]*)"), select(2, gsub(name, "/", ""))
+    local base, nvalues = match(name, "^([^/@]*)"), select(2, gsub(name, "/", ""))
     local layer = layers[base]
-    if not layer or nvalues ~= #layer.keys or not path.is_tileset(name) then
+    local scale = tonumber(match(name, "^[^/@]*@(%d)x"))
+    if not layer or nvalues ~= #layer.keys or not path.is_tileset(name)
+            or (scale and not layer.scale_set[scale]) then
         return answer(400, "unknown layer\n")
     end
     catalog.changed(base)   -- (an ingest purges too: its layer's key combinations are asked for again)

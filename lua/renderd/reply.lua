@@ -9,6 +9,8 @@
 --   reply.throttled(t, wait)                    -- 429 with Retry-After (seconds, rounded up)
 --   reply.json(text, layer)                     -- 200 application/json (catalog documents)
 --   reply.allow_origin(layer)                   -- the CORS header (layer or [http])
+--   reply.with_base(text)                       -- "@RPY_BASE@" replaced by the request's base URL
+--   reply.document(text, content_type)          -- 200, a document of the standard interfaces
 --
 -- Every response is counted by status and X-Cache kind (renderd.metrics)
 -- and ends the request.
@@ -26,6 +28,7 @@ local http_time = ngx.http_time
 local parse_http_time = ngx.parse_http_time
 local HTTP_OK = ngx.HTTP_OK
 local find = string.find
+local gsub = string.gsub
 local tostring = tostring
 
 local _M = { _VERSION = "0.1.0" }
@@ -155,6 +158,29 @@ function _M.json(text, layer)
     ngx_header["Content-Type"] = "application/json"
     ngx_header["Cache-Control"] = "no-cache"
     _M.allow_origin(layer)
+    return finish(HTTP_OK, text)
+end
+
+-- the base of this server's URLs as the client sees it (nginx-conf's maps)
+local function base_url()
+    local scheme = ngx_var.rpy_scheme or ngx_var.scheme
+    local host = ngx_var.rpy_host or ngx_var.http_host or (ngx_var.server_addr .. ":" .. ngx_var.server_port)
+    return scheme .. "://" .. host .. (ngx_var.rpy_path or "")
+end
+
+--- text with every "@RPY_BASE@" replaced by the base URL of the request
+-- (the placeholder of renderd/nginx/runtime_json.py).
+function _M.with_base(text)
+    return (gsub(text, "@RPY_BASE@", (gsub(base_url(), "%%", "%%%%"))))
+end
+
+--- 200 with a document of the standard interfaces (WMTS capabilities, OGC
+-- API JSON), revalidated by clients, with the [http] CORS header.
+function _M.document(text, content_type)
+    metrics.request(200, nil)
+    ngx_header["Content-Type"] = content_type
+    ngx_header["Cache-Control"] = "no-cache"
+    _M.allow_origin(nil)
     return finish(HTTP_OK, text)
 end
 

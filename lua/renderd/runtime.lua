@@ -27,7 +27,9 @@
 --    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
 --                "ext": "png", "content_type": "image/png",
 --                "cache_control": "public, max-age=3600", "cors": "*",
---                "tile_size": 256, "keys": []}]}      -- a raster layer's URL keys
+--                "tile_size": 256, "keys": [],        -- a raster layer's URL keys
+--                "scales": [1, 2]}],                  -- HiDPI: /tiles/.../{y}@2x.{ext}
+--    "docs_dir": "/path"}            -- the WMTS and OGC API documents (renderd.standards)
 
 local cjson = require "cjson.safe"
 local path = require "renderd.path"
@@ -125,6 +127,13 @@ local function check_layer(l, i)
     for k = 1, #l.keys do
         need(type(l.keys[k]) == "string", where .. "keys must be a list of key names")
     end
+    -- the HiDPI scales served (1 alone when not given)
+    need(l.scales == nil or type(l.scales) == "table", where .. "scales must be a list of scales")
+    l.scale_set = {}
+    for _, n in ipairs(l.scales or { 1 }) do
+        need(n == 1 or n == 2 or n == 3 or n == 4, where .. "scales must be among 1, 2, 3, 4")
+        l.scale_set[n] = true
+    end
     return name
 end
 
@@ -144,6 +153,7 @@ local function check(c)
     number(c, "retry_after", "", 0, true, true)
     string_(c, "cors", "")
     string_(c, "purge_token", "")
+    need(c.docs_dir == nil or type(c.docs_dir) == "string", "docs_dir must be a string")
     need(type(c.dicts) == "table", "dicts missing")
     local dicts = {}
     for _, key in ipairs({ "tiles", "locks", "metrics" }) do

@@ -26,21 +26,29 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def scale_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--scale N``: the layer's HiDPI tile set of that scale (``[[layer]] scales``)."""
+    return click.option("--scale", "scale", type=click.IntRange(1, max(tilesets.SCALES)), default=1,
+                        show_default=True, metavar="N",
+                        help="the tiles of this scale (HiDPI @Nx, one of the layer's scales)")(f)
+
+
 def layer_option(required: bool = True) -> Callable[..., Any]:
-    """``--layer L`` and, for a layer with keys, ``--key KEY=VALUE`` once per
-    key: the command gets the tile set's name as ``layer`` (``L/VALUE/...``,
-    renderd.tilesets). Goes below ``config_option``."""
+    """``--layer L``, for a layer with keys ``--key KEY=VALUE`` once per
+    key, and ``--scale N``: the command gets the tile set's name as ``layer``
+    (``L/VALUE/...``, ``L@2x``, renderd.tilesets). Goes below ``config_option``."""
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(cfg: _config.Config, layer: str | None, key_options: tuple[str, ...],
-                    **kw: Any) -> Any:
+                    scale: int, **kw: Any) -> Any:
             if layer is not None:
-                layer = tilesets.from_options(cfg, layer, key_options)
-            elif key_options:
-                raise click.UsageError("--key goes with --layer")
+                layer = tilesets.from_options(cfg, layer, key_options, scale)
+            elif key_options or scale != 1:
+                raise click.UsageError("--key and --scale go with --layer")
             return f(cfg=cfg, layer=layer, **kw)
 
+        wrapper = scale_option(wrapper)
         wrapper = click.option("--key", "-k", "key_options", multiple=True, metavar="KEY=VALUE",
                                help="a value of one of the layer's keys (raster layers with keys)")(wrapper)
         return click.option("--layer", "-l", "layer", required=required, metavar="LAYER",

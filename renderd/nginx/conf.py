@@ -33,6 +33,7 @@ from ..config import Config
 from ..errors import UsageError
 from .addresses import metrics_listen, nginx_listen, resolver_directive, split_hostport
 from .runtime_json import RUNTIME_JSON, layers_index, runtime, tilejson
+from .standards import WMTS_CAPABILITIES, ogcapi_documents, wmts_capabilities
 from .user import USER_RE, worker_user
 
 SHARE_DIRS = ("/usr/share/renderd-py",)
@@ -212,22 +213,37 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_support(cfg: Config, conf_dir: str | os.PathLike[str]) -> list[Path]:
-    """The runtime JSON, ``layers.json`` and one TileJSON per layer."""
-    d = Path(conf_dir)
-    (d / "tilejson").mkdir(parents=True, exist_ok=True)
-    out = [d / RUNTIME_JSON, d / "layers.json"]
-    _write(out[0], json.dumps(runtime(cfg), indent=2) + "\n")
-    _write(out[1], json.dumps(layers_index(cfg), indent=2) + "\n")
-    names = set()
-    for lyr in cfg.layers:
-        p = d / "tilejson" / f"{lyr.name}.json"
-        _write(p, json.dumps(tilejson(cfg, lyr), indent=2) + "\n")
-        names.add(p.name)
+def _write_tree(d: Path, files: dict[str, str]) -> list[Path]:
+    """Write ``files`` (relative path: text) under ``d``, and remove the
+    other ``.json`` files there (of layers removed from the configuration)."""
+    out = []
+    for rel, text in files.items():
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _write(p, text)
         out.append(p)
-    for old in (d / "tilejson").glob("*.json"):   # layers removed from the configuration
-        if old.name not in names:
+    for old in d.rglob("*.json"):
+        if old not in out:
             old.unlink()
+    return out
+
+
+def _json(doc: Any) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write_support(cfg: Config, conf_dir: str | os.PathLike[str]) -> list[Path]:
+    """The runtime JSON, ``layers.json``, one TileJSON per layer, and the
+    documents of the WMTS and OGC API - Tiles interfaces (renderd/nginx/standards.py)."""
+    d = Path(conf_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    out = [d / RUNTIME_JSON, d / "layers.json", d / WMTS_CAPABILITIES]
+    _write(out[0], _json(runtime(cfg, docs_dir=str(d))))
+    _write(out[1], _json(layers_index(cfg)))
+    out[2].parent.mkdir(parents=True, exist_ok=True)
+    _write(out[2], wmts_capabilities(cfg))
+    out += _write_tree(d / "tilejson", {f"{lyr.name}.json": _json(tilejson(cfg, lyr)) for lyr in cfg.layers})
+    out += _write_tree(d / "ogcapi", {f"{rel}.json": _json(doc) for rel, doc in ogcapi_documents(cfg).items()})
     return out
 
 

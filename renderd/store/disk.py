@@ -47,7 +47,7 @@ from typing import BinaryIO, Callable, Iterator, TypeVar
 from .. import tilesets
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
-from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
+from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
 from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
 from .pack import PACK_MAGIC, POOL, Pack, decode_pack, encode_pack, head_of
 
@@ -246,7 +246,7 @@ class DiskStore(Store):
                             walk(e.path, child, depth + 1)
 
         for e in _scandir(self.tiles_dir):
-            if LAYER_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+            if tilesets.is_valid(e.name) and e.is_dir(follow_symlinks=False):   # (world, world@2x)
                 walk(e.path, e.name, 0)
         return sorted(out)
 

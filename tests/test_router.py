@@ -85,6 +85,10 @@ def test_each_metatile_is_cached_on_exactly_one_node(two_nodes):
         assert sorted(got) == ["HIT", "STORE"], (x0, y0, got)
         owners.append(got.index("HIT"))
     assert 0 < sum(owners) < len(owners), "both nodes hold a share"
+    # an OGC API tile URL goes to the node that holds its metatile
+    for x0, y0 in metas[:4]:
+        ogc = f"{router}/ogcapi/collections/world/map/tiles/WebMercatorQuad/6/{y0 + 4}/{x0 + 4}"
+        assert xcache(ogc) == "HIT"
     # TileJSON and other documents pass through
     with urllib.request.urlopen(f"{router}/tiles/world.json", timeout=30) as r:
         assert r.status == 200 and b'"tiles"' in r.read()

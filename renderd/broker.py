@@ -135,6 +135,7 @@ class Broker:
         self.accepting = True
         self._ids = itertools.count(1)
         self._next_beat = 0.0
+        self._last_tick: float | None = None
         self._next_purge = float("inf")  # earliest deadline of any waiter
         self.badlog = RateLimitedLog(clock=clock)
         self.counters: collections.Counter[str] = collections.Counter()
@@ -162,6 +163,7 @@ class Broker:
     def tick(self) -> None:
         """Periodic work: heartbeats, deadlines, silent workers, dispatch."""
         now = self.clock()
+        self.credit_stall(now)
         if now >= self._next_beat:
             for w in self.workers.values():
                 self.send([w.ident] + p.heartbeat_frames())
@@ -283,11 +285,14 @@ class Broker:
         worker = self.workers.get(ident)
         if cmd == p.READY:
             info = p.decode_ready(rest)
-            if worker is not None:
-                self.lose_worker(worker, "re-registered")
-            self.workers[ident] = Worker(ident, info, now + self.heartbeat * self.liveness)
+            new = Worker(ident, info, now + self.heartbeat * self.liveness)
+            stale = [w for w in self.workers.values() if w.ident == ident or self._same_process(w, new)]
+            self.workers[ident] = new
+            for old in stale:
+                self.retire(old, new)
             log.info("worker %s ready (pid %s, generation %s)", ident.hex(), info.get("pid"),
                      info.get("generation"))
+            self.send([ident] + p.heartbeat_frames())  # heard at once: no second reconnect
             self.dispatch()
             return
         if worker is None:
@@ -383,6 +388,35 @@ class Broker:
             _, r = self.recent.popitem(last=False)
             self.recent_bytes -= r.size
 
+    @staticmethod
+    def _same_process(a: Worker, b: Worker) -> bool:
+        """Two records of one worker process: it reconnected (a new socket,
+        so a new identity) after hearing nothing from the broker."""
+        return (a is not b and a.pid is not None and a.pid == b.pid
+                and a.info.get("host") == b.info.get("host") and a.info.get("pool") == b.info.get("pool"))
+
+    def _other_record(self, worker: Worker) -> Worker | None:
+        return next((w for w in self.workers.values() if self._same_process(w, worker)), None)
+
+    def retire(self, old: Worker, new: Worker | None) -> None:
+        """Drop a stale record of a worker that is alive under another
+        record: nobody is killed and its job is not held against the
+        metatile. The new record keeps the job if the worker says it is
+        still rendering it (``job`` in its READY); otherwise it is queued
+        again."""
+        if self.workers.get(old.ident) is old:
+            del self.workers[old.ident]
+        job, old.job = old.job, None
+        new = new or self._other_record(old)
+        if job is not None and new is not None and new.job is None and new.info.get("job") == job.job_id.decode():
+            job.worker, new.job = new, job
+            log.info("worker %s registered again as %s, still rendering %s %s", old.ident.hex(),
+                     new.ident.hex(), job.layer, job.meta)
+            return
+        log.info("worker %s registered again%s", old.ident.hex(), f" as {new.ident.hex()}" if new else "")
+        if job is not None:
+            self._requeue(job)
+
     def lose_worker(self, worker: Worker, why: str) -> None:
         """A worker is gone: its job goes back to the head of its queue,
         unless this metatile has now killed two workers."""
@@ -392,15 +426,20 @@ class Broker:
         if job is None:
             log.info("worker %s %s", worker.ident.hex(), why)
             return
-        job.worker = None
         job.kills += 1
         if job.kills >= 2:
+            job.worker = None
             log.error("metatile %s %s failed: killed %d workers (last: %s)", job.layer, job.meta, job.kills, why)
             self._forget(job)
             self._fail_waiters(job, f"metatile killed {job.kills} workers")
             return
         log.warning("worker %s %s while rendering %s %s: queued again", worker.ident.hex(), why,
                     job.layer, job.meta)
+        self._requeue(job)
+
+    def _requeue(self, job: Job) -> None:
+        """A running job back to the head of its queue."""
+        job.worker = None
         queue = self.queues[job.priority]
         queue[job.key] = job
         queue.move_to_end(job.key, last=False)
@@ -412,9 +451,30 @@ class Broker:
             if w.pid == pid and w.info.get("pool") == self.pool:
                 self.lose_worker(w, f"died (pid {pid})")
 
+    def credit_stall(self, now: float) -> None:
+        """Time the broker itself did not run (the daemon stopped, or starved
+        of CPU) is not held against the workers: a gap between two ticks of
+        more than a heartbeat moves every worker's expiry and every running
+        job's start on by the gap, so the workers get a full liveness period
+        to be heard (or to register again) before anyone counts as silent."""
+        last, self._last_tick = self._last_tick, now
+        gap = 0.0 if last is None else now - last
+        if gap <= self.heartbeat:
+            return
+        log.warning("the broker did not run for %.1fs: workers get %.1fs to be heard again", gap,
+                    self.heartbeat * self.liveness)
+        for w in self.workers.values():
+            w.expiry = max(w.expiry + gap, now + self.heartbeat * self.liveness)
+            if w.job is not None:
+                w.job.started += gap
+
     def purge_workers(self, now: float) -> None:
         for w in list(self.workers.values()):
             if w.expiry < now:
+                if self._other_record(w) is not None:
+                    # it registered again under another identity: only the record is stale
+                    self.retire(w, None)
+                    continue
                 self.kill(w)
                 self.lose_worker(w, "went silent")
             elif w.job is not None and now - w.job.started > self.render_timeout + 2 * self.heartbeat:

@@ -93,10 +93,17 @@ class BrokerLink:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 2000)
         sock.connect(self.endpoint)
-        sock.send_multipart(p.ready_frames(self.info))
+        sock.send_multipart(self._ready())
         return sock
 
+    def _ready(self) -> list[bytes]:
+        """READY, naming the job still being rendered after a reconnect, so
+        the broker keeps it with this worker instead of queuing it again."""
+        info = dict(self.info, job=self._job.decode()) if self._job else self.info
+        return p.ready_frames(info)
+
     def _io_loop(self) -> None:
+        self._job: bytes | None = None  # the job the main thread holds
         broker = self._connect()
         poller = zmq.Poller()
         poller.register(broker, zmq.POLLIN)
@@ -109,6 +116,8 @@ class BrokerLink:
             if self._io_end in events:
                 frames = self._io_end.recv_multipart(copy=False)
                 broker.send_multipart(frames, copy=False)
+                if frames[1].bytes in (p.DONE, p.FAILED):
+                    self._job = None
                 if frames[1].bytes == p.BYE:
                     break
             if broker in events:
@@ -119,11 +128,12 @@ class BrokerLink:
                 except ProtocolError:
                     cmd = b""  # not for a worker: ignored
                 if cmd == p.JOB:
+                    self._job = frames[2] if len(frames) > 2 else None
                     self._io_end.send_multipart(frames)
                 elif cmd == p.STOP:
                     self._io_end.send_multipart([p.STOP])
                 elif cmd == p.READY:
-                    broker.send_multipart(p.ready_frames(self.info))
+                    broker.send_multipart(self._ready())
             if self._stop.is_set():
                 break
             if now >= next_beat:

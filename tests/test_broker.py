@@ -5,7 +5,7 @@ import json
 import pytest
 
 from renderd import config, protocol as p
-from renderd.broker import Broker
+from renderd.broker import Broker, Worker
 from renderd.store.index import MetaIndex, content_hash
 from renderd.tilemath import Meta, Tile, meta_tiles
 
@@ -301,3 +301,56 @@ def test_unreadable_stats_lose_the_figures_not_the_tiles(raw):
     [reply] = h.replies_to(b"c1")
     assert reply.ok and reply.tile == b"sea"
     assert h.b.counters["bad_messages"] == 1 and h.b.work["encoded"] == 0
+
+
+def test_a_stalled_broker_does_not_hold_its_stall_against_workers():
+    h = Harness(heartbeat=1.0, liveness=3)
+    h.worker(b"w1", pid=11)
+    h.render(b"c", b"a", (8, 0, 0), timeout_ms=600000)
+    h.b.tick()
+    h.clock.t += 30  # the daemon was stopped (SIGSTOP) for 30 s
+    h.b.tick()
+    assert h.killed == [] and b"w1" in h.b.workers
+    for _ in range(4):  # but a worker still silent a liveness period later is gone
+        h.clock.t += 1
+        h.b.tick()
+    assert [w.pid for w in h.killed] == [11] and not h.b.workers
+    assert h.b.jobs[("w", 8, 0, 0)].kills == 1
+
+
+def ready_again(h, new, pid, job=None):
+    info = {"pid": pid, "layers": ["w"], "generation": 0, "pool": "local"}
+    if job is not None:
+        info["job"] = job.job_id.decode()
+    h.b.handle([new] + p.ready_frames(info))
+
+
+def test_a_worker_registered_again_under_a_new_identity_is_not_killed():
+    h = Harness(reserved=0)
+    h.worker(b"w1", pid=11)
+    h.worker(b"w2", pid=12)
+    h.render(b"c", b"a", (8, 0, 0))
+    h.render(b"c", b"b", (8, 8, 0))
+    [ja], [jb] = h.jobs_for(b"w1"), h.jobs_for(b"w2")
+    # w1 still renders its job and says so; w2 lost its job with its old socket
+    ready_again(h, b"w1-new", 11, ja)
+    ready_again(h, b"w2-new", 12)
+    assert set(h.b.workers) == {b"w1-new", b"w2-new"} and h.killed == []
+    assert h.jobs_for(b"w1-new") == []  # kept, not sent again
+    [again] = h.jobs_for(b"w2-new")
+    assert again.job_id == jb.job_id
+    assert all(j.kills == 0 for j in h.b.jobs.values())
+    h.finish(b"w1-new", ja)
+    h.finish(b"w2-new", again)
+    assert sorted(r.rid for r in h.replies_to(b"c") if r.ok) == [b"a", b"b"]
+    # a silent record whose process lives on under another one is dropped unkilled
+    h.worker(b"w3", pid=13)
+    h.b.workers[b"w3-new"] = Worker(b"w3-new", dict(h.b.workers[b"w3"].info), h.clock.t + 100)
+    h.b.tick()
+    h.clock.t += 0.5
+    for _ in range(8):
+        h.clock.t += 0.5
+        for ident in (b"w1-new", b"w2-new", b"w3-new"):
+            h.b.handle([ident, p.WORKER, p.HEARTBEAT])
+        h.b.tick()
+    assert b"w3" not in h.b.workers and b"w3-new" in h.b.workers and h.killed == []

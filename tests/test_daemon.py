@@ -362,3 +362,33 @@ def test_remote_workers_over_tcp(serve, tmp_path):
         remote.send_signal(signal.SIGTERM)
         remote.wait(30)
     assert remote.returncode == 0
+
+
+def test_a_frozen_daemon_keeps_its_healthy_workers(serve, postgis_dsn):
+    """SIGSTOP the daemon longer than heartbeat x liveness (2 s here): the
+    workers reconnect under new identities meanwhile. After SIGCONT the
+    stale records are dropped without killing anyone, and the metatile that
+    was rendering is answered, not failed as if it had killed two workers."""
+    s = serve(slow_layer(postgis_dsn, 2.0), workers=2, recent_seconds=0.0)
+    before = {w["pid"] for w in s.status()["worker_list"]}
+    with s.client() as c:
+        rid = c.send(p.RenderRequest(b"", "slow", Tile(9, 200, 200), p.MISSING, 60000))
+        deadline = time.monotonic() + 10
+        while not any(w["busy"] for w in c.status()["worker_list"]):
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(4.0)
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        reply = c.recv(30)
+        assert reply is not None and reply.rid == rid, s.output()
+        assert reply.ok, reply.info
+        time.sleep(3.0)  # past another liveness period: nothing is killed late either
+        st = c.status()
+    assert {w["pid"] for w in st["worker_list"]} == before
+    assert st["workers"]["total"] == 2
+    assert st["counters"].get("failed", 0) == 0
+    out = s.output()
+    assert "killing worker" not in out and "killed" not in out

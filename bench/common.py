@@ -29,16 +29,17 @@ format = "png256"
 """
 
 
-def osm_layer(pg: PostgisServer) -> str:
+def osm_layer(pg: PostgisServer, name: str = "osm", font_dir: str = "") -> str:
     prm = pg.params
+    fonts = f'font_dir = "{font_dir}"\n' if font_dir else ""
     return f"""
 [[layer]]
-name = "osm"
+name = "{name}"
 style = "{ROOT / 'styles/osm.xml'}"
 minzoom = 10
 maxzoom = 19
 format = "png256"
-params = {{ host = "{prm['host']}", port = "{prm['port']}", user = "{prm['user']}", dbname = "{prm['dbname']}", password = "" }}
+{fonts}params = {{ host = "{prm['host']}", port = "{prm['port']}", user = "{prm['user']}", dbname = "{prm['dbname']}", password = "" }}
 """
 
 

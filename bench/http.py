@@ -229,7 +229,7 @@ maxzoom = 10
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise SystemExit(f"bench: the daemon exited; see {log.name}")
-                if c.ping(0.5) and c.status(1.0)["workers"]["total"] >= cfg.daemon.workers:
+                if c.ping(0.5) and c.status(1.0)["workers"]["total"] >= cfg.daemon.processes:
                     return proc
                 time.sleep(0.2)
         raise SystemExit("bench: the daemon did not become ready")

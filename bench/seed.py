@@ -10,9 +10,9 @@ ratio. Then compares storage of what was seeded: the disk store (bytes as
 the same tiles written as mod_tile ``.meta`` files and as one PNG file per
 tile.
 
-The daemon runs with 3 workers of which 1 is kept for interactive requests
-(so seeding has the 2 cores) and, for comparison, with 2 workers and none
-kept. Usage: .venv/bin/python bench/seed.py
+The daemon runs with 2 workers and 1 more reserved for interactive
+requests (the defaults on 2 cores: seeding has both) and, for comparison,
+with none reserved. Usage: .venv/bin/python bench/seed.py
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def write_other_layouts(cfg, layers: list[str], meta_dir: Path, png_dir: Path) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--skip-two-workers", action="store_true", help="only the 3-worker daemon")
+    ap.add_argument("--skip-two-workers", action="store_true", help="only the daemon with a reserved worker")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="renderd-bench-seed-"))
     pg = None
@@ -120,22 +120,22 @@ def main() -> None:
         print(f"in-process limit, 2 plain Mapnik processes: {rate_plain:7.2f} metatiles/s ({t_plain:.1f} s)")
 
         results = {"metatiles": len(jobs), "plain_rate": rate_plain}
-        variants = [(3, 1)] + ([] if args.skip_two_workers else [(2, 0)])
+        variants = [(2, 1)] + ([] if args.skip_two_workers else [(2, 0)])
         for workers, reserved in variants:
             store_dir = tmp / f"store-{workers}"
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             cfg_path = write_config(tmp, layers_toml, f'kind = "disk"\npath = "{store_dir}"', endpoint,
                                     workers=workers, reserved=reserved)
-            proc = start_daemon(cfg_path, endpoint, workers)
+            proc = start_daemon(cfg_path, endpoint, workers + reserved)
             try:
                 t, summaries = seed_all(cfg_path, seeds)
             finally:
                 stop_daemon(proc)
             rendered = sum(s.get("rendered", 0) for s in summaries)
             rate = len(jobs) / t
-            print(f"renderd-py seed, {workers} workers ({reserved} kept for interactive): {rate:7.2f} metatiles/s "
+            print(f"renderd-py seed, {workers} workers (and {reserved} reserved for interactive): {rate:7.2f} metatiles/s "
                   f"({t:.1f} s, {rendered} rendered)  ratio {rate / rate_plain:.2f}")
-            results[f"seed_{workers}w"] = {"rate": rate, "ratio": rate / rate_plain, "rendered": rendered}
+            results[f"seed_{workers}w{reserved}r"] = {"rate": rate, "ratio": rate / rate_plain, "rendered": rendered}
 
         cfg = _config.load(cfg_path)
         store_dir = Path(cfg.store.path)

@@ -72,6 +72,10 @@ class Worker:
         return pid if isinstance(pid, int) else None
 
     @property
+    def reserved(self) -> bool:
+        return self.info.get("role") == p.INTERACTIVE
+
+    @property
     def generation(self) -> int:
         g = self.info.get("generation", 0)
         return g if isinstance(g, int) else 0
@@ -123,7 +127,6 @@ class Broker:
         self.render_timeout = d.render_timeout
         self.heartbeat = d.heartbeat
         self.liveness = d.liveness
-        self.reserve = d.interactive_reserve
         self.recent_seconds = d.recent_seconds
         self.queues: list[collections.OrderedDict[JobKey, Job]] = [
             collections.OrderedDict() for _ in p.PRIORITY_NAMES]
@@ -503,35 +506,27 @@ class Broker:
 
     # --- dispatch --------------------------------------------------------
     def dispatch(self) -> None:
-        """Give queued jobs to idle workers, most urgent first, keeping
-        ``reserve`` workers free of bulk and expiry work."""
+        """Give queued jobs to idle workers, most urgent first. Reserved
+        workers (role ``interactive``) take no bulk or expiry work, and
+        interactive jobs go to them first: the others may be rendering at a
+        lowered CPU priority (docs/protocol.md)."""
         idle = [w for w in self.workers.values() if w.job is None and not w.stopping]
-        if not idle:
-            return
-        bulk_running = sum(1 for w in self.workers.values()
-                           if w.job is not None and w.job.priority >= p.BULK)
-        bulk_limit = max(1, len(self.workers) - self.reserve)
         for prio, queue in enumerate(self.queues):
             while queue and idle:
-                if prio >= p.BULK and bulk_running >= bulk_limit:
-                    return
                 key, job = next(iter(queue.items()))
-                worker = self._pick(idle, job.layer)
+                worker = self._pick(idle, job.layer, prio >= p.BULK)
                 if worker is None:
                     break
                 del queue[key]
                 idle.remove(worker)
                 self.start(worker, job)
-                if prio >= p.BULK:
-                    bulk_running += 1
 
     @staticmethod
-    def _pick(idle: list[Worker], layer: str) -> Worker | None:
-        for w in idle:
-            layers = w.info.get("layers")
-            if not isinstance(layers, list) or tilesets.split(layer)[0] in layers:
-                return w
-        return None
+    def _pick(idle: list[Worker], layer: str, bulk: bool) -> Worker | None:
+        base = tilesets.split(layer)[0]
+        fit = [w for w in idle if (not isinstance(w.info.get("layers"), list) or base in w.info["layers"])
+               and not (bulk and w.reserved)]
+        return max(fit, key=lambda w: w.reserved, default=None)
 
     def start(self, worker: Worker, job: Job) -> None:
         job.worker = worker
@@ -577,7 +572,8 @@ class Broker:
             "render_count": dict(zip(p.PRIORITY_NAMES, self.render_count)),
             "work": dict(self.work),
             "worker_list": [{"pid": w.pid, "host": w.info.get("host"), "jobs": w.jobs_done,
-                             "busy": w.job is not None, "generation": w.generation}
+                             "busy": w.job is not None, "generation": w.generation,
+                             "role": w.info.get("role", "any")}
                             for w in self.workers.values()],
         }
 

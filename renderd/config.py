@@ -19,6 +19,8 @@ from .tilemath import MAX_ZOOM
 
 DEFAULT_PATH = "/etc/renderd-py/renderd-py.toml"
 PRIORITIES = ("missing", "stale", "bulk", "expiry")
+#: how the workers that seed render (renderd.worker.lower_priority)
+BULK_PRIORITIES = ("nice", "idle", "normal")
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
 
 
@@ -169,9 +171,16 @@ class Option:
 DAEMON = {
     "broker": Option("ipc:///run/renderd-py/broker.sock", _endpoint,
                      "ZeroMQ address the broker binds; clients and workers connect to it"),
-    "workers": Option(2, _int(0, 256), "worker processes started by serve"),
+    "workers": Option(-1, _int(-1, 256),
+                      "worker processes that render any job, seeding included, at the CPU priority of "
+                      "bulk_priority while they seed (-1: one per CPU this process may use)"),
     "reserved": Option(-1, _int(-1, 256),
-                       "workers kept for interactive requests while seeding (-1: 1 when workers > 1)"),
+                       "more worker processes, on top of workers, at the daemon's CPU priority, kept for "
+                       "interactive requests and never given seeding or expiry (-1: one per 4 workers, "
+                       "at least 1; 0 when workers = 0)"),
+    "bulk_priority": Option("nice", _str(choices=BULK_PRIORITIES),
+                            "CPU scheduling of the workers' renders: nice (nice 19), idle (SCHED_IDLE) or "
+                            "normal; the reserved workers always render at the daemon's priority"),
     "queue_size": Option(1000, _int(1, 10_000_000), "jobs queued per priority before BUSY"),
     "render_timeout": Option(60.0, _float(), "seconds a metatile may take before its worker is killed"),
     "heartbeat": Option(1.0, _float(), "seconds between heartbeats"),
@@ -329,12 +338,29 @@ class DaemonConfig:
     recent_seconds: float
     shutdown_timeout: float
     log_level: str
+    bulk_priority: str = "nice"
 
     @property
-    def interactive_reserve(self) -> int:
-        if self.reserved >= 0:
-            return min(self.reserved, max(self.workers - 1, 0))
-        return 1 if self.workers > 1 else 0
+    def processes(self) -> int:
+        """Worker processes serve starts: ``workers`` and the ``reserved`` ones."""
+        return self.workers + self.reserved
+
+
+def cpus() -> int:
+    """CPUs this process may run on (os.cpu_count() unless an affinity mask
+    or a cpuset says fewer)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _size_pool(dvals: dict[str, Any]) -> None:
+    """``workers`` and ``reserved`` of -1 sized from the machine."""
+    if dvals["workers"] < 0:
+        dvals["workers"] = cpus()
+    if dvals["reserved"] < 0:
+        dvals["reserved"] = max(1, dvals["workers"] // 4) if dvals["workers"] else 0
 
 
 @dataclass(frozen=True)
@@ -484,6 +510,7 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
     dvals = _section(data.get("daemon"), DAEMON, "daemon", env)
     if dvals["broker"].startswith("ipc://") and not dvals["broker"].startswith("ipc:///"):
         dvals["broker"] = "ipc://" + str(base / dvals["broker"][len("ipc://"):])
+    _size_pool(dvals)
     daemon = DaemonConfig(**dvals)
     store = _section(data.get("store"), STORE, "store", env)
     if not os.path.isabs(store["path"]):

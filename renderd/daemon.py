@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import zmq
 
 from . import config as _config
+from . import protocol as p
 from .broker import Broker, Worker
 from .errors import ConfigError, DaemonError
 from .exitcodes import BOOT_FAILURES, EXIT_OK, EXIT_STYLE
@@ -38,34 +39,38 @@ class Child:
     proc: subprocess.Popen
     generation: int
     started: float
+    role: str = "any"
     ready: bool = False
 
 
 class Pool:
-    """Worker processes of this machine, connected to ``endpoint``."""
+    """Worker processes of this machine, connected to ``endpoint``: ``size``
+    that take any job and ``reserved`` more kept for interactive requests."""
 
-    def __init__(self, config_path: str, endpoint: str, size: int, token: str):
+    def __init__(self, config_path: str, endpoint: str, size: int, token: str, reserved: int = 0):
         self.config_path = config_path
         self.endpoint = endpoint
         self.size = size
+        self.reserved = reserved
         self.token = token
         self.generation = 0
         self.children: dict[int, Child] = {}
         self.boot_error: str | None = None
 
-    def spawn(self, generation: int | None = None) -> Child:
+    def spawn(self, generation: int | None = None, role: str = "any") -> Child:
         gen = self.generation if generation is None else generation
         cmd = [sys.executable, "-m", "renderd.worker", "-c", self.config_path, "--connect", self.endpoint,
-               "--generation", str(gen), "--pool", self.token]
+               "--generation", str(gen), "--pool", self.token, "--role", role]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=False)
-        child = Child(proc, gen, time.monotonic())
+        child = Child(proc, gen, time.monotonic(), role)
         self.children[proc.pid] = child
         return child
 
     def fill(self) -> None:
-        have = sum(1 for c in self.children.values() if c.generation == self.generation)
-        for _ in range(self.size - have):
-            self.spawn()
+        for role, size in (("any", self.size), (p.INTERACTIVE, self.reserved)):
+            have = sum(1 for c in self.children.values() if c.generation == self.generation and c.role == role)
+            for _ in range(size - have):
+                self.spawn(role=role)
 
     def reap(self) -> list[tuple[int, Child, int]]:
         """Children that have exited: (pid, child, status)."""
@@ -110,7 +115,7 @@ class Daemon:
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.token = uuid.uuid4().hex
-        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token)
+        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token, cfg.daemon.reserved)
         self.broker = Broker(cfg, self.sock.send_multipart, kill=self._kill_worker, pool=self.token)
         self.pending: list[str] = []
         self.stopping = False
@@ -163,8 +168,9 @@ class Daemon:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         self.pool.fill()
-        log.info("broker on %s with %d workers", self.cfg.daemon.broker, self.pool.size)
-        if self.pool.size == 0:
+        log.info("broker on %s with %d workers and %d reserved for interactive requests",
+                 self.cfg.daemon.broker, self.pool.size, self.pool.reserved)
+        if self.pool.size + self.pool.reserved == 0:
             self._ready()
         try:
             while True:
@@ -249,6 +255,7 @@ class Daemon:
         self.broker.layers = {lyr.name: lyr for lyr in cfg.layers}
         self.pool.generation += 1
         self.pool.size = cfg.daemon.workers
+        self.pool.reserved = cfg.daemon.reserved
         self.reload_generation = self.pool.generation
         log.info("reloading: starting worker generation %d", self.pool.generation)
         self.pool.fill()
@@ -270,7 +277,7 @@ class Daemon:
             if code != 0 and code != -signal.SIGKILL:
                 log.warning("worker %d exited with status %s", pid, code)
             if child.generation == self.pool.generation:
-                self.pool.spawn()
+                self.pool.spawn(role=child.role)
 
     def _abort_reload(self, generation: int) -> None:
         self.reload_generation = None

@@ -150,6 +150,21 @@ class BrokerLink:
         self._io_end.close(0)
 
 
+def lower_priority(kind: str) -> None:
+    """Lower the CPU priority of the calling thread (on Linux, nice values
+    and scheduling policies are per thread): ``nice`` is nice 19,
+    ``idle`` SCHED_IDLE, ``normal`` leaves it. A worker that renders at a
+    lowered priority still uses an idle core fully; it only yields the CPU
+    to the reserved workers (and anything else at normal priority) at once."""
+    try:
+        if kind == "nice":
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+        elif kind == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as e:
+        log.warning("cannot lower the render priority (%s): rendering at normal priority", e)
+
+
 def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, max_jobs: int) -> int:
     """Render jobs until told to stop or recycled; returns jobs done."""
     done = 0
@@ -215,7 +230,13 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(cfg.store)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "layers": list(renderers),
             "generation": args.generation, "pool": args.pool}
+    if args.role == p.INTERACTIVE:
+        info["role"] = p.INTERACTIVE
     link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness)
+    if args.role != p.INTERACTIVE:
+        # after the I/O thread has started: only this thread, the one that renders, is lowered,
+        # so heartbeats keep flowing however busy the machine is
+        lower_priority(cfg.daemon.bulk_priority)
     max_jobs = cfg.daemon.max_jobs if args.max_jobs is None else args.max_jobs
     try:
         serve_jobs(cfg, link, renderers, store, max_jobs)
@@ -234,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--generation", type=int, default=0)
     ap.add_argument("--pool", default="")
     ap.add_argument("--max-jobs", type=int, default=None)
+    ap.add_argument("--role", choices=("any", p.INTERACTIVE), default="any",
+                    help="interactive: a reserved worker, never given seeding, at normal priority")
     return ap.parse_args(argv)
 
 

@@ -34,8 +34,10 @@ class Harness:
         self.b = Broker(make_cfg(**daemon), self.sent.append, clock=self.clock,
                         kill=self.killed.append, pool="local")
 
-    def worker(self, ident, pid=None):
+    def worker(self, ident, pid=None, role=None):
         info = {"pid": pid or hash(ident) % 10000, "layers": ["w"], "generation": 0, "pool": "local"}
+        if role:
+            info["role"] = role
         self.b.handle([ident] + p.ready_frames(info))
 
     def render(self, client, rid, tile, prio=p.MISSING, timeout_ms=5000, flags=()):
@@ -131,16 +133,24 @@ def test_priority_order():
     assert order == [24, 16, 8, 0]
 
 
-def test_reserve_keeps_a_worker_for_interactive_requests():
+def test_reserved_workers_take_interactive_jobs_only_and_first():
     h = Harness(workers=2, reserved=1)
     h.worker(b"w1")
+    h.worker(b"r1", role=p.INTERACTIVE)
     h.worker(b"w2")
     for i in range(3):
         h.render(b"seed", str(i).encode(), (8, 8 * i, 0), prio=p.BULK)
-    assert h.b.running == 1  # the other worker stays free
+    assert h.b.running == 2  # seeding takes every worker but the reserved one
+    assert h.jobs_for(b"r1") == []
     h.render(b"user", b"u", (8, 200, 200), prio=p.MISSING)
-    assert h.b.running == 2
+    assert [j.meta.x0 for j in h.jobs_for(b"r1")] == [200]
     assert len(h.replies_to(b"seed")) == 0
+    # with nothing seeding, an interactive job still goes to the reserved worker first
+    h2 = Harness()
+    h2.worker(b"w1")
+    h2.worker(b"r1", role=p.INTERACTIVE)
+    h2.render(b"user", b"u", (8, 0, 0), prio=p.STALE)
+    assert len(h2.jobs_for(b"r1")) == 1 and h2.jobs_for(b"w1") == []
 
 
 def test_full_queue_answers_busy_at_once():

@@ -54,7 +54,7 @@ class Serve:
         self.proc = subprocess.Popen(RENDERD + ["serve", "-c", str(self.config)], stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
-            self.wait_workers(_config.load(self.config).daemon.workers)
+            self.wait_workers(_config.load(self.config).daemon.processes)
         return self
 
     def client(self, timeout: float = 30) -> Client:
@@ -211,7 +211,7 @@ def test_concurrent_requests_for_one_metatile_render_once(serve, postgis_dsn):
 
 
 def test_full_queue_busy_and_abandoned_jobs_not_rendered(serve, postgis_dsn):
-    s = serve(slow_layer(postgis_dsn, 1.5), workers=1, queue_size=2, recent_seconds=0.0)
+    s = serve(slow_layer(postgis_dsn, 1.5), workers=1, reserved=0, queue_size=2, recent_seconds=0.0)
     with s.client() as c:
         first = p.RenderRequest(b"first", "slow", Tile(8, 0, 0), p.MISSING, 30000)
         c.send(first)
@@ -282,7 +282,7 @@ def test_workers_are_recycled(serve):
 
 
 def test_hup_reloads_styles(serve, tmp_path):
-    s = serve(workers=1)
+    s = serve(workers=1, reserved=0)
     with s.client() as c:
         before = c.render("shapes", Tile(0, 0, 0)).tile
     style = tmp_path / "daemon_style.xml"
@@ -388,7 +388,34 @@ def test_a_frozen_daemon_keeps_its_healthy_workers(serve, postgis_dsn):
         time.sleep(3.0)  # past another liveness period: nothing is killed late either
         st = c.status()
     assert {w["pid"] for w in st["worker_list"]} == before
-    assert st["workers"]["total"] == 2
+    assert st["workers"]["total"] == len(before) == 3  # 2 workers, 1 reserved
     assert st["counters"].get("failed", 0) == 0
     out = s.output()
     assert "killing worker" not in out and "killed" not in out
+
+
+def thread_nice(pid: int) -> dict[str, int]:
+    """Nice value of each thread of a process, by thread name."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[f"{name}/{task.name}"] = int(fields[16])  # field 19 of stat: nice
+    return out
+
+
+def test_reserved_workers_render_at_normal_priority_the_others_lowered(serve):
+    s = serve(workers=1, reserved=1)
+    st = s.status()
+    roles = {w["role"]: w["pid"] for w in st["worker_list"]}
+    assert set(roles) == {"any", "interactive"}
+    seeder = thread_nice(roles["any"])
+    # the rendering thread (the main one, named like the process) at nice 19; the threads
+    # that answer heartbeats at the daemon's priority
+    assert seeder[f"{Path(sys.executable).name[:15]}/{roles['any']}"] == 19, seeder
+    assert sorted(v for k, v in seeder.items() if not k.endswith(f"/{roles['any']}"))[-1] == 0, seeder
+    assert set(thread_nice(roles["interactive"]).values()) == {0}
+    with s.client() as c:
+        assert c.render("shapes", Tile(4, 3, 3)).ok
+        assert c.render("shapes", Tile(4, 8, 8), priority=p.BULK).ok

@@ -296,6 +296,8 @@ class Broker:
             log.info("worker %s ready (pid %s, generation %s)", ident.hex(), info.get("pid"),
                      info.get("generation"))
             self.send([ident] + p.heartbeat_frames())  # heard at once: no second reconnect
+            if not self.accepting:  # started before a shutdown, ready after it
+                self.stop_worker(new)
             self.dispatch()
             return
         if worker is None:
@@ -508,11 +510,19 @@ class Broker:
     def dispatch(self) -> None:
         """Give queued jobs to idle workers, most urgent first. Reserved
         workers (role ``interactive``) take no bulk or expiry work, and
-        interactive jobs go to them first: the others may be rendering at a
-        lowered CPU priority (docs/protocol.md)."""
+        interactive jobs go to them first (they render at a higher CPU
+        priority); bulk work starts only while fewer renders run than there
+        are workers that are not reserved (docs/tools.md)."""
         idle = [w for w in self.workers.values() if w.job is None and not w.stopping]
+        # renders at once that bulk work may bring the total to: the workers that are not
+        # reserved (one per CPU by default), so a user's render adds no CPU contention
+        # beyond the seeding renders already running when it starts
+        slots = sum(1 for w in self.workers.values() if not w.reserved)
+        running = self.running
         for prio, queue in enumerate(self.queues):
             while queue and idle:
+                if prio >= p.BULK and running >= slots:
+                    return
                 key, job = next(iter(queue.items()))
                 worker = self._pick(idle, job.layer, prio >= p.BULK)
                 if worker is None:
@@ -520,6 +530,7 @@ class Broker:
                 del queue[key]
                 idle.remove(worker)
                 self.start(worker, job)
+                running += 1
 
     @staticmethod
     def _pick(idle: list[Worker], layer: str, bulk: bool) -> Worker | None:

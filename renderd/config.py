@@ -19,8 +19,6 @@ from .tilemath import MAX_ZOOM
 
 DEFAULT_PATH = "/etc/renderd-py/renderd-py.toml"
 PRIORITIES = ("missing", "stale", "bulk", "expiry")
-#: how the workers that seed render (renderd.worker.lower_priority)
-BULK_PRIORITIES = ("nice", "idle", "normal")
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
 
 
@@ -172,15 +170,16 @@ DAEMON = {
     "broker": Option("ipc:///run/renderd-py/broker.sock", _endpoint,
                      "ZeroMQ address the broker binds; clients and workers connect to it"),
     "workers": Option(-1, _int(-1, 256),
-                      "worker processes that render any job, seeding included, at the CPU priority of "
-                      "bulk_priority while they seed (-1: one per CPU this process may use)"),
+                      "worker processes that render any job, seeding included (-1: one per CPU this "
+                      "process may use)"),
     "reserved": Option(-1, _int(-1, 256),
                        "more worker processes, on top of workers, at the daemon's CPU priority, kept for "
                        "interactive requests and never given seeding or expiry (-1: one per 4 workers, "
                        "at least 1; 0 when workers = 0)"),
-    "bulk_priority": Option("nice", _str(choices=BULK_PRIORITIES),
-                            "CPU scheduling of the workers' renders: nice (nice 19), idle (SCHED_IDLE) or "
-                            "normal; the reserved workers always render at the daemon's priority"),
+    "nice_gap": Option(10, _int(0, 39),
+                       "nice levels between the reserved workers' renders and the other workers' (0: none): "
+                       "the reserved ones are raised by it where the daemon may (root, or systemd's Nice= or "
+                       "LimitNICE=), otherwise the others are lowered by it"),
     "queue_size": Option(1000, _int(1, 10_000_000), "jobs queued per priority before BUSY"),
     "render_timeout": Option(60.0, _float(), "seconds a metatile may take before its worker is killed"),
     "heartbeat": Option(1.0, _float(), "seconds between heartbeats"),
@@ -338,7 +337,7 @@ class DaemonConfig:
     recent_seconds: float
     shutdown_timeout: float
     log_level: str
-    bulk_priority: str = "nice"
+    nice_gap: int = 10
 
     @property
     def processes(self) -> int:

@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 
@@ -34,6 +36,37 @@ log = logging.getLogger("renderd.daemon")
 SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup", signal.SIGCHLD: "chld"}
 
 
+def _may_set_nice(value: int) -> bool:
+    """Whether this process may set a thread's nice value to ``value``: tried
+    in a short-lived thread (nice values are per thread on Linux), so the
+    daemon's own priority does not change."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, name="nice-probe")
+    t.start()
+    t.join()
+    return bool(ok)
+
+
+def render_nice(gap: int, may: Callable[[int], bool] = _may_set_nice) -> dict[str, int]:
+    """Nice values of the reserved workers' renders and of the others', ``gap``
+    apart: the reserved ones raised above the daemon's priority where that is
+    allowed (root, CAP_SYS_NICE, systemd's Nice= or LimitNICE=), so that
+    seeding keeps the priority of everything else on the machine; otherwise
+    the others lowered below it."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if gap and base - gap >= -20 and may(base - gap):
+        return {p.INTERACTIVE: base - gap, "any": base}
+    return {p.INTERACTIVE: base, "any": min(19, base + gap)}
+
+
 @dataclass
 class Child:
     proc: subprocess.Popen
@@ -47,7 +80,10 @@ class Pool:
     """Worker processes of this machine, connected to ``endpoint``: ``size``
     that take any job and ``reserved`` more kept for interactive requests."""
 
-    def __init__(self, config_path: str, endpoint: str, size: int, token: str, reserved: int = 0):
+    def __init__(self, config_path: str, endpoint: str, size: int, token: str, reserved: int = 0,
+                 nice_gap: int = 0):
+        #: the nice value each role renders at
+        self.nice = render_nice(nice_gap)
         self.config_path = config_path
         self.endpoint = endpoint
         self.size = size
@@ -60,7 +96,8 @@ class Pool:
     def spawn(self, generation: int | None = None, role: str = "any") -> Child:
         gen = self.generation if generation is None else generation
         cmd = [sys.executable, "-m", "renderd.worker", "-c", self.config_path, "--connect", self.endpoint,
-               "--generation", str(gen), "--pool", self.token, "--role", role]
+               "--generation", str(gen), "--pool", self.token, "--role", role,
+               "--nice", str(self.nice[role])]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=False)
         child = Child(proc, gen, time.monotonic(), role)
         self.children[proc.pid] = child
@@ -115,7 +152,8 @@ class Daemon:
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.token = uuid.uuid4().hex
-        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token, cfg.daemon.reserved)
+        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token, cfg.daemon.reserved,
+                         cfg.daemon.nice_gap)
         self.broker = Broker(cfg, self.sock.send_multipart, kill=self._kill_worker, pool=self.token)
         self.pending: list[str] = []
         self.stopping = False
@@ -168,8 +206,9 @@ class Daemon:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         self.pool.fill()
-        log.info("broker on %s with %d workers and %d reserved for interactive requests",
-                 self.cfg.daemon.broker, self.pool.size, self.pool.reserved)
+        log.info("broker on %s with %d workers (rendering at nice %d) and %d reserved for interactive "
+                 "requests (at nice %d)", self.cfg.daemon.broker, self.pool.size, self.pool.nice["any"],
+                 self.pool.reserved, self.pool.nice[p.INTERACTIVE])
         if self.pool.size + self.pool.reserved == 0:
             self._ready()
         try:
@@ -298,7 +337,7 @@ def run_pool(cfg: _config.Config, endpoint: str, size: int) -> int:
     """``renderd-py worker``: a pool of workers for a broker elsewhere."""
     if cfg.path is None:
         raise ConfigError("worker needs a configuration file")
-    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex)
+    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex)  # no reserved workers here: no gap to keep
     pending: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: pending.append(s))

@@ -150,19 +150,15 @@ class BrokerLink:
         self._io_end.close(0)
 
 
-def lower_priority(kind: str) -> None:
-    """Lower the CPU priority of the calling thread (on Linux, nice values
-    and scheduling policies are per thread): ``nice`` is nice 19,
-    ``idle`` SCHED_IDLE, ``normal`` leaves it. A worker that renders at a
-    lowered priority still uses an idle core fully; it only yields the CPU
-    to the reserved workers (and anything else at normal priority) at once."""
+def set_render_nice(value: int) -> None:
+    """The nice value of the calling thread, the one that renders (on Linux
+    nice values are per thread): the I/O thread started before keeps the
+    pool's, so heartbeats flow however busy the machine is."""
     try:
-        if kind == "nice":
-            os.setpriority(os.PRIO_PROCESS, 0, 19)
-        elif kind == "idle":
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError) as e:
-        log.warning("cannot lower the render priority (%s): rendering at normal priority", e)
+        if os.getpriority(os.PRIO_PROCESS, 0) != value:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as e:
+        log.warning("cannot render at nice %d (%s): rendering at the pool's priority", value, e)
 
 
 def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, max_jobs: int) -> int:
@@ -233,10 +229,8 @@ def run(args: argparse.Namespace) -> int:
     if args.role == p.INTERACTIVE:
         info["role"] = p.INTERACTIVE
     link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness)
-    if args.role != p.INTERACTIVE:
-        # after the I/O thread has started: only this thread, the one that renders, is lowered,
-        # so heartbeats keep flowing however busy the machine is
-        lower_priority(cfg.daemon.bulk_priority)
+    if args.nice is not None:
+        set_render_nice(args.nice)
     max_jobs = cfg.daemon.max_jobs if args.max_jobs is None else args.max_jobs
     try:
         serve_jobs(cfg, link, renderers, store, max_jobs)
@@ -256,7 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pool", default="")
     ap.add_argument("--max-jobs", type=int, default=None)
     ap.add_argument("--role", choices=("any", p.INTERACTIVE), default="any",
-                    help="interactive: a reserved worker, never given seeding, at normal priority")
+                    help="interactive: a reserved worker, given no seeding or expiry")
+    ap.add_argument("--nice", type=int, default=None, help="nice value of the rendering thread")
     return ap.parse_args(argv)
 
 

@@ -145,6 +145,14 @@ def test_reserved_workers_take_interactive_jobs_only_and_first():
     h.render(b"user", b"u", (8, 200, 200), prio=p.MISSING)
     assert [j.meta.x0 for j in h.jobs_for(b"r1")] == [200]
     assert len(h.replies_to(b"seed")) == 0
+    # while the user's render runs, a finished seeding render is not replaced: as many
+    # renders as workers that are not reserved
+    [j0] = h.jobs_for(b"w1")
+    h.finish(b"w1", j0)
+    assert h.b.running == 2 and len(h.jobs_for(b"w1")) == 1
+    [ju] = h.jobs_for(b"r1")
+    h.finish(b"r1", ju)  # the user is served: seeding takes both workers again
+    assert h.b.running == 2 and len(h.jobs_for(b"w1")) == 2
     # with nothing seeding, an interactive job still goes to the reserved worker first
     h2 = Harness()
     h2.worker(b"w1")
@@ -257,6 +265,8 @@ def test_shutdown_fails_queued_and_stops_workers():
     assert [b"w1", p.WORKER, p.STOP] in h.sent
     h.render(b"c", b"late", (8, 16, 0))
     assert h.replies_to(b"c")[-1].status == p.FAIL
+    h.worker(b"w2")  # started before the shutdown, ready after it: stopped too
+    assert [b"w2", p.WORKER, p.STOP] in h.sent
 
 
 @pytest.mark.parametrize("frames", [

@@ -113,7 +113,7 @@ def test_pool_sized_from_the_machine(monkeypatch, cpus, daemon, workers, reserve
     import tomllib
     c = config.parse({"daemon": tomllib.loads(daemon)}, env={}, check_files=False)
     assert (c.daemon.workers, c.daemon.reserved, c.daemon.processes) == (workers, reserved, workers + reserved)
-    assert c.daemon.bulk_priority == "nice"
+    assert c.daemon.nice_gap == 10
 
 
 def test_cpus_is_what_this_process_may_use():

@@ -394,28 +394,36 @@ def test_a_frozen_daemon_keeps_its_healthy_workers(serve, postgis_dsn):
     assert "killing worker" not in out and "killed" not in out
 
 
-def thread_nice(pid: int) -> dict[str, int]:
-    """Nice value of each thread of a process, by thread name."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[f"{name}/{task.name}"] = int(fields[16])  # field 19 of stat: nice
-    return out
+def main_thread_nice(pid: int) -> tuple[int, list[int]]:
+    """(nice of the main thread, nice of the others)."""
+    nice = {int(t.name): int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            for t in Path(f"/proc/{pid}/task").iterdir()}
+    return nice.pop(pid), sorted(nice.values())
 
 
-def test_reserved_workers_render_at_normal_priority_the_others_lowered(serve):
-    s = serve(workers=1, reserved=1)
+def test_reserved_workers_render_nice_gap_above_the_others(serve):
+    s = serve(workers=1, reserved=1, nice_gap=7)
     st = s.status()
     roles = {w["role"]: w["pid"] for w in st["worker_list"]}
     assert set(roles) == {"any", "interactive"}
-    seeder = thread_nice(roles["any"])
-    # the rendering thread (the main one, named like the process) at nice 19; the threads
-    # that answer heartbeats at the daemon's priority
-    assert seeder[f"{Path(sys.executable).name[:15]}/{roles['any']}"] == 19, seeder
-    assert sorted(v for k, v in seeder.items() if not k.endswith(f"/{roles['any']}"))[-1] == 0, seeder
-    assert set(thread_nice(roles["interactive"]).values()) == {0}
+    base = os.getpriority(os.PRIO_PROCESS, s.proc.pid)
+    reserved_nice, reserved_io = main_thread_nice(roles["interactive"])
+    seeder_nice, seeder_io = main_thread_nice(roles["any"])
+    assert seeder_nice - reserved_nice == 7
+    # raised where allowed (we are root here), else the others lowered
+    assert (reserved_nice, seeder_nice) == ((base - 7, base) if os.geteuid() == 0 else (base, base + 7))
+    # the threads that answer heartbeats keep the pool's priority
+    assert set(reserved_io) == set(seeder_io) == {base}
     with s.client() as c:
         assert c.render("shapes", Tile(4, 3, 3)).ok
         assert c.render("shapes", Tile(4, 8, 8), priority=p.BULK).ok
+
+
+@pytest.mark.parametrize("gap, allowed, base, nice", [
+    (10, True, 0, (-10, 0)), (10, False, 0, (0, 10)), (10, False, 15, (15, 19)), (0, True, 0, (0, 0)),
+    (10, True, -15, (-15, -5)),
+])
+def test_render_nice_raises_the_reserved_or_lowers_the_others(monkeypatch, gap, allowed, base, nice):
+    from renderd import daemon
+    monkeypatch.setattr(os, "getpriority", lambda which, who: base)
+    assert daemon.render_nice(gap, may=lambda v: allowed) == {"interactive": nice[0], "any": nice[1]}

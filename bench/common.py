@@ -43,6 +43,18 @@ format = "png256"
 """
 
 
+def cpu_seconds(pids: list) -> float:
+    """CPU seconds (user + system, all threads) used so far by these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def helsinki() -> PostgisServer:
     pg = PostgisServer().start()
     pg.import_osm(ROOT / "data/osm/Helsinki.osm.pbf")

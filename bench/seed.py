@@ -45,7 +45,7 @@ sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _HERE] 
 import urllib.error  # noqa: E402  (after the path is fixed: it imports the stdlib's http)
 import urllib.request  # noqa: E402
 
-from common import (ROOT, WORLD_LAYER, free_port, helsinki, osm_layer, osm_lnglat_bbox,  # noqa: E402
+from common import (ROOT, WORLD_LAYER, cpu_seconds, free_port, helsinki, osm_layer, osm_lnglat_bbox,  # noqa: E402
                     run_plain, start_daemon, stop_daemon, write_config)
 from renderd import config as _config  # noqa: E402
 from renderd.store import open_store  # noqa: E402
@@ -122,19 +122,6 @@ SPARSE_BOX = "24.8,60.1,25.3,60.3"
 FONTS = "/usr/share/fonts/truetype/dejavu"
 #: seconds between two requests of the user asking for missing tiles during a seed
 USER_INTERVAL = 0.25
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (all their threads)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
 
 
 def pss_mb(pid: int) -> float:

@@ -384,6 +384,7 @@ def peer_main(args: argparse.Namespace) -> None:
               f"({'defaults' if not args.daemon else args.daemon!r}); renderd: num_threads = 2, render_list -n 2")
         paths = user_paths(metas["dense"])
         rates: dict[str, list[tuple[float, float]]] = {name: [] for name in extents}
+        cpu_ratios: dict[str, list[float]] = {name: [] for name in extents}
         idle: dict[str, list[float]] = {}
         busy: dict[str, list[tuple[str, float]]] = {name: [] for name in extents}
         memory: dict[str, float] = {}
@@ -430,10 +431,12 @@ def peer_main(args: argparse.Namespace) -> None:
                 (tw, cw, mw), (to, co, mo), (tu, _, _) = got["renderd"], got["ours"], got["users"]
                 rw, ro = n / tw, n / to
                 rates[name].append((rw, ro))
+                cpu_ratios[name].append(cw / co)
                 print(f"round {rnd} {name:6} ({' then '.join(order)}): renderd {rw:6.2f} metatiles/s "
                       f"({tw:5.2f} s wall, {cw:5.2f} s CPU, {mw} .meta)  renderd-py {ro:6.2f} metatiles/s "
-                      f"({to:5.2f} s wall, {co:5.2f} s CPU, {mo} rendered)  ratio {ro / rw:5.2f}; "
-                      f"renderd-py with the user asking: {n / tu:6.2f} metatiles/s", flush=True)
+                      f"({to:5.2f} s wall, {co:5.2f} s CPU, {mo} rendered)  ratio {ro / rw:5.2f} "
+                      f"(CPU per metatile {cw / co:5.2f}); renderd-py with the user asking: "
+                      f"{n / tu:6.2f} metatiles/s", flush=True)
         goals = {"dense": 1.5, "sparse": 4.0}
         summary: dict = {"rounds": args.rounds, "daemon": args.daemon or "defaults"}
         for name in extents:
@@ -442,8 +445,10 @@ def peer_main(args: argparse.Namespace) -> None:
             print(f"{name}: ratio per round {', '.join(f'{r:.2f}' for r in ratios)}; median {med:.2f} "
                   f"(renderd median {statistics.median(w for w, _ in rates[name]):.2f}/s, renderd-py "
                   f"{statistics.median(o for _, o in rates[name]):.2f}/s; goal {goals[name]}x: "
-                  f"{'met' if med >= goals[name] else 'not met'})")
-            summary[name] = {"ratios": ratios, "median": med}
+                  f"{'met' if med >= goals[name] else 'not met'}); CPU per metatile, renderd's over "
+                  f"renderd-py's: {', '.join(f'{r:.2f}' for r in cpu_ratios[name])}, median "
+                  f"{statistics.median(cpu_ratios[name]):.2f}")
+            summary[name] = {"ratios": ratios, "median": med, "cpu_ratios": cpu_ratios[name]}
         for name in extents:
             during = [sec for _, sec in busy[name]]
             if not during:

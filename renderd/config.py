@@ -184,6 +184,8 @@ def _rescale(v: Any, key: str) -> str:
 def _colormap(v: Any, key: str) -> str:
     v = _str()(v, key)
     if v:
+        from .rasterenv import import_rasterio
+        import_rasterio()           # (rio-tiler makes CRSs on import: PROJ must be rasterio's)
         from rio_tiler.colormap import cmap
         if v.lower() not in cmap.list():
             raise ConfigError(f"unknown colormap {v!r} (for example viridis, terrain, rdbu)", key)
@@ -213,9 +215,17 @@ class Option:
 DAEMON = {
     "broker": Option("ipc:///run/renderd-py/broker.sock", _endpoint,
                      "ZeroMQ address the broker binds; clients and workers connect to it"),
-    "workers": Option(2, _int(0, 256), "worker processes started by serve"),
+    "workers": Option(-1, _int(-1, 256),
+                      "worker processes that render any job, seeding included (-1: one per CPU this "
+                      "process may use)"),
     "reserved": Option(-1, _int(-1, 256),
-                       "workers kept for interactive requests while seeding (-1: 1 when workers > 1)"),
+                       "more worker processes, on top of workers, at the daemon's CPU priority, kept for "
+                       "interactive requests and never given seeding or expiry (-1: one per 4 workers, "
+                       "at least 1; 0 when workers = 0)"),
+    "nice_gap": Option(10, _int(0, 39),
+                       "nice levels between the reserved workers' renders and the other workers' (0: none): "
+                       "the reserved ones are raised by it where the daemon may (root, or systemd's Nice= or "
+                       "LimitNICE=), otherwise the others are lowered by it"),
     "queue_size": Option(1000, _int(1, 10_000_000), "jobs queued per priority before BUSY"),
     "render_timeout": Option(60.0, _float(), "seconds a metatile may take before its worker is killed"),
     "heartbeat": Option(1.0, _float(), "seconds between heartbeats"),
@@ -397,12 +407,29 @@ class DaemonConfig:
     workers_bind: str
     curve_secret: str
     authorized_workers: str
+    nice_gap: int = 10
 
     @property
-    def interactive_reserve(self) -> int:
-        if self.reserved >= 0:
-            return min(self.reserved, max(self.workers - 1, 0))
-        return 1 if self.workers > 1 else 0
+    def processes(self) -> int:
+        """Worker processes serve starts: ``workers`` and the ``reserved`` ones."""
+        return self.workers + self.reserved
+
+
+def cpus() -> int:
+    """CPUs this process may run on (os.cpu_count() unless an affinity mask
+    or a cpuset says fewer)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _size_pool(dvals: dict[str, Any]) -> None:
+    """``workers`` and ``reserved`` of -1 sized from the machine."""
+    if dvals["workers"] < 0:
+        dvals["workers"] = cpus()
+    if dvals["reserved"] < 0:
+        dvals["reserved"] = max(1, dvals["workers"] // 4) if dvals["workers"] else 0
 
 
 @dataclass(frozen=True)
@@ -560,6 +587,7 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
     for key in ("curve_secret", "authorized_workers"):
         if dvals[key] and not os.path.isabs(dvals[key]):
             dvals[key] = str(base / dvals[key])
+    _size_pool(dvals)
     daemon = DaemonConfig(**dvals)
     store = _section(data.get("store"), STORE, "store", env)
     if not os.path.isabs(store["path"]):

@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 
@@ -35,43 +37,81 @@ log = logging.getLogger("renderd.daemon")
 SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup", signal.SIGCHLD: "chld"}
 
 
+def _may_set_nice(value: int) -> bool:
+    """Whether this process may set a thread's nice value to ``value``: tried
+    in a short-lived thread (nice values are per thread on Linux), so the
+    daemon's own priority does not change."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, name="nice-probe")
+    t.start()
+    t.join()
+    return bool(ok)
+
+
+def render_nice(gap: int, may: Callable[[int], bool] = _may_set_nice) -> dict[str, int]:
+    """Nice values of the reserved workers' renders and of the others', ``gap``
+    apart: the reserved ones raised above the daemon's priority where that is
+    allowed (root, CAP_SYS_NICE, systemd's Nice= or LimitNICE=), so that
+    seeding keeps the priority of everything else on the machine; otherwise
+    the others lowered below it."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if gap and base - gap >= -20 and may(base - gap):
+        return {p.INTERACTIVE: base - gap, "any": base}
+    return {p.INTERACTIVE: base, "any": min(19, base + gap)}
+
+
 @dataclass
 class Child:
     proc: subprocess.Popen
     generation: int
     started: float
+    role: str = "any"
     ready: bool = False
 
 
 class Pool:
-    """Worker processes of this machine, connected to ``endpoint``."""
+    """Worker processes of this machine, connected to ``endpoint``: ``size``
+    that take any job and ``reserved`` more kept for interactive requests."""
 
-    def __init__(self, config_path: str, endpoint: str, size: int, token: str,
-                 curve: tuple[str, str] | None = None):
+    def __init__(self, config_path: str, endpoint: str, size: int, token: str, reserved: int = 0,
+                 nice_gap: int = 0, curve: tuple[str, str] | None = None):
+        #: the nice value each role renders at
+        self.nice = render_nice(nice_gap)
         self.config_path = config_path
         self.endpoint = endpoint
         self.curve = curve          # (the worker's .key_secret, the broker's .key) for CURVE
         self.size = size
+        self.reserved = reserved
         self.token = token
         self.generation = 0
         self.children: dict[int, Child] = {}
         self.boot_error: str | None = None
 
-    def spawn(self, generation: int | None = None) -> Child:
+    def spawn(self, generation: int | None = None, role: str = "any") -> Child:
         gen = self.generation if generation is None else generation
         cmd = [sys.executable, "-m", "renderd.worker", "-c", self.config_path, "--connect", self.endpoint,
-               "--generation", str(gen), "--pool", self.token, "--parent", str(os.getpid())]
+               "--generation", str(gen), "--pool", self.token, "--role", role,
+               "--nice", str(self.nice[role]), "--parent", str(os.getpid())]
         if self.curve:
             cmd += ["--key", self.curve[0], "--broker-key", self.curve[1]]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=False)
-        child = Child(proc, gen, time.monotonic())
+        child = Child(proc, gen, time.monotonic(), role)
         self.children[proc.pid] = child
         return child
 
     def fill(self) -> None:
-        have = sum(1 for c in self.children.values() if c.generation == self.generation)
-        for _ in range(self.size - have):
-            self.spawn()
+        for role, size in (("any", self.size), (p.INTERACTIVE, self.reserved)):
+            have = sum(1 for c in self.children.values() if c.generation == self.generation and c.role == role)
+            for _ in range(size - have):
+                self.spawn(role=role)
 
     def reap(self) -> list[tuple[int, Child, int]]:
         """Children that have exited: (pid, child, status)."""
@@ -122,7 +162,8 @@ class Daemon:
                               "hosts connect to daemon.workers_bind, with CURVE", "daemon.broker")
         self.remote = WorkersEndpoint(self.ctx, cfg.daemon.workers_bind, cfg.daemon.curve_secret,
                                       cfg.daemon.authorized_workers) if cfg.daemon.workers_bind else None
-        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token)
+        self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token, cfg.daemon.reserved,
+                         cfg.daemon.nice_gap)
         self.broker = Broker(cfg, self._send, kill=self._kill_worker, pool=self.token)
         self.pending: list[str] = []
         self.stopping = False
@@ -197,8 +238,10 @@ class Daemon:
             log.info("workers from other hosts on %s (%s)", self.remote.endpoint,
                      "CURVE" if self.remote.keys is not None else "loopback, no CURVE")
         self.pool.fill()
-        log.info("broker on %s with %d workers", self.cfg.daemon.broker, self.pool.size)
-        if self.pool.size == 0:
+        log.info("broker on %s with %d workers (rendering at nice %d) and %d reserved for interactive "
+                 "requests (at nice %d)", self.cfg.daemon.broker, self.pool.size, self.pool.nice["any"],
+                 self.pool.reserved, self.pool.nice[p.INTERACTIVE])
+        if self.pool.size + self.pool.reserved == 0:
             self._ready()
         try:
             while True:
@@ -292,6 +335,7 @@ class Daemon:
         self.broker.layers = {lyr.name: lyr for lyr in cfg.layers}
         self.pool.generation += 1
         self.pool.size = cfg.daemon.workers
+        self.pool.reserved = cfg.daemon.reserved
         self.reload_generation = self.pool.generation
         log.info("reloading: starting worker generation %d", self.pool.generation)
         self.pool.fill()
@@ -313,7 +357,7 @@ class Daemon:
             if code != 0 and code != -signal.SIGKILL:
                 log.warning("worker %d exited with status %s", pid, code)
             if child.generation == self.pool.generation:
-                self.pool.spawn()
+                self.pool.spawn(role=child.role)
 
     def _abort_reload(self, generation: int) -> None:
         self.reload_generation = None
@@ -338,7 +382,8 @@ def run_pool(cfg: _config.Config, endpoint: str, size: int, curve: tuple[str, st
     if curve is None and not is_local_endpoint(endpoint):
         raise ConfigError(f"{endpoint!r} is not a loopback address: a worker on another host connects "
                           "with CURVE (--key and --broker-key)")
-    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex, curve)
+    # (no reserved workers here: no gap to keep)
+    pool = Pool(cfg.path, endpoint, size, uuid.uuid4().hex, curve=curve)
     pending: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: pending.append(s))

@@ -40,6 +40,8 @@ BYE = b"BYE"
 #: priority classes, most urgent first
 MISSING, STALE, BULK, EXPIRY = 0, 1, 2, 3
 PRIORITY_NAMES = ("missing", "stale", "bulk", "expiry")
+#: READY's ``role`` of a reserved worker: given missing and stale jobs only
+INTERACTIVE = "interactive"
 FLAGS = frozenset({"meta", "nodata", "force"})
 MAX_ID = 64
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000

@@ -99,12 +99,19 @@ class BrokerLink:
             sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
         sock.connect(self.endpoint)
         try:
-            sock.send_multipart(p.ready_frames(self.info), zmq.NOBLOCK)
+            sock.send_multipart(self._ready(), zmq.NOBLOCK)
         except zmq.Again:
             pass            # (sent again when the broker asks, or on the next reconnect)
         return sock
 
+    def _ready(self) -> list[bytes]:
+        """READY, naming the job still being rendered after a reconnect, so
+        the broker keeps it with this worker instead of queuing it again."""
+        info = dict(self.info, job=self._job.decode()) if self._job else self.info
+        return p.ready_frames(info)
+
     def _io_loop(self) -> None:
+        self._job: bytes | None = None  # the job the main thread holds
         broker = self._connect()
         poller = zmq.Poller()
         poller.register(broker, zmq.POLLIN)
@@ -129,6 +136,8 @@ class BrokerLink:
             if self._io_end in events:
                 frames = self._io_end.recv_multipart(copy=False)
                 send(frames)
+                if frames[1].bytes in (p.DONE, p.FAILED):
+                    self._job = None
                 if frames[1].bytes == p.BYE:
                     break
             if broker in events:
@@ -140,11 +149,12 @@ class BrokerLink:
                     cmd = b""  # not for a worker: ignored
                 warned = -1e9
                 if cmd == p.JOB:
+                    self._job = frames[2] if len(frames) > 2 else None
                     self._io_end.send_multipart(frames)
                 elif cmd == p.STOP:
                     self._io_end.send_multipart([p.STOP])
                 elif cmd == p.READY:
-                    send(p.ready_frames(self.info))
+                    send(self._ready())
             if self._stop.is_set():
                 break
             if now >= next_beat:
@@ -162,6 +172,17 @@ class BrokerLink:
                 heard, lost = now, False
         broker.close()
         self._io_end.close(0)
+
+
+def set_render_nice(value: int) -> None:
+    """The nice value of the calling thread, the one that renders (on Linux
+    nice values are per thread): the I/O thread started before keeps the
+    pool's, so heartbeats flow however busy the machine is."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != value:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as e:
+        log.warning("cannot render at nice %d (%s): rendering at the pool's priority", value, e)
 
 
 def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, max_jobs: int) -> int:
@@ -238,8 +259,12 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as e:
             print(f"renderd-py worker: error: {e}", file=sys.stderr)
             return EXIT_USAGE
+    if args.role == p.INTERACTIVE:
+        info["role"] = p.INTERACTIVE
     link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness,
                       curve=curve)
+    if args.nice is not None:
+        set_render_nice(args.nice)
     max_jobs = cfg.daemon.max_jobs if args.max_jobs is None else args.max_jobs
     try:
         serve_jobs(cfg, link, renderers, store, max_jobs)
@@ -261,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--parent", type=int, default=0, help="end when this process (the pool) ends")
     ap.add_argument("--key", default="", help="this worker's .key_secret file (CURVE)")
     ap.add_argument("--broker-key", default="", help="the broker's .key file (CURVE)")
+    ap.add_argument("--role", choices=("any", p.INTERACTIVE), default="any",
+                    help="interactive: a reserved worker, given no seeding or expiry")
+    ap.add_argument("--nice", type=int, default=None, help="nice value of the rendering thread")
     return ap.parse_args(argv)
 
 

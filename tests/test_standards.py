@@ -36,7 +36,7 @@ def make_cfg(broker: str = "tcp://127.0.0.1:5555", store: str = "/tmp/store"):
         "layer": [
             {"name": "world", "style": "world.xml", "maxzoom": 12, "description": "a <world> & more"},
             {"name": "sst", "kind": "raster", "collection": "sst", "keys": ["year", "month"], "maxzoom": 8,
-             "bounds": [-20, 0, 40, 60]},
+             "bounds": [-20, 0, 40, 60], "scales": [1, 2]},
             {"name": "big", "style": "world.xml", "tile_size": 512, "minzoom": 2, "maxzoom": 5,
              "format": "jpeg80"},
         ]}, check_files=False)
@@ -110,8 +110,8 @@ def test_capabilities_hold_what_gdal_and_qgis_read():
                                          {"sst": [["2023", "12"], ["2024", "07"], ["2024", "08"]]}))
     layers = {lyr.findtext("ows:Identifier", namespaces=NS): lyr
               for lyr in root.findall("w:Contents/w:Layer", NS)}
-    assert list(layers) == ["world", "sst", "big"]
-    world, sst, big = layers.values()
+    assert list(layers) == ["world", "sst", "sst@2x", "big"]
+    world, sst, sst2, big = layers.values()
     assert world.findtext("ows:Abstract", namespaces=NS) == "a <world> & more"
     assert world.findtext("w:Format", namespaces=NS) == "image/png"
     assert big.findtext("w:Format", namespaces=NS) == "image/jpeg"
@@ -128,6 +128,11 @@ def test_capabilities_hold_what_gdal_and_qgis_read():
             for d in sst.findall("w:Dimension", NS)}
     assert dims == {"year": (["2023", "2024"], "2024"), "month": (["07", "08", "12"], "08")}
     assert world.find("w:Dimension", NS) is None
+    # the HiDPI tile set: a layer of 512 px tiles, the same Dimensions
+    assert sst2.find("w:ResourceURL", NS).get("template") == \
+        "http://example.org/tiles/sst/{year}/{month}/{TileMatrix}/{TileCol}/{TileRow}@2x.png"
+    assert sst2.findtext("w:TileMatrixSetLink/w:TileMatrixSet", namespaces=NS) == f"{GOOGLE}_512"
+    assert len(sst2.findall("w:Dimension/w:Value", NS)) == 5
     assert sst.find("w:Style", NS).get("isDefault") == "true"
     # the layer's zooms, and its bounds' rows and columns at each
     link = sst.find("w:TileMatrixSetLink", NS)
@@ -150,7 +155,7 @@ def test_capabilities_hold_what_gdal_and_qgis_read():
     assert [m3.findtext(f"w:{k}", namespaces=NS) for k in ("TileWidth", "MatrixWidth", "MatrixHeight")] == \
         ["256", "8", "8"]
     m512 = sets[f"{GOOGLE}_512"].findall("w:TileMatrix", NS)
-    assert len(m512) == 6 and m512[3].findtext("w:TileWidth", namespaces=NS) == "512"
+    assert len(m512) == 9 and m512[3].findtext("w:TileWidth", namespaces=NS) == "512"
     assert float(m512[3].findtext("w:ScaleDenominator", namespaces=NS)) == pytest.approx(559082264.0287178 / 16)
     assert root.find("w:ServiceMetadataURL", NS).get(f"{{{NS['xlink']}}}href") == \
         "http://example.org/wmts/1.0.0/WMTSCapabilities.xml"
@@ -222,7 +227,12 @@ def caps(ng) -> ET.Element:
 
 
 def months(root: ET.Element) -> list[str]:
-    return [v.text for v in root.findall("w:Contents/w:Layer/w:Dimension[ows:Identifier='month']/w:Value", NS)]
+    """The month values of the first layer with a month Dimension."""
+    for lyr in root.findall("w:Contents/w:Layer", NS):
+        dim = lyr.find("w:Dimension[ows:Identifier='month']", NS)
+        if dim is not None:
+            return [v.text for v in dim.findall("w:Value", NS)]
+    return []
 
 
 def test_wmts_capabilities_through_the_front(std_front):
@@ -304,6 +314,7 @@ WORLD_LAYER = """
 name = "world"
 style = "{style}"
 maxzoom = 8
+scales = [1, 2]
 """
 
 
@@ -339,6 +350,7 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     info = gdal(tmp_path, "gdalinfo", f"WMTS:{url}").stdout
     assert f"SUBDATASET_1_NAME=WMTS:{url},layer=temp" in info
     assert f"SUBDATASET_2_NAME=WMTS:{url},layer=world" in info
+    assert f"SUBDATASET_3_NAME=WMTS:{url},layer=world@2x" in info
     info = gdal(tmp_path, "gdalinfo", "-json", f"WMTS:{url},layer=temp").stdout
     corners = json.loads(info)["wgs84Extent"]["coordinates"][0]
     assert min(c[0] for c in corners) == pytest.approx(-20, abs=0.05)
@@ -355,6 +367,15 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     left, right = s.get("/tiles/world/3/3/3.png"), s.get("/tiles/world/3/4/3.png")
     assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
     assert got.shape == (256, 512, 4)
+    assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
+    # the same area from the HiDPI layer: twice the pixels, those of the @2x tiles
+    gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e),
+         repr(s_), f"WMTS:{url},layer=world@2x", str(out))
+    with rasterio.open(out) as ds:
+        got = np.moveaxis(ds.read(), 0, -1)
+    left, right = s.get("/tiles/world/3/3/3@2x.png"), s.get("/tiles/world/3/4/3@2x.png")
+    assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
+    assert got.shape == (512, 1024, 4)
     assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
     # the layer with keys at its Dimension's default, the month ingested
     out = tmp_path / "temp.tif"

@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from functools import lru_cache
 from typing import Any, Iterator
 
+from .. import tilesets
 from ..config import Config, LayerConfig
 from ..tilemath import BBox, tile_range
 from .runtime_json import BASE_PLACEHOLDER
@@ -107,11 +108,15 @@ def _ows(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
     return _sub(parent, tag, text, ns=OWS_NS)
 
 
-def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
+def _wmts_layer(contents: ET.Element, lyr: LayerConfig, scale: int = 1) -> None:
+    """The WMTS Layer of ``lyr`` at ``scale``: ``world``, and ``world@2x``
+    (512 px tiles in ``GoogleMapsCompatible_512``) for its HiDPI tile set."""
+    ident = tilesets.scaled(lyr, scale).name
+    tile_size = lyr.tile_size * scale
     if lyr.keys:
         contents.append(ET.Comment(f"@RPY_LAYER:{lyr.name}@"))
     layer = _sub(contents, "Layer")
-    _ows(layer, "Title", lyr.name)
+    _ows(layer, "Title", ident)
     abstract = "; ".join(x for x in (lyr.description, lyr.attribution) if x)
     if abstract:
         _ows(layer, "Abstract", abstract)
@@ -119,7 +124,7 @@ def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
     box = _ows(layer, "WGS84BoundingBox")
     _ows(box, "LowerCorner", f"{w!r} {s!r}")
     _ows(box, "UpperCorner", f"{e!r} {n!r}")
-    _ows(layer, "Identifier", lyr.name)
+    _ows(layer, "Identifier", ident)
     style = _sub(layer, "Style", isDefault="true")
     _ows(style, "Identifier", "default")
     _sub(layer, "Format", lyr.content_type)
@@ -129,7 +134,7 @@ def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
         _sub(dim, "Default", f"@RPY_DEFAULT:{lyr.name}:{i}@")
         _sub(dim, "Value", f"@RPY_VALUES:{lyr.name}:{i}@")
     link = _sub(layer, "TileMatrixSetLink")
-    _sub(link, "TileMatrixSet", matrix_set_name(lyr.tile_size))
+    _sub(link, "TileMatrixSet", matrix_set_name(tile_size))
     limits = _sub(link, "TileMatrixSetLimits")
     for z, r0, r1, c0, c1 in matrix_limits(lyr):
         lim = _sub(limits, "TileMatrixLimits")
@@ -137,8 +142,9 @@ def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
                        ("MinTileCol", c0), ("MaxTileCol", c1)):
             _sub(lim, tag, str(v))
     path = "/".join([lyr.name, *(f"{{{k}}}" for k in lyr.keys)])
+    suffix = f"@{scale}x" if scale > 1 else ""
     _sub(layer, "ResourceURL", format=lyr.content_type, resourceType="tile",
-         template=f"{BASE_PLACEHOLDER}/tiles/{path}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{lyr.ext}")
+         template=f"{BASE_PLACEHOLDER}/tiles/{path}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}{suffix}.{lyr.ext}")
     if lyr.keys:
         contents.append(ET.Comment(f"@RPY_END:{lyr.name}@"))
 
@@ -174,11 +180,11 @@ def wmts_capabilities(cfg: Config) -> str:
     _ows(ident, "ServiceType", "OGC WMTS")
     _ows(ident, "ServiceTypeVersion", "1.0.0")
     contents = _sub(root, "Contents")
-    for lyr in cfg.layers:
-        _wmts_layer(contents, lyr)
     sizes: dict[int, int] = {}
     for lyr in cfg.layers:
-        sizes[lyr.tile_size] = max(sizes.get(lyr.tile_size, 0), lyr.maxzoom)
+        for n in lyr.scales:
+            _wmts_layer(contents, lyr, n)
+            sizes[lyr.tile_size * n] = max(sizes.get(lyr.tile_size * n, 0), lyr.maxzoom)
     for size, maxzoom in sorted(sizes.items()):
         _wmts_matrix_set(contents, size, maxzoom)
     _sub(root, "ServiceMetadataURL", **{f"{{{XLINK_NS}}}href": f"{BASE_PLACEHOLDER}/{WMTS_CAPABILITIES}"})

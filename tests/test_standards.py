@@ -356,27 +356,20 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     assert min(c[0] for c in corners) == pytest.approx(-20, abs=0.05)
     assert max(c[1] for c in corners) == pytest.approx(60, abs=0.05)
     # an area of two tiles at zoom 3: GDAL's pixels are those of our tiles,
-    # which it fetched through /tiles/ (rendered once, then served from the cache)
+    # which it fetched through /tiles/ (rendered once, then served from the
+    # cache); the same area from the HiDPI layer: twice the pixels
     w, _, _, n = merc_bounds(3, 3, 3)
     _, s_, e, _ = merc_bounds(3, 4, 3)
-    out = tmp_path / "world.tif"
-    gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e), repr(s_),
-         f"WMTS:{url},layer=world", str(out))
-    with rasterio.open(out) as ds:
-        got = np.moveaxis(ds.read(), 0, -1)
-    left, right = s.get("/tiles/world/3/3/3.png"), s.get("/tiles/world/3/4/3.png")
-    assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
-    assert got.shape == (256, 512, 4)
-    assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
-    # the same area from the HiDPI layer: twice the pixels, those of the @2x tiles
-    gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e),
-         repr(s_), f"WMTS:{url},layer=world@2x", str(out))
-    with rasterio.open(out) as ds:
-        got = np.moveaxis(ds.read(), 0, -1)
-    left, right = s.get("/tiles/world/3/3/3@2x.png"), s.get("/tiles/world/3/4/3@2x.png")
-    assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
-    assert got.shape == (512, 1024, 4)
-    assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
+    for layer, suffix, side in (("world", "", 256), ("world@2x", "@2x", 512)):
+        out = tmp_path / f"{layer}.tif"
+        gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e),
+             repr(s_), f"WMTS:{url},layer={layer}", str(out))
+        with rasterio.open(out) as ds:
+            got = np.moveaxis(ds.read(), 0, -1)
+        left, right = s.get(f"/tiles/world/3/3/3{suffix}.png"), s.get(f"/tiles/world/3/4/3{suffix}.png")
+        assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
+        assert got.shape == (side, 2 * side, 4)
+        assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
     # the layer with keys at its Dimension's default, the month ingested
     out = tmp_path / "temp.tif"
     gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=4", f"WMTS:{url},layer=temp", str(out))

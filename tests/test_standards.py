@@ -197,7 +197,12 @@ def test_ogcapi_documents():
         "/{tileMatrix}/{tileRow}/{tileCol}")
     assert docs["collections/world/map/tiles"]["tilesets"][0]["links"][0]["href"] == \
         base + "collections/world/map/tiles/WebMercatorQuad"
-    assert docs["tileMatrixSets/WebMercatorQuad"] == web_mercator_quad()
+    tms = docs["tileMatrixSets/WebMercatorQuad"]
+    assert {k: tms[k] for k in web_mercator_quad() if k != "tileMatrices"} == \
+        {k: v for k, v in web_mercator_quad().items() if k != "tileMatrices"}
+    assert all(m.items() >= w.items() for m, w in zip(tms["tileMatrices"], web_mercator_quad()["tileMatrices"]))
+    assert (tms["type"], tms["identifier"], tms["tileMatrices"][3]["identifier"]) == \
+        ("TileMatrixSetType", "WebMercatorQuad", "3")      # (TMS 1.0's names, for GDAL 3.6)
     assert list(matrix_limits(make_cfg().layer("world")))[1] == (1, 0, 1, 0, 1)
 
 
@@ -370,6 +375,18 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
         assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
         assert got.shape == (side, 2 * side, 4)
         assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
+    # GDAL's OGC API driver: the collection's tiles through /ogcapi/, the same
+    # pixels (GDAL 3.6 takes the collection's CRS84 extent for metres: give it
+    # the extent in the tile matrix set's CRS)
+    half = 20037508.342789244
+    extent = [f"{k}={v!r}" for k, v in (("MINX", -half), ("MINY", -half), ("MAXX", half), ("MAXY", half))]
+    out = tmp_path / "ogc.tif"
+    w, s_, e, n = merc_bounds(3, 4, 3)
+    gdal(tmp_path, "gdal_translate", "-q", *(a for kv in extent for a in ("-oo", kv)), "-oo", "TILEMATRIX=3",
+         "-projwin", repr(w), repr(n), repr(e), repr(s_), f"OGCAPI:{s.url}ogcapi/collections/world", str(out))
+    with rasterio.open(out) as ds:
+        got = np.moveaxis(ds.read(), 0, -1)
+    assert np.array_equal(got, decode(s.get("/tiles/world/3/4/3.png").body))
     # the layer with keys at its Dimension's default, the month ingested
     out = tmp_path / "temp.tif"
     gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=4", f"WMTS:{url},layer=temp", str(out))

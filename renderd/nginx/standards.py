@@ -74,6 +74,21 @@ def web_mercator_quad() -> dict[str, Any]:
     return json.loads(morecantile.tms.get(WEB_MERCATOR_QUAD).model_dump_json(exclude_none=True))
 
 
+def tile_matrix_set_document() -> dict[str, Any]:
+    """``/ogcapi/tileMatrixSets/WebMercatorQuad``: the TMS 2.0 JSON, plus the
+    members of the TMS 1.0 JSON encoding that clients of its time read
+    (``type``, ``identifier``, ``supportedCRS``; per matrix ``identifier``
+    and ``topLeftCorner``). GDAL up to 3.6 (Debian 12's, and so its QGIS)
+    parses only those; the names differ from TMS 2.0's, so a TMS 2.0 reader
+    sees its own members unchanged."""
+    tms = web_mercator_quad()
+    doc: dict[str, Any] = {"type": "TileMatrixSetType", "identifier": tms["id"], "supportedCRS": tms["crs"],
+                           **tms}
+    doc["tileMatrices"] = [{**m, "identifier": m["id"], "topLeftCorner": m["pointOfOrigin"]}
+                           for m in tms["tileMatrices"]]
+    return doc
+
+
 def matrix_set_name(tile_size: int) -> str:
     """The WMTS tile matrix set of a layer's tile size: GoogleMapsCompatible
     for 256 px, ``GoogleMapsCompatible_512`` and so on for others."""
@@ -286,7 +301,7 @@ def ogcapi_documents(cfg: Config) -> dict[str, dict[str, Any]]:
         "tileMatrixSets": {"tileMatrixSets": [{
             "id": WEB_MERCATOR_QUAD, "title": tms.get("title", WEB_MERCATOR_QUAD), "uri": tms["uri"],
             "links": [_link(f"tileMatrixSets/{WEB_MERCATOR_QUAD}", "self", WEB_MERCATOR_QUAD)]}]},
-        f"tileMatrixSets/{WEB_MERCATOR_QUAD}": tms,
+        f"tileMatrixSets/{WEB_MERCATOR_QUAD}": tile_matrix_set_document(),
     }
     for lyr in layers:
         docs[f"collections/{lyr.name}"] = _collection(lyr)

@@ -176,6 +176,7 @@ def test_ogcapi_documents():
     assert rels["conformance"] == base + "conformance" and rels["data"] == base + "collections"
     assert rels["http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"] == base + "tileMatrixSets"
     assert "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core" in docs["conformance"]["conformsTo"]
+    assert rels["service-desc"] == base + "api"
     # layers of 512 px tiles are not WebMercatorQuad's: WMTS only
     assert [c["id"] for c in docs["collections"]["collections"]] == ["world", "sst"]
     ts = docs["collections/sst/map/tiles/WebMercatorQuad"]
@@ -204,6 +205,16 @@ def test_ogcapi_documents():
     assert (tms["type"], tms["identifier"], tms["tileMatrices"][3]["identifier"]) == \
         ("TileMatrixSetType", "WebMercatorQuad", "3")      # (TMS 1.0's names, for GDAL 3.6)
     assert list(matrix_limits(make_cfg().layer("world")))[1] == (1, 0, 1, 0, 1)
+
+
+def test_the_api_definition_is_valid_openapi():
+    validator = pytest.importorskip("openapi_spec_validator", reason="openapi-spec-validator (run scripts/setup)")
+    api = ogcapi_documents(make_cfg())["api"]
+    validator.validate(api)
+    tile = api["paths"]["/collections/{collectionId}/map/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}"]
+    params = {p["name"]: p for p in tile["get"]["parameters"]}
+    assert params["collectionId"]["schema"]["enum"] == ["world", "sst"]
+    assert params["month"]["in"] == "query" and set(tile["get"]["responses"]["200"]["content"]) == {"image/png"}
 
 
 # --- through the Lua front ----------------------------------------------------------------
@@ -270,9 +281,10 @@ def test_ogcapi_through_the_front(std_front):
     ng, store, broker = std_front
     for path in ("/ogcapi/", "/ogcapi/conformance", "/ogcapi/collections", "/ogcapi/collections/world",
                  "/ogcapi/collections/world/map/tiles", "/ogcapi/collections/world/map/tiles/WebMercatorQuad",
-                 "/ogcapi/tileMatrixSets", "/ogcapi/tileMatrixSets/WebMercatorQuad?f=json"):
+                 "/ogcapi/tileMatrixSets", "/ogcapi/tileMatrixSets/WebMercatorQuad?f=json", "/ogcapi/api"):
         r = request(ng.port, path)
-        assert (r.status, r.h("content-type")) == (200, "application/json"), (path, r.status, r.body)
+        want = "application/vnd.oai.openapi+json;version=3.0" if path.endswith("/api") else "application/json"
+        assert (r.status, r.h("content-type")) == (200, want), (path, r.status, r.body)
         doc = json.loads(r.body)
         assert "@RPY_BASE@" not in r.body.decode()
         for link in doc.get("links", []):

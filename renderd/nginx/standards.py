@@ -51,6 +51,7 @@ OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/json",
+    "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/oas30",
     "http://www.opengis.net/spec/ogcapi-common-2/1.0/conf/collections",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
@@ -282,6 +283,60 @@ def _collection(lyr: LayerConfig) -> dict[str, Any]:
     return doc
 
 
+OPENAPI_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+
+
+def _json_op(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"get": {"summary": summary, "parameters": params or [],
+                    "responses": {"200": {"description": summary,
+                                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                                  "404": {"description": "not found"}}}}
+
+
+def _path_param(name: str, values: list[str] | None = None, integer: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": 0} if integer else {"type": "string"}
+    if values is not None:
+        schema["enum"] = values
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def openapi(cfg: Config) -> dict[str, Any]:
+    """The API definition (OpenAPI 3.0) the landing page links as ``service-desc``."""
+    names = [lyr.name for lyr in ogc_layers(cfg)]
+    collection = _path_param("collectionId", names)
+    tms = _path_param("tileMatrixSetId", [WEB_MERCATOR_QUAD])
+    tile_params = [collection, tms, *(_path_param(n, integer=True) for n in ("tileMatrix", "tileRow", "tileCol"))]
+    keys = sorted({k for lyr in ogc_layers(cfg) for k in lyr.keys})
+    tile_params += [{"name": k, "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": f"the value of the key {k}, for a collection with that key"} for k in keys]
+    types = sorted({lyr.content_type for lyr in ogc_layers(cfg)})
+    base = "/collections/{collectionId}/map/tiles"
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "renderd-py", "version": "1.0.0",
+                 "description": "OGC API - Tiles (map tiles in WebMercatorQuad) over the tiles of /tiles/"},
+        "servers": [{"url": f"{BASE_PLACEHOLDER}/ogcapi"}],
+        "paths": {
+            "/": _json_op("landing page"),
+            "/conformance": _json_op("conformance classes"),
+            "/collections": _json_op("collections"),
+            "/collections/{collectionId}": _json_op("a collection", [collection]),
+            base: _json_op("the collection's map tilesets", [collection]),
+            base + "/{tileMatrixSetId}": _json_op("a tileset's metadata", [collection, tms]),
+            base + "/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}": {"get": {
+                "summary": "a map tile", "parameters": tile_params,
+                "responses": {"200": {"description": "the tile",
+                                      "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                                  for t in types}},
+                              "400": {"description": "a malformed tile path or key value"},
+                              "404": {"description": "no such collection, tile matrix set, matrix or tile"},
+                              "503": {"description": "the tile could not be rendered in time"}}}},
+            "/tileMatrixSets": _json_op("tile matrix sets"),
+            "/tileMatrixSets/{tileMatrixSetId}": _json_op("a tile matrix set", [tms]),
+        },
+    }
+
+
 def ogcapi_documents(cfg: Config) -> dict[str, dict[str, Any]]:
     """Every OGC API document, by its path under ``/ogcapi/`` (``index`` for the landing page)."""
     tms = web_mercator_quad()
@@ -290,11 +345,13 @@ def ogcapi_documents(cfg: Config) -> dict[str, dict[str, Any]]:
         "index": {
             "title": "renderd-py", "description": "map tiles of " + ", ".join(lyr.name for lyr in layers),
             "links": [_link("", "self", "this document"),
+                      _link("api", "service-desc", "the API definition", OPENAPI_TYPE),
                       _link("conformance", "conformance", "conformance classes"),
                       _link("conformance", OGC_REL + "conformance", "conformance classes"),
                       _link("collections", "data", "collections"),
                       _link("collections", OGC_REL + "data", "collections"),
                       _link("tileMatrixSets", OGC_REL + "tiling-schemes", "tile matrix sets")]},
+        "api": openapi(cfg),
         "conformance": {"conformsTo": CONFORMANCE},
         "collections": {"links": [_link("collections", "self", "collections")],
                         "collections": [_collection(lyr) for lyr in layers]},

@@ -21,8 +21,8 @@ from renderd.errors import UsageError
 from renderd.tilemath import Meta
 from tests.fixtures.stack import WORLD_STYLE, renderd_py
 from tests.test_demo_page import browse, leaflet  # noqa: F401  (Leaflet in web/vendor/)
-from tests.test_lua_front import (LAYER, SST, assert_tile, broker, disk_store, make_meta, purge,  # noqa: F401
-                                  redis_store, redis_store_cfg, request, runtime, wait_xcache)
+from tests.test_lua_front import (LAYER, SST, assert_tile, broker, disk_store, front_with_layers,  # noqa: F401
+                                  make_meta, purge, redis_store, request, wait_xcache)
 
 
 def test_scaled_tile_sets():
@@ -78,12 +78,8 @@ SST2 = dict(SST, scales=[1, 2])
 
 
 @pytest.fixture(params=["disk", "redis"])
-def hidpi_front(request, nginx_factory, broker):
-    store = request.getfixturevalue(f"{request.param}_store")
-    cfg = ({"kind": "disk", "path": store.path} if request.param == "disk"
-           else redis_store_cfg(request.getfixturevalue("redis_url")))
-    broker.store = store
-    return nginx_factory(runtime(cfg, broker.endpoint, layers=[WORLD2, SST2])), store, broker
+def hidpi_front(request):
+    return front_with_layers(request, [WORLD2, SST2])
 
 
 def test_hidpi_tiles_are_a_tile_set_of_their_own(hidpi_front):

@@ -21,8 +21,8 @@ from renderd.errors import UsageError
 from renderd.tilemath import Meta
 from tests.fixtures.stack import WORLD_STYLE, renderd_py
 from tests.test_demo_page import browse, leaflet  # noqa: F401  (Leaflet in web/vendor/)
-from tests.test_lua_front import (LAYER, SST, assert_tile, broker, disk_store, make_meta, purge,  # noqa: F401
-                                  request, runtime, wait_xcache)
+from tests.test_lua_front import (LAYER, SST, assert_tile, broker, disk_store, front_with_layers,  # noqa: F401
+                                  make_meta, purge, redis_store, request, wait_xcache)
 
 
 def test_scaled_tile_sets():
@@ -77,11 +77,9 @@ WORLD2 = dict(LAYER, scales=[1, 2])
 SST2 = dict(SST, scales=[1, 2])
 
 
-@pytest.fixture
-def hidpi_front(nginx_factory, disk_store, broker):
-    broker.store = disk_store
-    return nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, broker.endpoint,
-                                 layers=[WORLD2, SST2])), disk_store, broker
+@pytest.fixture(params=["disk", "redis"])
+def hidpi_front(request):
+    return front_with_layers(request, [WORLD2, SST2])
 
 
 def test_hidpi_tiles_are_a_tile_set_of_their_own(hidpi_front):
@@ -225,3 +223,35 @@ def test_hidpi_raster_tiles(stack_factory, tmp_path):
     assert s.get("/tiles/temp/02/4/8/6@2x.png").status == 404         # not in the catalog
     tj = json.loads(s.get("/tiles/temp/01.json").body)
     assert tj["tiles@2x"] == [s.url + "tiles/temp/01/{z}/{x}/{y}@2x.png"]
+
+
+def test_expire_covers_every_scale_unless_told_one(capsys, tmp_path, monkeypatch):
+    """An osm2pgsql expiry list is about the data: it expires the @2x tiles too."""
+    from renderd.cli.main import main
+    from renderd.store.disk import DiskStore
+    from tests.fixtures.store import make_index
+    (tmp_path / "style.xml").write_text("<Map/>")
+    conf = tmp_path / "renderd.toml"
+    conf.write_text(f'[daemon]\nbroker = "tcp://127.0.0.1:9"\n[http]\npurge_url = "off"\n'
+                    f'[store]\npath = "{tmp_path / "cache"}"\n'
+                    '[[layer]]\nname = "osm"\nstyle = "style.xml"\nmaxzoom = 5\nscales = [1, 2]\n')
+    st = DiskStore(str(tmp_path / "cache"))
+    m = Meta(3, 0, 0, 8)
+    for ts in ("osm", "osm@2x"):
+        st.put_metatile(ts, *make_index(m, [1] * 64))
+
+    def expire(*args: str, text: str = "3/1/1\n") -> list[dict]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(text))
+        with pytest.raises(SystemExit) as e:
+            main(["expire", "-c", str(conf), "--layer", "osm", "--json", *args])
+            raise SystemExit(0)
+        out, err = capsys.readouterr()
+        assert e.value.code == 0, err
+        return [json.loads(line) for line in out.splitlines()]
+
+    reps = expire("--scale", "2")
+    assert [(r["layer"], r["metatiles"]) for r in reps] == [("osm@2x", 1)]
+    assert st.get_index("osm@2x", m).stale and not st.get_index("osm", m).stale
+    reps = expire("--mode", "delete")
+    assert [(r["layer"], r["metatiles"]) for r in reps] == [("osm", 1), ("osm@2x", 1)]
+    assert st.get_index("osm", m) is None and st.get_index("osm@2x", m) is None

@@ -1080,13 +1080,19 @@ def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, r
 SST = dict(LAYER, name="sst", maxzoom=8, keys=["year", "month"])
 
 
-@pytest.fixture(params=["disk", "redis"])
-def keyed_front(request, nginx_factory, broker):
+def front_with_layers(request, layers: list[dict]):
+    """(nginx, store, broker) serving ``layers``, on the store kind ``request.param`` names."""
     store = request.getfixturevalue(f"{request.param}_store")
     cfg = ({"kind": "disk", "path": store.path} if request.param == "disk"
            else redis_store_cfg(request.getfixturevalue("redis_url")))
+    broker = request.getfixturevalue("broker")
     broker.store = store
-    return nginx_factory(runtime(cfg, broker.endpoint, layers=[LAYER, SST])), store, broker
+    return request.getfixturevalue("nginx_factory")(runtime(cfg, broker.endpoint, layers=layers)), store, broker
+
+
+@pytest.fixture(params=["disk", "redis"])
+def keyed_front(request):
+    return front_with_layers(request, [LAYER, SST])
 
 
 def test_tile_sets_of_a_layer_with_keys(keyed_front):

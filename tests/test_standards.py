@@ -36,7 +36,7 @@ def make_cfg(broker: str = "tcp://127.0.0.1:5555", store: str = "/tmp/store"):
         "layer": [
             {"name": "world", "style": "world.xml", "maxzoom": 12, "description": "a <world> & more"},
             {"name": "sst", "kind": "raster", "collection": "sst", "keys": ["year", "month"], "maxzoom": 8,
-             "bounds": [-20, 0, 40, 60]},
+             "bounds": [-20, 0, 40, 60], "scales": [1, 2]},
             {"name": "big", "style": "world.xml", "tile_size": 512, "minzoom": 2, "maxzoom": 5,
              "format": "jpeg80"},
         ]}, check_files=False)
@@ -110,8 +110,8 @@ def test_capabilities_hold_what_gdal_and_qgis_read():
                                          {"sst": [["2023", "12"], ["2024", "07"], ["2024", "08"]]}))
     layers = {lyr.findtext("ows:Identifier", namespaces=NS): lyr
               for lyr in root.findall("w:Contents/w:Layer", NS)}
-    assert list(layers) == ["world", "sst", "big"]
-    world, sst, big = layers.values()
+    assert list(layers) == ["world", "sst", "sst@2x", "big"]
+    world, sst, sst2, big = layers.values()
     assert world.findtext("ows:Abstract", namespaces=NS) == "a <world> & more"
     assert world.findtext("w:Format", namespaces=NS) == "image/png"
     assert big.findtext("w:Format", namespaces=NS) == "image/jpeg"
@@ -128,6 +128,11 @@ def test_capabilities_hold_what_gdal_and_qgis_read():
             for d in sst.findall("w:Dimension", NS)}
     assert dims == {"year": (["2023", "2024"], "2024"), "month": (["07", "08", "12"], "08")}
     assert world.find("w:Dimension", NS) is None
+    # the HiDPI tile set: a layer of 512 px tiles, the same Dimensions
+    assert sst2.find("w:ResourceURL", NS).get("template") == \
+        "http://example.org/tiles/sst/{year}/{month}/{TileMatrix}/{TileCol}/{TileRow}@2x.png"
+    assert sst2.findtext("w:TileMatrixSetLink/w:TileMatrixSet", namespaces=NS) == f"{GOOGLE}_512"
+    assert len(sst2.findall("w:Dimension/w:Value", NS)) == 5
     assert sst.find("w:Style", NS).get("isDefault") == "true"
     # the layer's zooms, and its bounds' rows and columns at each
     link = sst.find("w:TileMatrixSetLink", NS)
@@ -150,7 +155,7 @@ def test_capabilities_hold_what_gdal_and_qgis_read():
     assert [m3.findtext(f"w:{k}", namespaces=NS) for k in ("TileWidth", "MatrixWidth", "MatrixHeight")] == \
         ["256", "8", "8"]
     m512 = sets[f"{GOOGLE}_512"].findall("w:TileMatrix", NS)
-    assert len(m512) == 6 and m512[3].findtext("w:TileWidth", namespaces=NS) == "512"
+    assert len(m512) == 9 and m512[3].findtext("w:TileWidth", namespaces=NS) == "512"
     assert float(m512[3].findtext("w:ScaleDenominator", namespaces=NS)) == pytest.approx(559082264.0287178 / 16)
     assert root.find("w:ServiceMetadataURL", NS).get(f"{{{NS['xlink']}}}href") == \
         "http://example.org/wmts/1.0.0/WMTSCapabilities.xml"
@@ -171,6 +176,7 @@ def test_ogcapi_documents():
     assert rels["conformance"] == base + "conformance" and rels["data"] == base + "collections"
     assert rels["http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"] == base + "tileMatrixSets"
     assert "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core" in docs["conformance"]["conformsTo"]
+    assert rels["service-desc"] == base + "api"
     # layers of 512 px tiles are not WebMercatorQuad's: WMTS only
     assert [c["id"] for c in docs["collections"]["collections"]] == ["world", "sst"]
     ts = docs["collections/sst/map/tiles/WebMercatorQuad"]
@@ -192,8 +198,23 @@ def test_ogcapi_documents():
         "/{tileMatrix}/{tileRow}/{tileCol}")
     assert docs["collections/world/map/tiles"]["tilesets"][0]["links"][0]["href"] == \
         base + "collections/world/map/tiles/WebMercatorQuad"
-    assert docs["tileMatrixSets/WebMercatorQuad"] == web_mercator_quad()
+    tms = docs["tileMatrixSets/WebMercatorQuad"]
+    assert {k: tms[k] for k in web_mercator_quad() if k != "tileMatrices"} == \
+        {k: v for k, v in web_mercator_quad().items() if k != "tileMatrices"}
+    assert all(m.items() >= w.items() for m, w in zip(tms["tileMatrices"], web_mercator_quad()["tileMatrices"]))
+    assert (tms["type"], tms["identifier"], tms["tileMatrices"][3]["identifier"]) == \
+        ("TileMatrixSetType", "WebMercatorQuad", "3")      # (TMS 1.0's names, for GDAL 3.6)
     assert list(matrix_limits(make_cfg().layer("world")))[1] == (1, 0, 1, 0, 1)
+
+
+def test_the_api_definition_is_valid_openapi():
+    validator = pytest.importorskip("openapi_spec_validator", reason="openapi-spec-validator (run scripts/setup)")
+    api = ogcapi_documents(make_cfg())["api"]
+    validator.validate(api)
+    tile = api["paths"]["/collections/{collectionId}/map/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}"]
+    params = {p["name"]: p for p in tile["get"]["parameters"]}
+    assert params["collectionId"]["schema"]["enum"] == ["world", "sst"]
+    assert params["month"]["in"] == "query" and set(tile["get"]["responses"]["200"]["content"]) == {"image/png"}
 
 
 # --- through the Lua front ----------------------------------------------------------------
@@ -222,7 +243,12 @@ def caps(ng) -> ET.Element:
 
 
 def months(root: ET.Element) -> list[str]:
-    return [v.text for v in root.findall("w:Contents/w:Layer/w:Dimension[ows:Identifier='month']/w:Value", NS)]
+    """The month values of the first layer with a month Dimension."""
+    for lyr in root.findall("w:Contents/w:Layer", NS):
+        dim = lyr.find("w:Dimension[ows:Identifier='month']", NS)
+        if dim is not None:
+            return [v.text for v in dim.findall("w:Value", NS)]
+    return []
 
 
 def test_wmts_capabilities_through_the_front(std_front):
@@ -255,9 +281,10 @@ def test_ogcapi_through_the_front(std_front):
     ng, store, broker = std_front
     for path in ("/ogcapi/", "/ogcapi/conformance", "/ogcapi/collections", "/ogcapi/collections/world",
                  "/ogcapi/collections/world/map/tiles", "/ogcapi/collections/world/map/tiles/WebMercatorQuad",
-                 "/ogcapi/tileMatrixSets", "/ogcapi/tileMatrixSets/WebMercatorQuad?f=json"):
+                 "/ogcapi/tileMatrixSets", "/ogcapi/tileMatrixSets/WebMercatorQuad?f=json", "/ogcapi/api"):
         r = request(ng.port, path)
-        assert (r.status, r.h("content-type")) == (200, "application/json"), (path, r.status, r.body)
+        want = "application/vnd.oai.openapi+json;version=3.0" if path.endswith("/api") else "application/json"
+        assert (r.status, r.h("content-type")) == (200, want), (path, r.status, r.body)
         doc = json.loads(r.body)
         assert "@RPY_BASE@" not in r.body.decode()
         for link in doc.get("links", []):
@@ -304,6 +331,7 @@ WORLD_LAYER = """
 name = "world"
 style = "{style}"
 maxzoom = 8
+scales = [1, 2]
 """
 
 
@@ -339,23 +367,38 @@ def test_gdal_wmts_driver_reads_the_stack(stack_factory, tmp_path):
     info = gdal(tmp_path, "gdalinfo", f"WMTS:{url}").stdout
     assert f"SUBDATASET_1_NAME=WMTS:{url},layer=temp" in info
     assert f"SUBDATASET_2_NAME=WMTS:{url},layer=world" in info
+    assert f"SUBDATASET_3_NAME=WMTS:{url},layer=world@2x" in info
     info = gdal(tmp_path, "gdalinfo", "-json", f"WMTS:{url},layer=temp").stdout
     corners = json.loads(info)["wgs84Extent"]["coordinates"][0]
     assert min(c[0] for c in corners) == pytest.approx(-20, abs=0.05)
     assert max(c[1] for c in corners) == pytest.approx(60, abs=0.05)
     # an area of two tiles at zoom 3: GDAL's pixels are those of our tiles,
-    # which it fetched through /tiles/ (rendered once, then served from the cache)
+    # which it fetched through /tiles/ (rendered once, then served from the
+    # cache); the same area from the HiDPI layer: twice the pixels
     w, _, _, n = merc_bounds(3, 3, 3)
     _, s_, e, _ = merc_bounds(3, 4, 3)
-    out = tmp_path / "world.tif"
-    gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e), repr(s_),
-         f"WMTS:{url},layer=world", str(out))
+    for layer, suffix, side in (("world", "", 256), ("world@2x", "@2x", 512)):
+        out = tmp_path / f"{layer}.tif"
+        gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=3", "-projwin", repr(w), repr(n), repr(e),
+             repr(s_), f"WMTS:{url},layer={layer}", str(out))
+        with rasterio.open(out) as ds:
+            got = np.moveaxis(ds.read(), 0, -1)
+        left, right = s.get(f"/tiles/world/3/3/3{suffix}.png"), s.get(f"/tiles/world/3/4/3{suffix}.png")
+        assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
+        assert got.shape == (side, 2 * side, 4)
+        assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
+    # GDAL's OGC API driver: the collection's tiles through /ogcapi/, the same
+    # pixels (GDAL 3.6 takes the collection's CRS84 extent for metres: give it
+    # the extent in the tile matrix set's CRS)
+    half = 20037508.342789244
+    extent = [f"{k}={v!r}" for k, v in (("MINX", -half), ("MINY", -half), ("MAXX", half), ("MAXY", half))]
+    out = tmp_path / "ogc.tif"
+    w, s_, e, n = merc_bounds(3, 4, 3)
+    gdal(tmp_path, "gdal_translate", "-q", *(a for kv in extent for a in ("-oo", kv)), "-oo", "TILEMATRIX=3",
+         "-projwin", repr(w), repr(n), repr(e), repr(s_), f"OGCAPI:{s.url}ogcapi/collections/world", str(out))
     with rasterio.open(out) as ds:
         got = np.moveaxis(ds.read(), 0, -1)
-    left, right = s.get("/tiles/world/3/3/3.png"), s.get("/tiles/world/3/4/3.png")
-    assert {left.headers["x-cache"], right.headers["x-cache"]} <= {"HIT", "STORE"}
-    assert got.shape == (256, 512, 4)
-    assert np.array_equal(got, np.concatenate([decode(left.body), decode(right.body)], axis=1))
+    assert np.array_equal(got, decode(s.get("/tiles/world/3/4/3.png").body))
     # the layer with keys at its Dimension's default, the month ingested
     out = tmp_path / "temp.tif"
     gdal(tmp_path, "gdal_translate", "-q", "-oo", "ZOOM_LEVEL=4", f"WMTS:{url},layer=temp", str(out))

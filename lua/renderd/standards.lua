@@ -45,6 +45,7 @@ local _M = { _VERSION = "0.1.0" }
 
 local WMTS_CAPABILITIES = "/wmts/1.0.0/WMTSCapabilities.xml"
 local MATRIX_SET = "WebMercatorQuad"
+local OPENAPI = "application/vnd.oai.openapi+json;version=3.0"   -- /ogcapi/api
 local docs = {}        -- per worker: file below docs_dir -> its text (found ones only)
 
 -- the text of a document written by nginx-conf, or nil
@@ -180,11 +181,12 @@ function _M.ogcapi()
     if rel == "" then
         rel = "index"
     end
-    local text = document("/ogcapi/" .. gsub(rel, "/$", "") .. ".json")
+    rel = gsub(rel, "/$", "")
+    local text = document("/ogcapi/" .. rel .. ".json")
     if not text then
         return reply.plain(404, "not found")
     end
-    return reply.document(reply.with_base(text), "application/json")
+    return reply.document(reply.with_base(text), rel == "api" and OPENAPI or "application/json")
 end
 
 return _M

@@ -26,7 +26,7 @@ from .options import config_option, scale_option
 @scale_option
 @config_option
 def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tuple[str, ...],
-            scale: int) -> None:
+            scale: int | None) -> None:
     """Render tile Z/X/Y of LAYER in this process and write it to FILE.
 
     The whole metatile holding the tile is rendered, with the layer's buffer,
@@ -35,7 +35,7 @@ def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tu
     [catalog]; give each of its keys with --key KEY=VALUE.
     """
     # LAYER with --key KEY=VALUE per key (and --scale), or a tile set named LAYER/VALUE/...
-    lyr = tilesets.layer_of(cfg, tilesets.from_options(cfg, layer, key_values, scale)
+    lyr = tilesets.layer_of(cfg, tilesets.from_options(cfg, layer, key_values, scale or 1)
                             if key_values or "/" not in layer else layer)
     try:
         check_tile(z, x, y, lyr.minzoom, lyr.maxzoom)

@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from functools import lru_cache
 from typing import Any, Iterator
 
+from .. import tilesets
 from ..config import Config, LayerConfig
 from ..tilemath import BBox, tile_range
 from .runtime_json import BASE_PLACEHOLDER
@@ -50,6 +51,7 @@ OGC_REL = "http://www.opengis.net/def/rel/ogc/1.0/"
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/json",
+    "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/oas30",
     "http://www.opengis.net/spec/ogcapi-common-2/1.0/conf/collections",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
@@ -71,6 +73,21 @@ def web_mercator_quad() -> dict[str, Any]:
 
     import morecantile
     return json.loads(morecantile.tms.get(WEB_MERCATOR_QUAD).model_dump_json(exclude_none=True))
+
+
+def tile_matrix_set_document() -> dict[str, Any]:
+    """``/ogcapi/tileMatrixSets/WebMercatorQuad``: the TMS 2.0 JSON, plus the
+    members of the TMS 1.0 JSON encoding that clients of its time read
+    (``type``, ``identifier``, ``supportedCRS``; per matrix ``identifier``
+    and ``topLeftCorner``). GDAL up to 3.6 (Debian 12's, and so its QGIS)
+    parses only those; the names differ from TMS 2.0's, so a TMS 2.0 reader
+    sees its own members unchanged."""
+    tms = web_mercator_quad()
+    doc: dict[str, Any] = {"type": "TileMatrixSetType", "identifier": tms["id"], "supportedCRS": tms["crs"],
+                           **tms}
+    doc["tileMatrices"] = [{**m, "identifier": m["id"], "topLeftCorner": m["pointOfOrigin"]}
+                           for m in tms["tileMatrices"]]
+    return doc
 
 
 def matrix_set_name(tile_size: int) -> str:
@@ -107,11 +124,15 @@ def _ows(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
     return _sub(parent, tag, text, ns=OWS_NS)
 
 
-def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
+def _wmts_layer(contents: ET.Element, lyr: LayerConfig, scale: int = 1) -> None:
+    """The WMTS Layer of ``lyr`` at ``scale``: ``world``, and ``world@2x``
+    (512 px tiles in ``GoogleMapsCompatible_512``) for its HiDPI tile set."""
+    ident = tilesets.scaled(lyr, scale).name
+    tile_size = lyr.tile_size * scale
     if lyr.keys:
         contents.append(ET.Comment(f"@RPY_LAYER:{lyr.name}@"))
     layer = _sub(contents, "Layer")
-    _ows(layer, "Title", lyr.name)
+    _ows(layer, "Title", ident)
     abstract = "; ".join(x for x in (lyr.description, lyr.attribution) if x)
     if abstract:
         _ows(layer, "Abstract", abstract)
@@ -119,7 +140,7 @@ def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
     box = _ows(layer, "WGS84BoundingBox")
     _ows(box, "LowerCorner", f"{w!r} {s!r}")
     _ows(box, "UpperCorner", f"{e!r} {n!r}")
-    _ows(layer, "Identifier", lyr.name)
+    _ows(layer, "Identifier", ident)
     style = _sub(layer, "Style", isDefault="true")
     _ows(style, "Identifier", "default")
     _sub(layer, "Format", lyr.content_type)
@@ -129,7 +150,7 @@ def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
         _sub(dim, "Default", f"@RPY_DEFAULT:{lyr.name}:{i}@")
         _sub(dim, "Value", f"@RPY_VALUES:{lyr.name}:{i}@")
     link = _sub(layer, "TileMatrixSetLink")
-    _sub(link, "TileMatrixSet", matrix_set_name(lyr.tile_size))
+    _sub(link, "TileMatrixSet", matrix_set_name(tile_size))
     limits = _sub(link, "TileMatrixSetLimits")
     for z, r0, r1, c0, c1 in matrix_limits(lyr):
         lim = _sub(limits, "TileMatrixLimits")
@@ -137,8 +158,9 @@ def _wmts_layer(contents: ET.Element, lyr: LayerConfig) -> None:
                        ("MinTileCol", c0), ("MaxTileCol", c1)):
             _sub(lim, tag, str(v))
     path = "/".join([lyr.name, *(f"{{{k}}}" for k in lyr.keys)])
+    suffix = f"@{scale}x" if scale > 1 else ""
     _sub(layer, "ResourceURL", format=lyr.content_type, resourceType="tile",
-         template=f"{BASE_PLACEHOLDER}/tiles/{path}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{lyr.ext}")
+         template=f"{BASE_PLACEHOLDER}/tiles/{path}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}{suffix}.{lyr.ext}")
     if lyr.keys:
         contents.append(ET.Comment(f"@RPY_END:{lyr.name}@"))
 
@@ -174,11 +196,11 @@ def wmts_capabilities(cfg: Config) -> str:
     _ows(ident, "ServiceType", "OGC WMTS")
     _ows(ident, "ServiceTypeVersion", "1.0.0")
     contents = _sub(root, "Contents")
-    for lyr in cfg.layers:
-        _wmts_layer(contents, lyr)
     sizes: dict[int, int] = {}
     for lyr in cfg.layers:
-        sizes[lyr.tile_size] = max(sizes.get(lyr.tile_size, 0), lyr.maxzoom)
+        for n in lyr.scales:
+            _wmts_layer(contents, lyr, n)
+            sizes[lyr.tile_size * n] = max(sizes.get(lyr.tile_size * n, 0), lyr.maxzoom)
     for size, maxzoom in sorted(sizes.items()):
         _wmts_matrix_set(contents, size, maxzoom)
     _sub(root, "ServiceMetadataURL", **{f"{{{XLINK_NS}}}href": f"{BASE_PLACEHOLDER}/{WMTS_CAPABILITIES}"})
@@ -261,6 +283,60 @@ def _collection(lyr: LayerConfig) -> dict[str, Any]:
     return doc
 
 
+OPENAPI_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+
+
+def _json_op(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"get": {"summary": summary, "parameters": params or [],
+                    "responses": {"200": {"description": summary,
+                                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                                  "404": {"description": "not found"}}}}
+
+
+def _path_param(name: str, values: list[str] | None = None, integer: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": 0} if integer else {"type": "string"}
+    if values is not None:
+        schema["enum"] = values
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def openapi(cfg: Config) -> dict[str, Any]:
+    """The API definition (OpenAPI 3.0) the landing page links as ``service-desc``."""
+    names = [lyr.name for lyr in ogc_layers(cfg)]
+    collection = _path_param("collectionId", names)
+    tms = _path_param("tileMatrixSetId", [WEB_MERCATOR_QUAD])
+    tile_params = [collection, tms, *(_path_param(n, integer=True) for n in ("tileMatrix", "tileRow", "tileCol"))]
+    keys = sorted({k for lyr in ogc_layers(cfg) for k in lyr.keys})
+    tile_params += [{"name": k, "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": f"the value of the key {k}, for a collection with that key"} for k in keys]
+    types = sorted({lyr.content_type for lyr in ogc_layers(cfg)})
+    base = "/collections/{collectionId}/map/tiles"
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "renderd-py", "version": "1.0.0",
+                 "description": "OGC API - Tiles (map tiles in WebMercatorQuad) over the tiles of /tiles/"},
+        "servers": [{"url": f"{BASE_PLACEHOLDER}/ogcapi"}],
+        "paths": {
+            "/": _json_op("landing page"),
+            "/conformance": _json_op("conformance classes"),
+            "/collections": _json_op("collections"),
+            "/collections/{collectionId}": _json_op("a collection", [collection]),
+            base: _json_op("the collection's map tilesets", [collection]),
+            base + "/{tileMatrixSetId}": _json_op("a tileset's metadata", [collection, tms]),
+            base + "/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}": {"get": {
+                "summary": "a map tile", "parameters": tile_params,
+                "responses": {"200": {"description": "the tile",
+                                      "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                                  for t in types}},
+                              "400": {"description": "a malformed tile path or key value"},
+                              "404": {"description": "no such collection, tile matrix set, matrix or tile"},
+                              "503": {"description": "the tile could not be rendered in time"}}}},
+            "/tileMatrixSets": _json_op("tile matrix sets"),
+            "/tileMatrixSets/{tileMatrixSetId}": _json_op("a tile matrix set", [tms]),
+        },
+    }
+
+
 def ogcapi_documents(cfg: Config) -> dict[str, dict[str, Any]]:
     """Every OGC API document, by its path under ``/ogcapi/`` (``index`` for the landing page)."""
     tms = web_mercator_quad()
@@ -269,18 +345,20 @@ def ogcapi_documents(cfg: Config) -> dict[str, dict[str, Any]]:
         "index": {
             "title": "renderd-py", "description": "map tiles of " + ", ".join(lyr.name for lyr in layers),
             "links": [_link("", "self", "this document"),
+                      _link("api", "service-desc", "the API definition", OPENAPI_TYPE),
                       _link("conformance", "conformance", "conformance classes"),
                       _link("conformance", OGC_REL + "conformance", "conformance classes"),
                       _link("collections", "data", "collections"),
                       _link("collections", OGC_REL + "data", "collections"),
                       _link("tileMatrixSets", OGC_REL + "tiling-schemes", "tile matrix sets")]},
+        "api": openapi(cfg),
         "conformance": {"conformsTo": CONFORMANCE},
         "collections": {"links": [_link("collections", "self", "collections")],
                         "collections": [_collection(lyr) for lyr in layers]},
         "tileMatrixSets": {"tileMatrixSets": [{
             "id": WEB_MERCATOR_QUAD, "title": tms.get("title", WEB_MERCATOR_QUAD), "uri": tms["uri"],
             "links": [_link(f"tileMatrixSets/{WEB_MERCATOR_QUAD}", "self", WEB_MERCATOR_QUAD)]}]},
-        f"tileMatrixSets/{WEB_MERCATOR_QUAD}": tms,
+        f"tileMatrixSets/{WEB_MERCATOR_QUAD}": tile_matrix_set_document(),
     }
     for lyr in layers:
         docs[f"collections/{lyr.name}"] = _collection(lyr)

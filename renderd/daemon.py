@@ -81,9 +81,9 @@ class Pool:
     that take any job and ``reserved`` more kept for interactive requests."""
 
     def __init__(self, config_path: str, endpoint: str, size: int, token: str, reserved: int = 0,
-                 nice_gap: int = 0):
+                 nice_gap: int = 0, nice: dict[str, int] | None = None):
         #: the nice value each role renders at
-        self.nice = render_nice(nice_gap)
+        self.nice = nice or render_nice(nice_gap)
         self.config_path = config_path
         self.endpoint = endpoint
         self.size = size
@@ -145,6 +145,13 @@ class Daemon:
         if cfg.path is None:
             raise ConfigError("serve needs a configuration file")
         self.cfg = cfg
+        nice = render_nice(cfg.daemon.nice_gap)
+        if nice[p.INTERACTIVE] < os.getpriority(os.PRIO_PROCESS, 0):
+            # allowed to raise the reserved workers: the broker, which every job passes
+            # through twice, runs as high, so that a busy machine does not leave workers
+            # waiting for their next job (before any thread or worker is started: they
+            # inherit it; the seeding workers lower their render thread again)
+            os.setpriority(os.PRIO_PROCESS, 0, nice[p.INTERACTIVE])
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -153,7 +160,7 @@ class Daemon:
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.token = uuid.uuid4().hex
         self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token, cfg.daemon.reserved,
-                         cfg.daemon.nice_gap)
+                         nice=nice)
         self.broker = Broker(cfg, self.sock.send_multipart, kill=self._kill_worker, pool=self.token)
         self.pending: list[str] = []
         self.stopping = False

@@ -82,9 +82,10 @@ class Pool:
     that take any job and ``reserved`` more kept for interactive requests."""
 
     def __init__(self, config_path: str, endpoint: str, size: int, token: str, reserved: int = 0,
-                 nice_gap: int = 0, curve: tuple[str, str] | None = None):
+                 nice_gap: int = 0, nice: dict[str, int] | None = None,
+                 curve: tuple[str, str] | None = None):
         #: the nice value each role renders at
-        self.nice = render_nice(nice_gap)
+        self.nice = nice or render_nice(nice_gap)
         self.config_path = config_path
         self.endpoint = endpoint
         self.curve = curve          # (the worker's .key_secret, the broker's .key) for CURVE
@@ -149,6 +150,13 @@ class Daemon:
         if cfg.path is None:
             raise ConfigError("serve needs a configuration file")
         self.cfg = cfg
+        nice = render_nice(cfg.daemon.nice_gap)
+        if nice[p.INTERACTIVE] < os.getpriority(os.PRIO_PROCESS, 0):
+            # allowed to raise the reserved workers: the broker, which every job passes
+            # through twice, runs as high, so that a busy machine does not leave workers
+            # waiting for their next job (before any thread or worker is started: they
+            # inherit it; the seeding workers lower their render thread again)
+            os.setpriority(os.PRIO_PROCESS, 0, nice[p.INTERACTIVE])
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -163,7 +171,7 @@ class Daemon:
         self.remote = WorkersEndpoint(self.ctx, cfg.daemon.workers_bind, cfg.daemon.curve_secret,
                                       cfg.daemon.authorized_workers) if cfg.daemon.workers_bind else None
         self.pool = Pool(cfg.path, cfg.daemon.broker, cfg.daemon.workers, self.token, cfg.daemon.reserved,
-                         cfg.daemon.nice_gap)
+                         nice=nice)
         self.broker = Broker(cfg, self._send, kill=self._kill_worker, pool=self.token)
         self.pending: list[str] = []
         self.stopping = False

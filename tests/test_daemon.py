@@ -308,7 +308,8 @@ def test_broken_style_stops_startup_without_restart_loop(serve, tmp_path):
     out = s.output()
     assert code == 3
     assert "daemon_style.xml" in out
-    assert out.count("renderd-py worker: error") <= 3      # one per process started (2 + 1 reserved), no restart
+    # each process of the first start says it once, and none is started again
+    assert out.count("renderd-py worker: error") <= _config.load(s.config).daemon.processes
 
 
 def test_bad_config_one_line_exit_2(tmp_path):
@@ -446,14 +447,17 @@ def test_reserved_workers_render_nice_gap_above_the_others(serve):
     st = s.status()
     roles = {w["role"]: w["pid"] for w in st["worker_list"]}
     assert set(roles) == {"any", "interactive"}
-    base = os.getpriority(os.PRIO_PROCESS, s.proc.pid)
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # ours, which the daemon started at
+    daemon_nice, daemon_threads = main_thread_nice(s.proc.pid)
     reserved_nice, reserved_io = main_thread_nice(roles["interactive"])
     seeder_nice, seeder_io = main_thread_nice(roles["any"])
     assert seeder_nice - reserved_nice == 7
-    # raised where allowed (we are root here), else the others lowered
-    assert (reserved_nice, seeder_nice) == ((base - 7, base) if os.geteuid() == 0 else (base, base + 7))
+    # raised where allowed (we are root here): the broker with them; else the others lowered
+    raised = os.geteuid() == 0
+    assert (reserved_nice, seeder_nice) == ((base - 7, base) if raised else (base, base + 7))
+    assert daemon_nice == reserved_nice and set(daemon_threads) == {daemon_nice}
     # the threads that answer heartbeats keep the pool's priority
-    assert set(reserved_io) == set(seeder_io) == {base}
+    assert set(reserved_io) == set(seeder_io) == {daemon_nice}
     with s.client() as c:
         assert c.render("shapes", Tile(4, 3, 3)).ok
         assert c.render("shapes", Tile(4, 8, 8), priority=p.BULK).ok

@@ -137,6 +137,12 @@ class _Pending:
     flags: frozenset[str]
     deadline: float
     busy: int = 0
+    layer: str | None = None      # the tile set, when not the window's own
+    tag: object = None            # what the callbacks get instead of the metatile
+
+    @property
+    def key(self) -> object:
+        return self.meta if self.tag is None else self.tag
 
 
 class Window:
@@ -145,7 +151,9 @@ class Window:
     ``submit`` blocks while the window is full, handling replies as they
     come; ``finish`` waits for the rest (``drain`` for a while).
     ``on_ok(meta, reply)`` and ``on_fail(meta, reason)`` are called once per
-    metatile.
+    metatile. A request may name a tile set of its own (``submit(...,
+    layer=)``) and a ``tag``, which the callbacks then get instead of the
+    metatile (one window for the metatiles of several tile sets).
     """
 
     def __init__(self, client: Client, layer: str, priority: int, size: int,
@@ -184,22 +192,25 @@ class Window:
         return len(self.in_flight) + (0 if self.gone else len(self.retry))
 
     def _send(self, pend: _Pending) -> None:
-        req = p.RenderRequest(self.client.next_id(), self.layer, Tile(pend.meta.z, pend.meta.x0, pend.meta.y0),
+        req = p.RenderRequest(self.client.next_id(), pend.layer or self.layer,
+                              Tile(pend.meta.z, pend.meta.x0, pend.meta.y0),
                               self.priority, int(self.timeout * 1000), pend.flags)
         pend.deadline = self.clock() + self.timeout + 5.0
         self.client.send(req)
         self.in_flight[req.rid] = pend
         self.sent += 1
 
-    def submit(self, meta: Meta, extra_flags: Iterable[str] = ()) -> bool:
-        """Queue ``meta``; False if stopped (or the daemon went) before it could be sent."""
+    def submit(self, meta: Meta, extra_flags: Iterable[str] = (), layer: str | None = None,
+               tag: object = None) -> bool:
+        """Queue ``meta`` (of tile set ``layer``, default the window's);
+        False if stopped (or the daemon went) before it could be sent."""
         while len(self) >= self.size:
             if self.stop.is_set() or self.gone:
                 return False
             self.poll(0.2)
         if self.stop.is_set() or self.gone:
             return False
-        self._send(_Pending(meta, self.flags | frozenset(extra_flags), 0.0))
+        self._send(_Pending(meta, self.flags | frozenset(extra_flags), 0.0, layer=layer, tag=tag))
         return True
 
     def poll(self, wait: float) -> None:
@@ -223,7 +234,7 @@ class Window:
         late = [rid for rid, pend in self.in_flight.items() if pend.deadline < now]
         for rid in late:
             pend = self.in_flight.pop(rid)
-            self.on_fail(pend.meta, f"no answer in {self.timeout:g}s")
+            self.on_fail(pend.key, f"no answer in {self.timeout:g}s")
         if self.tick is not None:
             self.tick()
 
@@ -246,7 +257,7 @@ class Window:
         if pend is None:
             return  # an answer to a request already given up on
         if reply.status == p.OK:
-            self.on_ok(pend.meta, reply)
+            self.on_ok(pend.key, reply)
         elif reply.status == p.FAIL and reply.info == p.SHUTTING_DOWN:
             # not the metatile's fault: it is left for the next run
             self.gone = f"the daemon at {self.client.endpoint} is shutting down"
@@ -257,7 +268,7 @@ class Window:
             self.retry.append((self.clock() + backoff, pend))
         else:
             reason = reply.info.decode("utf-8", "replace") or reply.status.decode()
-            self.on_fail(pend.meta, f"{reply.status.decode()}: {reason}")
+            self.on_fail(pend.key, f"{reply.status.decode()}: {reason}")
 
     def drain(self, limit: float | None = None) -> bool:
         """Wait for every request; True if none is left (False after ``limit`` s)."""
@@ -268,7 +279,7 @@ class Window:
             self.poll(0.2 if end is None else max(0.0, min(0.2, end - self.clock())))
         return True
 
-    def finish(self, grace: float = 0.0, waiting: Callable[[int], None] | None = None) -> list[Meta]:
+    def finish(self, grace: float = 0.0, waiting: Callable[[int], None] | None = None) -> list:
         """Wait for every answer unless stopped; once stopped, wait up to
         ``grace`` more seconds for what is in flight (``waiting(n)`` is told
         how many first), then abandon the rest. Returns what was abandoned."""
@@ -280,9 +291,10 @@ class Window:
             self.drain(grace)
         return self.abandon()
 
-    def abandon(self) -> list[Meta]:
-        """Forget what is still pending (the broker may still render it)."""
-        left = [pend.meta for pend in self.in_flight.values()] + [pend.meta for _, pend in self.retry]
+    def abandon(self) -> list:
+        """Forget what is still pending (the broker may still render it);
+        the metatiles (or tags) given up."""
+        left = [pend.key for pend in self.in_flight.values()] + [pend.key for _, pend in self.retry]
         self.in_flight.clear()
         self.retry.clear()
         return left

@@ -86,6 +86,14 @@ class CatalogUnavailable(RenderdError, OSError):
     """The catalog's database cannot be reached or written (a runtime failure)."""
 
 
+class PipelineError(UsageError):
+    """A pipeline file that cannot run as written: not JSON, an unknown stage
+    type or field, a missing field, a bad value, a stage taking what the one
+    before does not give. The message is one line naming the stage
+    (``stage 3 (write.mbtiles) takes tiles, stage 2 (write.catalog) gives
+    datasets``)."""
+
+
 class IngestError(UsageError):
     """A file or pattern given to ``ingest`` cannot go into the catalog:
     no raster, a corrupt TIFF, no CRS, a file name without a key's value."""

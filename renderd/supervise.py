@@ -89,6 +89,7 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.pids: dict[str, int] = {}
         self._rpc: xmlrpc.client.ServerProxy | None = None
+        self._unanswered = 0   # polls of supervisord in a row that got no answer
 
     # --- configuration -----------------------------------------------------
     def render(self) -> str:
@@ -236,8 +237,13 @@ class Supervisor:
         try:
             infos = self.rpc().supervisor.getAllProcessInfo()
         except Exception as e:
+            # one unanswered poll is no failure (a busy machine); three in a row are
             self._rpc = None
-            return f"supervisord does not answer: {e}"
+            self._unanswered += 1
+            if self._unanswered < 3:
+                return None
+            return f"supervisord does not answer: {e!r}"
+        self._unanswered = 0
         for info in infos:
             if info["statename"] in (FATAL, EXITED, STOPPED):
                 line = self.last_line(info["name"])

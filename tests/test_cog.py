@@ -227,6 +227,15 @@ def test_png_without_georeference_takes_bounds_and_crs(tmp_path, capsys):
         assert np.array_equal(d.read(), s.read())
 
 
+def test_reproject_into_a_relative_directory(floats, tmp_path, capsys, monkeypatch):
+    """The warped VRT names the source's VRT by an absolute path, whatever -o is."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, floats, "-o", "out", "--reproject")
+    assert code == 0, err
+    with check_cog(str(tmp_path / "out" / "floats.tif")) as d:
+        assert d.crs.to_epsg() == 3857
+
+
 def test_reproject_lands_on_the_tile_grid(floats, tmp_path, capsys):
     code, _, err = run(capsys, floats, "-o", str(tmp_path / "out"), "--reproject")
     assert code == 0, err

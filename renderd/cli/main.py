@@ -37,6 +37,7 @@ COMMANDS = {
     "optimize-rasters": "optimize_rasters",
     "ingest": "ingest",
     "datasets": "datasets",
+    "pipeline": "pipeline",
 }
 
 

@@ -78,6 +78,9 @@ class Options:
     bands: tuple[int, ...] = ()
     bounds: tuple[float, float, float, float] | None = None
     crs: str | None = None
+    #: warp to this CRS on GDAL's default grid for it (``reproject`` is the
+    #: Web Mercator tile grid)
+    target_crs: str | None = None
 
     def check(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -101,11 +104,17 @@ class Options:
                 raise UsageError(f"--bounds {w},{s},{e},{n}: west must be < east and south < north")
         if self.crs is not None:
             parse_crs(self.crs)
+        if self.target_crs is not None:
+            if self.reproject:
+                raise UsageError("reproject (the Web Mercator grid) and a target CRS exclude each other")
+            parse_crs(self.target_crs)
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
         d["bands"] = list(self.bands)
         d["bounds"] = list(self.bounds) if self.bounds else None
+        if d["target_crs"] is None:     # (so that records made before it stay current)
+            del d["target_crs"]
         return d
 
 
@@ -565,25 +574,50 @@ def mercator_grid(crs: str, transform: tuple[float, ...], width: int, height: in
                 width=gw, height=gh)
 
 
+def default_grid(crs: str, transform: tuple[float, ...], width: int, height: int, target: str,
+                 blocksize: int) -> Grid:
+    """GDAL's default grid for warping the source to ``target`` (its
+    resolution kept at the centre), with overviews down to one block."""
+    from affine import Affine
+    from rasterio.warp import calculate_default_transform
+
+    a, b, c, d, e, f = transform[:6]
+    xs = [c, c + a * width, c + b * height, c + a * width + b * height]
+    ys = [f, f + d * width, f + e * height, f + d * width + e * height]
+    try:
+        t, w, h = calculate_default_transform(parse_crs(crs), parse_crs(target), width, height,
+                                              min(xs), min(ys), max(xs), max(ys))
+    except Exception as e:  # rasterio's CRSError, GDAL's failure to project the edges
+        raise RasterInputError(f"cannot warp from its CRS to {target}: {' '.join(str(e).split())}") from None
+    levels = max(0, math.ceil(math.log2(max(w, h) / blocksize)))
+    return Grid(zoom=-1, levels=levels, transform=tuple(Affine(*t[:6]))[:6], width=int(w), height=int(h))
+
+
 def reprojected_vrt(src: Source, p: Plan, record: dict[str, Any], vrt: str, tmp: str,
-                    blocksize: int) -> tuple[str, int]:
-    """The VRT of ``vrt`` (the source's) warped onto its ``mercator_grid``,
-    with the warp's alpha as the mask; and the number of overview levels."""
+                    blocksize: int, target: str | None = None) -> tuple[str, int]:
+    """The VRT of ``vrt`` (the source's) warped onto its ``mercator_grid``
+    (or, for a ``target`` CRS, its ``default_grid``), with the warp's alpha as
+    the mask; and the number of overview levels."""
     src_path = os.path.join(tmp, "source.vrt")
     with open(src_path, "w") as f:
         f.write(vrt)
-    grid = mercator_grid(p.crs, p.transform, src.width, src.height, blocksize)
+    if target is None:
+        crs = "EPSG:3857"
+        grid = mercator_grid(p.crs, p.transform, src.width, src.height, blocksize)
+    else:
+        crs = parse_crs(target).to_wkt()
+        grid = default_grid(p.crs, p.transform, src.width, src.height, target, blocksize)
     warp_path = os.path.join(tmp, "warped.vrt")
     with open(warp_path, "w") as f:
-        f.write(warped_vrt(src, p, src_path, grid))
+        f.write(warped_vrt(src, p, src_path, grid, crs))
     n = len(p.bands)
     out = source_vrt(src, p, record, filename=warp_path, width=grid.width, height=grid.height,
-                     crs="EPSG:3857", transform=grid.transform, bands=range(1, n + 1),
+                     crs=crs, transform=grid.transform, bands=range(1, n + 1),
                      mask_source=(warp_path, n + 1))
     return out, grid.levels
 
 
-def warped_vrt(src: Source, p: Plan, src_vrt: str, grid: Grid) -> str:
+def warped_vrt(src: Source, p: Plan, src_vrt: str, grid: Grid, crs: str = "EPSG:3857") -> str:
     """A warped VRT (XML) of ``src_vrt`` onto ``grid``, with an alpha band
     after the data bands (valid where the source is, by its mask)."""
     import rasterio
@@ -593,7 +627,7 @@ def warped_vrt(src: Source, p: Plan, src_vrt: str, grid: Grid) -> str:
 
     nodata = src.band(p.bands[0]).nodata if p.keep_nodata else None
     with rasterio.open(src_vrt) as s, WarpedVRT(
-            s, crs="EPSG:3857", transform=Affine(*grid.transform), width=grid.width,
+            s, crs=crs, transform=Affine(*grid.transform), width=grid.width,
             height=grid.height, resampling=Resampling[p.warp_resampling], add_alpha=True,
             nodata=nodata, src_nodata=nodata) as w:
         xml = w.tags(ns="xml:VRT")["xml:VRT"]
@@ -680,13 +714,15 @@ def convert(name: str, outdir: str, opts: Options, overwrite: bool = False,
     if not overwrite and is_current(out, src, record):
         return Result(name, out, "current", time.monotonic() - t0, os.path.getsize(out))
     remove_stale(outdir, os.path.basename(out))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-", dir=outdir)
+    # (absolute: the VRTs in it name one another by path)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-{os.getpid()}-",
+                           dir=os.path.abspath(outdir))
     try:
         creation = dict(p.creation, NUM_THREADS=str(max(1, threads)))
         mask = mask_source(src, p, tmp)
         vrt = source_vrt(src, p, record, mask_source=mask)
-        if opts.reproject:
-            vrt, levels = reprojected_vrt(src, p, record, vrt, tmp, opts.blocksize)
+        if opts.reproject or opts.target_crs:
+            vrt, levels = reprojected_vrt(src, p, record, vrt, tmp, opts.blocksize, opts.target_crs)
             creation["OVERVIEW_COUNT"] = str(levels)
         vrt_path = os.path.join(tmp, "cog.vrt")
         with open(vrt_path, "w") as f:
@@ -802,6 +838,92 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """One COG to write: a source, the options for it, its output name
+    (None: from the source's, ``output_name``)."""
+
+    name: str
+    opts: Options
+    out_name: str | None = None
+
+    @property
+    def output(self) -> str:
+        return self.out_name or output_name(self.name)
+
+
+def optimize_iter(work: Iterable[Conversion], outdir: str, overwrite: bool = False, jobs: int = 1,
+                  debug: bool = False, in_process: bool = True,
+                  stop: Callable[[], bool] | None = None) -> Iterator[Result | Failure]:
+    """Convert each conversion of ``work`` as it comes (an iterable that may
+    block for its next item: a stage's inbox), yielding each ``Result`` or
+    ``Failure`` as it is done. With ``jobs`` > 1, or ``in_process`` False,
+    ``jobs`` spawned processes convert, at most ``jobs`` at a time, fed by a
+    thread of their own so that a result is yielded as soon as it is done
+    even while the next conversion is not there yet. ``stop()`` true: no
+    more is started; what runs is finished and yielded."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    stopped = stop or (lambda: False)
+    if jobs == 1 and in_process:
+        for c in work:
+            if stopped():
+                return
+            yield _job((c.name, outdir, c.opts, overwrite, c.out_name, threads, debug))
+        return
+    import queue
+    import threading
+
+    results: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+    slots = threading.Semaphore(jobs)
+    names: list[str] = []
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_sigint)
+
+    def feed() -> None:
+        try:
+            for c in work:
+                while not slots.acquire(timeout=0.2):
+                    if stopped():
+                        return
+                if stopped():
+                    slots.release()
+                    return
+                names.append(c.output)
+                results.put(("started", None))
+                pool.apply_async(_job, ((c.name, outdir, c.opts, overwrite, c.out_name, threads, debug),),
+                                 callback=lambda r: results.put(("done", r)),
+                                 error_callback=lambda e: results.put(("error", e)))
+        except BaseException as e:  # the work's own failure: raised where results are taken
+            results.put(("error", e))
+        finally:
+            results.put(("fed", None))
+
+    feeder = threading.Thread(target=feed, name="optimize-feed", daemon=True)
+    feeder.start()
+    running, fed = 0, False
+    try:
+        while running or not fed:
+            what, value = results.get()
+            if what == "started":
+                running += 1
+            elif what == "fed":
+                fed = True
+            elif what == "error":
+                raise value
+            else:
+                running -= 1
+                slots.release()
+                yield value
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        feeder.join(1.0)
+        for n in names:
+            remove_stale(outdir, n)
+
+
 def optimize(names: list[str], outdir: str, opts: Options, overwrite: bool = False,
              jobs: int = 1, out_name: str | None = None,
              on_done: Callable[[Result | Failure], None] | None = None,
@@ -828,31 +950,11 @@ def optimize(names: list[str], outdir: str, opts: Options, overwrite: bool = Fal
                 on_done(f)
             continue
         seen[out] = n
-        work.append(n)
+        work.append(Conversion(n, opts, out_name))
     jobs = max(1, min(jobs, len(work) or 1))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    args = [(n, outdir, opts, overwrite, out_name, threads, debug) for n in work]
-
-    def done(r: Result | Failure) -> None:
+    for r in optimize_iter(work, outdir, overwrite, jobs, debug):
         (summary.results if isinstance(r, Result) else summary.failures).append(r)
         if on_done:
             on_done(r)
-
-    if jobs == 1:
-        for a in args:
-            done(_job(a))
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_sigint)
-        try:
-            for r in pool.imap_unordered(_job, args):
-                done(r)
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-            for n in work:
-                remove_stale(outdir, out_name or output_name(n))
     summary.seconds = time.monotonic() - t0
     return summary

@@ -25,6 +25,7 @@ counted as ``empty`` and left out.
 from __future__ import annotations
 
 import array
+import json
 import os
 import sqlite3
 import tempfile
@@ -308,81 +309,80 @@ class _Metatiles:
         return data
 
 
-def tiles_of(store: Store, layer: str, area: Area, zooms: tuple[int, int], meta: int,
-             s: ExportSummary, progress: Progress | None = None, stop: StopFlag | None = None,
-             index_of: Callable[[Meta], MetaIndex | None] | None = None,
-             ) -> Iterator[tuple[int, int, int, str]]:
-    """(z, x, y, digest) of every stored tile of the area; counts missing and empty.
-    ``index_of`` reads a metatile's index (default: ``store.get_index``)."""
-    for m in plan(area, zooms, meta):
-        if stop is not None and stop.is_set():
-            raise RenderdError("export interrupted")
-        mask = area.tile_mask(m)
-        idx = store.get_index(layer, m) if index_of is None else index_of(m)
-        if idx is None:
-            s.missing += sum(mask)
-        else:
-            for i, inside in enumerate(mask):
-                if not inside:
-                    continue
-                h = idx.hashes[i]
-                if h == EMPTY:
-                    s.empty += 1
-                    continue
-                t = index_tile(m, i)
-                yield t.z, t.x, t.y, h
-        if progress is not None:
-            progress.advance()
+def metatile_tiles(m: Meta, idx: MetaIndex | None, mask: list[bool], s: ExportSummary
+                   ) -> Iterator[tuple[int, int, int, str]]:
+    """(z, x, y, digest) of the stored tiles of ``m`` that ``mask`` keeps;
+    counts the missing (no index) and empty ones into ``s``."""
+    if idx is None:
+        s.missing += sum(mask)
+        return
+    for i, inside in enumerate(mask):
+        if not inside:
+            continue
+        h = idx.hashes[i]
+        if h == EMPTY:
+            s.empty += 1
+            continue
+        t = index_tile(m, i)
+        yield t.z, t.x, t.y, h
 
 
-def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], out: str,
-           render_missing: bool = False, endpoint: Endpoint | None = None,
-           concurrency: int = 8, timeout: float = 600.0, progress: Progress | None = None,
-           stop: StopFlag | None = None) -> ExportSummary:
-    fmt = format_of(out)
-    started = time.monotonic()
-    out = os.path.abspath(out)
-    if not os.path.isdir(os.path.dirname(out)):
-        raise UsageError(f"directory {os.path.dirname(out)} does not exist")
-    s = ExportSummary(out, fmt)
-    if render_missing:
-        if endpoint is None:
-            raise UsageError("--render-missing needs the daemon's address")
-        _render_missing(store, endpoint, lyr.name, area, zooms, lyr.metatile, s, concurrency,
-                        timeout, progress, stop)
-    if progress is not None:
-        progress.total, progress.done, progress.label = area.count_metatiles(zooms, lyr.metatile), 0, \
-            "metatiles exported"
-    tmp = f"{out}.part-{os.getpid()}"
-    if os.path.exists(tmp):
-        os.unlink(tmp)
+#: the metadata item (MBTiles row, PMTiles JSON key) holding ``Extract``'s record
+RECORD = "renderd_py"
 
-    metatiles = _Metatiles(store, lyr.name, lyr.metatile)
-    sizes: dict[str, int] = {}
-    sink = _MBTiles(tmp) if fmt == "mbtiles" else _PMTiles(tmp)
-    try:
-        for z, x, y, digest in tiles_of(store, lyr.name, area, zooms, lyr.metatile, s, progress, stop,
-                                        metatiles.index):
-            size = sink.add(z, x, y, digest, lambda t=(z, x, y, digest): metatiles.tile(*t))
+
+class Extract:
+    """An MBTiles or PMTiles file being written, metatile by metatile: ``add``
+    takes a metatile's stored index (None: not stored) and which of its tiles
+    are in the area, and reads the bytes of each distinct tile once through
+    ``tile(z, x, y, digest)``; ``finish`` writes the metadata (and a
+    ``record``, for whoever wants to know later what the file holds) and
+    renames the file into place; ``abort`` leaves nothing behind. What
+    ``export`` and the pipeline's ``write.mbtiles``/``write.pmtiles`` write."""
+
+    def __init__(self, out: str):
+        fmt = format_of(out)
+        out = os.path.abspath(out)
+        if not os.path.isdir(os.path.dirname(out)):
+            raise UsageError(f"directory {os.path.dirname(out)} does not exist")
+        self.out = out
+        self.s = ExportSummary(out, fmt)
+        self.tmp = f"{out}.part-{os.getpid()}"
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+        self.sizes: dict[str, int] = {}
+        self.sink = _MBTiles(self.tmp) if fmt == "mbtiles" else _PMTiles(self.tmp)
+
+    def add(self, m: Meta, idx: MetaIndex | None, mask: list[bool],
+            tile: Callable[[int, int, int, str], bytes]) -> None:
+        for z, x, y, digest in metatile_tiles(m, idx, mask, self.s):
+            size = self.sink.add(z, x, y, digest, lambda t=(z, x, y, digest): tile(*t))
             if size is not None:
-                sizes[digest] = size
-            s.tiles += 1
+                self.sizes[digest] = size
+            self.s.tiles += 1
+
+    def finish(self, lyr: LayerConfig, area: Area, zooms: tuple[int, int], hint: str = "",
+               record: dict | None = None) -> ExportSummary:
+        """Complete the file; ``RenderdError`` if it holds no tile (``hint``
+        is added to that message)."""
+        s = self.s
         if s.tiles == 0:
             raise RenderdError(f"nothing to export: no stored tile in the area ({s.missing} missing"
-                               f"{'' if render_missing else '; add --render-missing'})")
+                               f"{hint})")
         w, so, e, n = area.bbox
         cx, cy = area.center()
         desc = lyr.description or f"{lyr.name}, zooms {zooms[0]}-{zooms[1]}"
-        if isinstance(sink, _MBTiles):
+        extra = {RECORD: json.dumps(record, sort_keys=True)} if record is not None else {}
+        if isinstance(self.sink, _MBTiles):
             meta = {"name": lyr.name, "format": lyr.ext, "type": "baselayer", "version": "1.0",
                     "bounds": f"{w:.7f},{so:.7f},{e:.7f},{n:.7f}",
                     "center": f"{cx:.7f},{cy:.7f},{zooms[0]}",
-                    "minzoom": str(zooms[0]), "maxzoom": str(zooms[1]), "description": desc}
+                    "minzoom": str(zooms[0]), "maxzoom": str(zooms[1]), "description": desc, **extra}
             if lyr.attribution:
                 meta["attribution"] = lyr.attribution
-            sink.finish(meta)
-            s.unique_tiles, s.unique_bytes = len(sizes), sum(sizes.values())
-            s.tile_bytes = _mbtiles_tile_bytes(tmp)
+            self.sink.finish(meta)
+            s.unique_tiles, s.unique_bytes = len(self.sizes), sum(self.sizes.values())
+            s.tile_bytes = _mbtiles_tile_bytes(self.tmp)
         else:
             header = {
                 "tile_type": TileType.JPEG if lyr.ext == "jpg" else TileType.PNG,
@@ -393,17 +393,73 @@ def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], o
                 "center_lat_e7": int(round(cy * 1e7)),
             }
             metadata = {"name": lyr.name, "format": lyr.ext, "type": "baselayer",
-                        "description": desc, "minzoom": zooms[0], "maxzoom": zooms[1]}
+                        "description": desc, "minzoom": zooms[0], "maxzoom": zooms[1], **extra}
             if lyr.attribution:
                 metadata["attribution"] = lyr.attribution
-            s.unique_tiles, s.unique_bytes = sink.finish(header, metadata)
-            s.tile_bytes = _pmtiles_tile_bytes(tmp)
-        os.replace(tmp, out)
-        s.file_size = os.path.getsize(out)
+            s.unique_tiles, s.unique_bytes = self.sink.finish(header, metadata)
+            s.tile_bytes = _pmtiles_tile_bytes(self.tmp)
+        os.replace(self.tmp, self.out)
+        s.file_size = os.path.getsize(self.out)
+        return s
+
+    def abort(self) -> None:
+        self.sink.abort()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def read_record(path: str) -> dict | None:
+    """The record ``Extract.finish`` wrote into an MBTiles or PMTiles file,
+    or None (no such file, another kind of file, no record)."""
+    try:
+        if format_of(path) == "mbtiles":
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM metadata WHERE name = ?", (RECORD,)).fetchone()
+            finally:
+                db.close()
+            text = row[0] if row else None
+        else:
+            from pmtiles.reader import MmapSource, Reader
+            with open(path, "rb") as f:
+                text = Reader(MmapSource(f)).metadata().get(RECORD)
+        return json.loads(text) if isinstance(text, str) else None
+    except Exception:  # missing, unreadable, foreign: nothing known of it
+        return None
+
+
+def export(store: Store, lyr: LayerConfig, area: Area, zooms: tuple[int, int], out: str,
+           render_missing: bool = False, endpoint: Endpoint | None = None,
+           concurrency: int = 8, timeout: float = 600.0, progress: Progress | None = None,
+           stop: StopFlag | None = None) -> ExportSummary:
+    format_of(out)
+    started = time.monotonic()
+    out = os.path.abspath(out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"directory {os.path.dirname(out)} does not exist")
+    rendered = ExportSummary(out, format_of(out))
+    if render_missing:
+        if endpoint is None:
+            raise UsageError("--render-missing needs the daemon's address")
+        _render_missing(store, endpoint, lyr.name, area, zooms, lyr.metatile, rendered, concurrency,
+                        timeout, progress, stop)
+    if progress is not None:
+        progress.total, progress.done, progress.label = area.count_metatiles(zooms, lyr.metatile), 0, \
+            "metatiles exported"
+    metatiles = _Metatiles(store, lyr.name, lyr.metatile)
+    extract = Extract(out)
+    s = extract.s
+    s.rendered, s.render_failed, s.failures = rendered.rendered, rendered.render_failed, rendered.failures
+    try:
+        for m in plan(area, zooms, lyr.metatile):
+            if stop is not None and stop.is_set():
+                raise RenderdError("export interrupted")
+            extract.add(m, metatiles.index(m), area.tile_mask(m), metatiles.tile)
+            if progress is not None:
+                progress.advance()
+        extract.finish(lyr, area, zooms, "" if render_missing else "; add --render-missing")
     except BaseException:
-        sink.abort()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        extract.abort()
         raise
     finally:
         s.seconds = time.monotonic() - started

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 from ..catalog.base import Catalog, check_collection
@@ -202,6 +202,44 @@ def check_files(pattern: str, known: Callable[[str], bool] | None = None) -> lis
     return files
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """What ``ingest_iter`` did with one file: ``status`` is ``ingested``
+    (a new row), ``updated`` (a changed one), ``unchanged`` (read again, the
+    same) or ``skipped`` (``skip_existing``: same size and mtime); ``dataset``
+    is its row in the catalog."""
+
+    path: str
+    status: str
+    dataset: Dataset
+
+
+def ingest_iter(catalog: Catalog, files: Iterable[tuple[str, dict[str, str]]], collection: str, *,
+                skip_existing: bool = False, stats: bool = True, restale: Restale | None = None,
+                max_bytes: int = DEFAULT_MAX_BYTES,
+                now: Callable[[], float] = time.time) -> Iterator[Ingested]:
+    """Ingest each (path, keys) of ``files`` into ``collection`` as it comes
+    (an iterable that may block for its next file: a stage's inbox), each in
+    a transaction of its own; what was done with each file is yielded. A
+    file that cannot be described raises ``IngestError``: the files before
+    it stay ingested."""
+    check_collection(collection)
+    for path, keys in files:
+        path = os.path.abspath(path)
+        old = catalog.get_path(collection, path)
+        if skip_existing and old is not None and _size_mtime(path) == (old.size, old.mtime):
+            yield Ingested(path, "skipped", old)
+            continue
+        new = describe(path, collection, keys, stats=stats, max_bytes=max_bytes, now=now)
+        if old is not None and same_content(old, new):
+            yield Ingested(path, "unchanged", old)
+            continue
+        dataset_id = catalog.upsert(new)
+        if restale is not None:
+            _restale(restale, old, new)
+        yield Ingested(path, "ingested" if old is None else "updated", replace(new, id=dataset_id))
+
+
 def ingest(catalog: Catalog, pattern: str, collection: str, *, skip_existing: bool = False,
            stats: bool = True, restale: Restale | None = None, progress=None,
            files: list[tuple[str, dict[str, str]]] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -216,30 +254,14 @@ def ingest(catalog: Catalog, pattern: str, collection: str, *, skip_existing: bo
         files = check_files(pattern)
     s.files = len(files)
     try:
-        for path, keys in files:
-            path = os.path.abspath(path)
-            old = catalog.get_path(collection, path)
-            if skip_existing and old is not None and _size_mtime(path) == (old.size, old.mtime):
-                s.skipped += 1
-            else:
-                try:
-                    new = describe(path, collection, keys, stats=stats, max_bytes=max_bytes, now=now)
-                except IngestError as e:
-                    s.failed += 1
-                    s.error = str(e)
-                    break
-                if old is not None and same_content(old, new):
-                    s.unchanged += 1
-                else:
-                    catalog.upsert(new)
-                    if old is None:
-                        s.ingested += 1
-                    else:
-                        s.updated += 1
-                    if restale is not None:
-                        _restale(restale, old, new)
+        for done in ingest_iter(catalog, files, collection, skip_existing=skip_existing, stats=stats,
+                                restale=restale, max_bytes=max_bytes, now=now):
+            setattr(s, done.status, getattr(s, done.status) + 1)
             if progress is not None:
-                progress.advance(1, extra=os.path.basename(path))
+                progress.advance(1, extra=os.path.basename(done.path))
+    except IngestError as e:
+        s.failed += 1
+        s.error = str(e)
     finally:
         if restale is not None:
             s.stale = {t: n for t, n in restale.marked.items() if n}

@@ -48,13 +48,20 @@ class _Bar(tqdm):
 
 
 class Progress:
-    """Counts units of work (metatiles) against a known total."""
+    """Counts units of work (metatiles) against a known total.
+
+    ``prefix`` goes before the figures (``stage 2 (transform.optimize): ``)
+    and ``position`` is the line of the bar on a terminal, so that several
+    (one per pipeline stage) are drawn at once, one under the other."""
 
     def __init__(self, total: int, label: str = "metatiles", stream: TextIO | None = None,
                  tty: bool | None = None, interval: float | None = None, refresh: float = 0.2,
-                 enabled: bool = True, clock: Callable[[], float] = time.monotonic):
+                 enabled: bool = True, clock: Callable[[], float] = time.monotonic,
+                 prefix: str = "", position: int = 0):
         self.total = max(0, total)
         self.label = label
+        self.prefix = prefix
+        self.position = position
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         if interval is None:
@@ -98,7 +105,7 @@ class Progress:
 
     def text(self, extra: bool = True) -> str:
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        parts = [f"{self.done}/{self.total} {self.label}", f"{pct:5.1f}%",
+        parts = [f"{self.prefix}{self.done}/{self.total} {self.label}", f"{pct:5.1f}%",
                  f"{self.rate:.1f}/s", f"ETA {fmt_duration(self.eta())}"]
         if self.extra and extra:
             parts.append(self.extra)
@@ -127,7 +134,8 @@ class Progress:
             # one bar on the line the cursor is on: its height is not asked
             # for (a terminal of unknown size would hide the bar)
             self._bar = _Bar(total=total, initial=done, desc=text, bar_format=fmt, ncols=width - 1,
-                             nrows=20, ascii=".#", file=self.stream, position=0, leave=True)
+                             nrows=20, ascii=".#", file=self.stream, position=self.position,
+                             leave=True)
             return True
         bar = self._bar
         bar.total, bar.n, bar.desc, bar.bar_format, bar.ncols = total, done, text, fmt, width - 1

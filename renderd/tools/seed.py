@@ -171,6 +171,144 @@ def plan(area: Area, zooms: tuple[int, int], meta: int) -> Iterator[Meta]:
         yield from area.metatiles(z, meta)
 
 
+@dataclass(frozen=True)
+class SeedEvent:
+    """What became of one metatile: ``rendered``, ``skipped`` (stored and
+    fresh; ``index`` is the stored index) or ``failed`` (``reason``)."""
+
+    layer: str
+    meta: Meta
+    outcome: str
+    index: MetaIndex | None = None
+    reason: str | None = None
+
+
+class Seeder:
+    """Metatiles offered one at a time, of any tile set, each looked up in
+    the store and skipped when stored and fresh (``needs_render``), else sent
+    to the broker at the bulk priority through one ``Window`` (opened at the
+    first metatile to render). The counts go into ``summary``;
+    ``on_event(SeedEvent)`` is told of each metatile as it is done, and
+    ``changed(layer, meta)`` of each stored one rendered again. ``seed`` runs
+    one over an area's plan; the pipeline's ``transform.pyramid`` offers
+    metatiles as their datasets arrive."""
+
+    def __init__(self, store: Store, endpoint: Endpoint, opts: SeedOptions, summary: SeedSummary,
+                 progress: Progress | None = None, stop: StopFlag | None = None,
+                 changed: Callable[[str, Meta], None] | None = None,
+                 on_event: Callable[[SeedEvent], None] | None = None):
+        self.store, self.endpoint, self.opts, self.s = store, endpoint, opts, summary
+        self.progress = progress
+        self.stop = stop or Never()
+        self.changed = changed
+        self.on_event = on_event
+        self.seen: set[str] = set()
+        self.replacing: set[tuple[str, Meta]] = set()   # stored metatiles being rendered again
+        self.client: Client | None = None
+        self.window: Window | None = None
+
+    def _extra(self) -> str:
+        s = self.s
+        return f"rendered {s.rendered} skipped {s.skipped} failed {s.failed}"
+
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(1, self._extra())
+
+    def _ok(self, key: tuple[str, Meta], reply: p.Reply) -> None:
+        layer, m = key
+        s = self.s
+        s.rendered += 1
+        if key in self.replacing:
+            self.replacing.discard(key)
+            if self.changed is not None:
+                self.changed(layer, m)
+        s.tiles_rendered += m.n * m.n
+        got = self.store.metatile_sizes(layer, m)
+        if got is not None:
+            idx, sizes = got
+            for h in idx.unique():
+                if h not in self.seen:
+                    self.seen.add(h)
+                    s.bytes += sizes.get(h, 0)
+            s.unique_tiles = len(self.seen)
+        self._advance()
+        if self.on_event is not None:
+            self.on_event(SeedEvent(layer, m, "rendered"))
+
+    def _fail(self, key: tuple[str, Meta], reason: str) -> None:
+        layer, m = key
+        s = self.s
+        self.replacing.discard(key)
+        s.failed += 1
+        s.tiles_failed += m.n * m.n
+        if len(s.failures) < 10:
+            s.failures.append((str(m) if layer == s.layer else f"{layer} {m}", reason))
+        self._advance()
+        if self.on_event is not None:
+            self.on_event(SeedEvent(layer, m, "failed", reason=reason))
+
+    def offer(self, layer: str, m: Meta) -> bool:
+        """Skip or send one metatile; False if stopped (or the daemon went)
+        before it could be sent."""
+        if self.stop.is_set():
+            return False
+        idx = self.store.get_index(layer, m)
+        render, flags = needs_render(idx, self.opts)
+        if not render:
+            self.s.skipped += 1
+            self.s.tiles_skipped += m.n * m.n
+            self._advance()
+            if self.on_event is not None:
+                self.on_event(SeedEvent(layer, m, "skipped", idx))
+            if self.window is not None and self.window.in_flight:
+                self.window.poll(0)
+            return True
+        if self.window is None:
+            self.client = connect(self.endpoint)
+            self.window = Window(self.client, layer, p.BULK, self.opts.concurrency, self.opts.timeout,
+                                 self._ok, self._fail, flags=("nodata",), stop=self.stop,
+                                 tick=self.progress.maybe_draw if self.progress is not None else None)
+        if idx is not None:
+            self.replacing.add((layer, m))
+        return self.window.submit(m, flags, layer=layer, tag=(layer, m))
+
+    def poll(self, wait: float = 0.0) -> None:
+        """Handle the answers that came (waiting up to ``wait`` seconds)."""
+        if self.window is not None and self.window.in_flight:
+            self.window.poll(wait)
+        elif wait > 0:
+            time.sleep(wait)
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self.window is None else self.window.outstanding()
+
+    @property
+    def gone(self) -> str | None:
+        return None if self.window is None else self.window.gone
+
+    def finish(self) -> None:
+        """Wait for every answer (once stopped, for ``grace`` seconds more);
+        what was not answered is left for the next run."""
+        if self.window is None:
+            return
+
+        def waiting(n: int) -> None:
+            if self.progress is not None:
+                self.progress.note(f"stopping: waiting up to {self.opts.grace:g}s for {n} "
+                                   "renders in flight (Ctrl-C again to quit now)")
+
+        self.s.not_done += len(self.window.finish(self.opts.grace, waiting))
+        self.s.busy_answers = self.window.busy_answers
+        self.s.gone = self.window.gone
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
 def seed(store: Store, endpoint: Endpoint, layer: str, area: Area,
          zooms: tuple[int, int], opts: SeedOptions, meta: int = 8,
          progress: Progress | None = None, stop: StopFlag | None = None,
@@ -184,78 +322,17 @@ def seed(store: Store, endpoint: Endpoint, layer: str, area: Area,
     s.metatiles = area.count_metatiles(zooms, meta) if total is None else total
     if progress is not None:
         progress.total = s.metatiles
-    seen: set[str] = set()
-    replacing: set[Meta] = set()     # stored metatiles being rendered again
-    client: Client | None = None
-    window: Window | None = None
-
-    def extra() -> str:
-        return f"rendered {s.rendered} skipped {s.skipped} failed {s.failed}"
-
-    def on_ok(m: Meta, reply: p.Reply) -> None:
-        s.rendered += 1
-        if m in replacing:
-            replacing.discard(m)
-            if changed is not None:
-                changed(m)
-        s.tiles_rendered += m.n * m.n
-        got = store.metatile_sizes(layer, m)
-        if got is not None:
-            idx, sizes = got
-            for h in idx.unique():
-                if h not in seen:
-                    seen.add(h)
-                    s.bytes += sizes.get(h, 0)
-            s.unique_tiles = len(seen)
-        if progress is not None:
-            progress.advance(1, extra())
-
-    def on_fail(m: Meta, reason: str) -> None:
-        replacing.discard(m)
-        s.failed += 1
-        s.tiles_failed += m.n * m.n
-        if len(s.failures) < 10:
-            s.failures.append((str(m), reason))
-        if progress is not None:
-            progress.advance(1, extra())
-
+    seeder = Seeder(store, endpoint, opts, s, progress, stop,
+                    None if changed is None else (lambda _layer, m: changed(m)))
     try:
         for m in plan(area, zooms, meta):
-            if stop.is_set():
+            if not seeder.offer(layer, m):
                 break
-            idx = store.get_index(layer, m)
-            render, flags = needs_render(idx, opts)
-            if not render:
-                s.skipped += 1
-                s.tiles_skipped += m.n * m.n
-                if progress is not None:
-                    progress.advance(1, extra())
-                if window is not None and window.in_flight:
-                    window.poll(0)
-                continue
-            if window is None:
-                client = connect(endpoint)
-                window = Window(client, layer, p.BULK, opts.concurrency, opts.timeout, on_ok, on_fail,
-                                flags=("nodata",), stop=stop,
-                                tick=progress.maybe_draw if progress is not None else None)
-            if idx is not None:
-                replacing.add(m)
-            if not window.submit(m, flags):
-                break
-        if window is not None:
-            def waiting(n: int) -> None:
-                if progress is not None:
-                    progress.note(f"stopping: waiting up to {opts.grace:g}s for {n} "
-                                  "renders in flight (Ctrl-C again to quit now)")
-
-            s.not_done = len(window.finish(opts.grace, waiting))
-            s.busy_answers = window.busy_answers
-            s.gone = window.gone
+        seeder.finish()
     finally:
         s.interrupted = stop.is_set()
         s.seconds = time.monotonic() - started
-        if client is not None:
-            client.close()
+        seeder.close()
         if progress is not None:
             progress.finish()
     return s

@@ -488,14 +488,13 @@ class WriteCatalog(Base):
         from ..catalog import open_catalog
         from ..store import open_store
         from ..tools.ingest import Restale, ingest_iter
-        from ..tools.purge import FrontPurge, purge_url
+        from ..tools.purge import front_purge, purge_urls
 
         t0 = time.monotonic()
         cfg = self.env.cfg
         collection = self.stage["collection"]
-        url = purge_url(cfg)
         restale = Restale(cfg.layers, collection, lambda: open_store(cfg.store),
-                          None if url is None else (lambda ts: FrontPurge(url, ts, "dirty", announce=True)))
+                          (lambda ts: front_purge(cfg, ts, "dirty", announce=True)) if purge_urls(cfg) else None)
         fed: deque[Raster] = deque()
 
         def files():
@@ -577,8 +576,7 @@ def _given_area(stage: Stage) -> Area | None:
         return stage["area"]
     b = stage.get("bbox")
     if b is not None:
-        from shapely.geometry import box
-        return Area(BBox(*b), box(*b), f"bbox {stage.raw['bbox']}", is_box=True)
+        return Area(BBox(*b), f"bbox {stage.raw['bbox']}", is_box=True)
     return None
 
 
@@ -647,7 +645,7 @@ class Pyramid(Tiles):
         return out
 
     def run(self, inbox: Inbox, outbox: Outbox) -> None:
-        from ..tools.purge import FrontPurge, purge_url
+        from ..tools.purge import FrontPurge, front_purge
         from ..tools.seed import SeedEvent, SeedOptions, SeedSummary, Seeder
 
         t0 = time.monotonic()
@@ -656,12 +654,11 @@ class Pyramid(Tiles):
                            timeout=st["timeout"])
         self.summary = s = SeedSummary(lyr.name, self.zooms)
         s.metatiles = self.progress.total
-        url = purge_url(cfg)
         fronts: dict[str, FrontPurge] = {}
 
         def changed(ts: str, m: Meta) -> None:
             if ts not in fronts:
-                fronts[ts] = FrontPurge(url, ts, "delete")
+                fronts[ts] = front_purge(cfg, ts, "delete")
             fronts[ts].add(m)
 
         events: list[SeedEvent] = []

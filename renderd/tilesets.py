@@ -4,7 +4,7 @@ A raster layer with ``keys = ["month"]`` serves one tile set per month:
 ``/tiles/sst/07/{z}/{x}/{y}.png`` is the tile set ``sst/07``. Its name, the
 layer's name and the values in the order of ``keys``, each after a ``/``,
 is what the rest of the stack keys tiles by: the broker's queues, the
-stores (Redis ``{prefix}:idx:sst/07:...``, disk ``tiles/sst/@07/...``), the
+stores (Redis ``{prefix}:pk:sst/07:...``, disk ``tiles/sst/@07/...``), the
 hot cache, purges and every tool (``--layer sst --key month=07``). A layer
 without keys is a tile set of its own name, so nothing changes for it.
 

@@ -1,4 +1,5 @@
-"""The pack: one metatile of the disk store in one file (docs/storage.md).
+"""The pack: one metatile in one file of the disk store, or one or two
+strings of the Redis store (docs/storage.md).
 
 The mirror of ``lua/renderd/pack.lua``, which reads it in nginx. A pack of an
 ``n x n`` metatile with ``D`` distinct tiles is, integers unsigned
@@ -10,7 +11,7 @@ little-endian, ``E = 64 + 2 n²``::
     [E, E + 24 D)         record k (from 1): the content hash's 16 bytes, then
                           uint32 offset from the start of the file and uint32
                           length of the tile's bytes; 0 and 0 = in the shared
-                          pool ({path}/blobs/ab/<hash>)
+                          pool (disk {path}/blobs/ab/<hash>, Redis {prefix}:pool:<hash>)
     then                  the bytes of the tiles kept in the pack
 
 The header is ``MetaIndex.header(PACK_MAGIC, " %04d" % D)``, so the stale
@@ -38,7 +39,7 @@ the hash of another record, or a location other than 0/0 does not lie in
 ``[E + 24 D, size)``. Another magic is not a pack (``RPYI1 `` is the ASCII
 format of earlier versions: nothing converts it, the metatile is rendered
 again). Which tiles a writer keeps in the pack is its choice, not part of
-the format (renderd/store/disk.py).
+the format (renderd/store/disk.py, renderd/store/redis.py: the same policy).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import StoreError
-from .index import EMPTY, HEADER_SIZE, MAGIC, MetaIndex, decode_header
+from .index import EMPTY, HEADER_SIZE, MAGIC, MetaIndex, content_hash, decode_header
 
 #: A pack's magic and format version; ``MAGIC`` (the ASCII index) is the previous format.
 PACK_MAGIC = b"RPYP2 "
@@ -101,6 +102,15 @@ class Pack:
         """Distinct non-empty hashes the pack leaves to the pool, in index order."""
         return list(dict.fromkeys(h for h, loc in zip(self.index.hashes, self.locations)
                                   if loc == POOL and h != EMPTY))
+
+    def tiles_from(self, raw: bytes, wanted) -> dict[str, bytes]:
+        """The bytes of the ``wanted`` tiles that this pack, whose bytes are
+        ``raw``, keeps inside (those that hash to their entry)."""
+        out = {}
+        for h, (off, size) in self.inline().items():
+            if h in wanted and content_hash(raw[off:off + size]) == h:
+                out[h] = raw[off:off + size]
+        return out
 
     def inline(self) -> dict[str, tuple[int, int]]:
         """Where each distinct tile kept in the pack is: hash -> (offset, length)."""

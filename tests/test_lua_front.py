@@ -691,29 +691,43 @@ def test_redis_down_and_broker_silent(nginx_factory, tmp_path, broker, how):
 
 def test_redis_worker_keeps_repeated_blobs(nginx_factory, redis_store, redis_url, broker):
     """A dict miss reads the pack's first bytes (header, entries and the
-    records up to the tile's), then the tile's range of the pack (in a
-    transaction with its record), or its pool tile. A pool tile (the
-    'ocean' column: it repeats) is kept by the worker, as its bytes never
-    change for its hash; a tile of the pack is read each time, in the
-    first read if the pack is that short."""
+    records up to the tile's), then one range: the tile with the copy of its
+    record before it, from the first or the second string of a pack cut in
+    two, or both in a transaction where the cut lies inside it; or the pool
+    tile. A pool tile (the 'ocean' column: it repeats) is kept by the
+    worker, as its bytes never change for its hash; a tile of the pack is
+    read each time, in the first read if the pack is that short."""
+    from renderd.store.pack import POOL, decode_pack
     ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint, hot_ttl=0.001), workers=1)
-    for m in (Meta(9, 0, 0, 8), Meta(9, 8, 0, 8)):
+    cut, other, lone = Meta(9, 16, 0, 8), Meta(9, 24, 0, 8), Meta(9, 32, 0, 8)
+    for m in (cut, other):
         redis_store.put_metatile("world", *make_meta("world", m))
-    lone = Meta(9, 16, 0, 8)        # one tile, (23, 7): the pack is shorter than the first read
+    # one tile, (38, 7): the pack is shorter than the first read
     redis_store.put_metatile("world", *make_meta("world", lone, empty={(t.x, t.y) for t in meta_tiles(lone)
-                                                                       if (t.x, t.y) != (23, 7)}))
-    assert redis_store._r.exists("rpy:pt:world:9:0:0")    # a pack cut in two: (7, 7) is in the second string
+                                                                       if (t.x, t.y) != (38, 7)}))
+    r = redis_store._r
+    first, rest = (r.get(k) for k in redis_store.pack_keys("world", cut))
+    assert rest, "the test wants a pack cut in two"
+    pack, c = decode_pack(first + rest, len(first) + len(rest)), len(first)
+
+    def tile_where(test):
+        i = next(i for i, (off, n) in enumerate(pack.locations) if (off, n) != POOL and test(off - 24, off + n))
+        return 9, cut.x0 + i // 8, cut.y0 + i % 8
+    in_first, in_rest = tile_where(lambda a, b: b <= c), tile_where(lambda a, b: a >= c)
+    across = tile_where(lambda a, b: a < c < b)
     ocean = content_hash(tile_bytes("world", 9, 0, 0))
     mon = RedisMonitor(redis_url)
     try:
-        for x, y in ((0, 0), (9, 0), (3, 2), (1, 1), (7, 7), (7, 7), (23, 7)):
+        for z, x, y in ((9, 18, 0), (9, 27, 0), (9, 21, 2), in_first, in_rest, in_rest, across, (9, 38, 7)):
             time.sleep(0.01)                       # (past the hot cache's 1 ms)
-            assert_tile(request(ng.port, tile_path(9, x, y)), 9, x, y, "STORE")
+            assert_tile(request(ng.port, tile_path(z, x, y)), z, x, y, "STORE")
         time.sleep(0.3)
         assert mon.count(f"rpy:pool:{ocean}") == 1, mon.calls
-        assert mon.count("GETRANGE rpy:pk:world:9:0:0 0 ") == 5, mon.calls
-        assert mon.count("GETRANGE rpy:pt:world:9:0:0") == 2, mon.calls
-        assert mon.count("MULTI") == 3, mon.calls     # (23, 7) came with the first read
+        assert mon.count("GETRANGE rpy:pk:world:9:2:0 0 ") == 6, mon.calls
+        assert mon.count("GETRANGE rpy:pk:world:9:2:0 ") == 6 + 2, mon.calls   # in_first, across
+        assert mon.count("GETRANGE rpy:pt:world:9:2:0 ") == 2 + 1, mon.calls   # in_rest twice, across
+        assert mon.count("MULTI") == 1, mon.calls                              # across
+        assert mon.count("GETRANGE rpy:pk:world:9:4:0 0 ") == 1, mon.calls     # (38, 7): one read
     finally:
         mon.close()
 

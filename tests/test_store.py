@@ -558,7 +558,7 @@ def test_redis_keys_are_the_documented_ones(redis_url):
         h0, h1 = content_hash(tile_bytes(0)), content_hash(tile_bytes(1))
         r = store._r
         assert sorted(r.keys("*")) == [b"t1:pk:osm:12:256:170", f"t1:pool:{h0}".encode()]
-        assert r.get("t1:pk:osm:12:256:170") == encode_pack(idx, {h1: tile_bytes(1)})
+        assert r.get("t1:pk:osm:12:256:170") == encode_pack(idx, {h1: tile_bytes(1)}, marked=True)
         assert r.get(f"t1:pool:{h0}") == struct.pack("<I", 1) + tile_bytes(0)
         assert store.put_metatile("osm", *make_index(M2, [0] * 64)) == 0
         assert r.getrange(f"t1:pool:{h0}", 0, 3) == struct.pack("<I", 2)
@@ -570,13 +570,13 @@ def test_redis_cuts_a_long_pack_in_two(redis_url):
     with RedisStore(redis_url) as store:
         hashes, blobs = [], {}
         for i in range(64):
-            data = bytes([i]) * (300 + 37 * i)
+            data = bytes([i]) * (100 + 4 * i)   # (a pack of 17 KiB: cut at 16 KiB)
             hashes.append(content_hash(data))
             blobs[hashes[-1]] = data
         idx = MetaIndex(M1, tuple(hashes), 1_700_000_000, 1_700_000_000)
         store.put_metatile("osm", idx, blobs)
         first, rest = (store._r.get(k) for k in store.pack_keys("osm", M1))
-        pack = encode_pack(idx, blobs)
+        pack = encode_pack(idx, blobs, marked=True)
         assert first + rest == pack and len(first) == split_point(len(pack), 192 + 24 * 64) < len(pack)
         assert store._r.memory_usage(store.pack_keys("osm", M1)[0]) < len(first) + 100
         assert store.get_metatile("osm", M1) == (idx, blobs)

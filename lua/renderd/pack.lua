@@ -9,7 +9,8 @@
 --                         uint32 offset from the start of the file and uint32
 --                         length of the tile's bytes; 0 and 0 = in the shared
 --                         pool (disk {path}/blobs/ab/<hash>, Redis {prefix}:pool:<hash>)
---   then                  the bytes of the tiles kept in the pack
+--   then                  the bytes of the tiles kept in the pack (in the Redis
+--                         store's packs each after a copy of its record)
 --
 --   local pack = require "renderd.pack"
 --   local h, err, earlier = pack.header(raw, z, x0, y0, n [, size])

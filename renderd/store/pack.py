@@ -12,7 +12,8 @@ little-endian, ``E = 64 + 2 n²``::
                           uint32 offset from the start of the file and uint32
                           length of the tile's bytes; 0 and 0 = in the shared
                           pool (disk {path}/blobs/ab/<hash>, Redis {prefix}:pool:<hash>)
-    then                  the bytes of the tiles kept in the pack
+    then                  the bytes of the tiles kept in the pack (each right after
+                          a copy of its record in the Redis store's packs)
 
 The header is ``MetaIndex.header(PACK_MAGIC, " %04d" % D)``, so the stale
 byte is at offset 6 as in the index. Entry ``i`` is tile
@@ -70,20 +71,24 @@ def head_size(n: int, count: int) -> int:
     return HEADER_SIZE + ENTRY.size * n * n + RECORD.size * count
 
 
-def encode_pack(index: MetaIndex, inline: dict[str, bytes]) -> bytes:
+def encode_pack(index: MetaIndex, inline: dict[str, bytes], marked: bool = False) -> bytes:
     """The pack of ``index`` with the tiles of ``inline`` inside; every other
-    non-empty hash of the index is in the pool."""
+    non-empty hash of the index is in the pool. ``marked``: each tile's
+    bytes come right after a copy of its record (the Redis store's packs:
+    a reader of one range checks it there)."""
     unique = index.unique()
     number = {h: k for k, h in enumerate(unique, 1)}
     offset = head_size(index.meta.n, len(unique))
     records, body = [], []
     for h in unique:
         data = inline.get(h)
-        where = POOL if data is None else (offset, len(data))
-        if data is not None:
-            body.append(data)
-            offset += len(data)
-        records.append(RECORD.pack(bytes.fromhex(h), *where))
+        if data is None:
+            records.append(RECORD.pack(bytes.fromhex(h), *POOL))
+            continue
+        offset += RECORD.size if marked else 0
+        records.append(RECORD.pack(bytes.fromhex(h), offset, len(data)))
+        body += [records[-1], data] if marked else [data]
+        offset += len(data)
     if offset > MAX_PACK:
         raise StoreError(f"the pack of {index.meta} would have {offset} bytes, more than a pack can hold")
     entries = struct.pack(f"<{len(index.hashes)}H", *(number.get(h, 0) for h in index.hashes))

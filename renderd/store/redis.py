@@ -6,9 +6,11 @@ Keys (docs/storage.md)::
     {prefix}:pt:{layer}:{z}:{mx}:{my}    the rest of the pack, when it is cut in two (see ``split_point``)
     {prefix}:pool:{hash}                 a repeated tile: how many packs name it (uint32 LE), then its bytes
 
-The pack is the disk store's format byte for byte, with the same writer
-policy: a tile that occurs twice or more in the metatile, or that the pool
-has already, goes to the pool; every other tile is inside the pack. Every
+The pack is the disk store's format, each tile inside it right after a copy
+of its record (so that nginx reads a tile's range and checks it in one
+command), with the same writer policy: a tile that occurs twice or more in
+the metatile, or that the pool has already, goes to the pool; every other
+tile is inside the pack. Every
 change of a pack is one server-side Lua script that also moves the pool's
 counts and creates or deletes pool entries, so counts are exact at every
 moment and an entry goes exactly when the last pack naming it goes. The
@@ -35,7 +37,7 @@ from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
 from .index import EMPTY, HASH_HEX, HEADER_SIZE, MetaIndex, decode_header
-from .pack import PACK_MAGIC, Pack, decode_pack, encode_pack
+from .pack import PACK_MAGIC, Pack, decode_pack, encode_pack, head_size
 from .redis_scripts import (
     DELETE_SCRIPT,
     GC_BEGIN_SCRIPT,
@@ -302,8 +304,8 @@ class RedisStore(Store):
             given = {**given, **self._stored_tiles(keys, index.meta, lacking)}
         pooled = {h for h, n in counts.items() if n >= 2 or h in in_pool}
         inline = {h: given[h] for h in counts if h not in pooled}
-        pack = encode_pack(index, inline)
-        cut = split_point(len(pack), len(pack) - sum(map(len, inline.values())))
+        pack = encode_pack(index, inline, marked=True)
+        cut = split_point(len(pack), head_size(index.meta.n, len(counts)))
         args: list[str | bytes] = [self.prefix, pack[:cut], pack[cut:]]
         for h in pooled:
             if h in given:

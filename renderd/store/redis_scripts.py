@@ -22,7 +22,7 @@ Who runs each:
 - ``META_SCRIPT``: the store's ``get_metatile``, and nginx, which gets its
   text in the runtime JSON (store ``meta_script``, renderd/nginx/runtime_json.py)
   and runs it with EVALSHA to fill the hot cache. nginx reads one tile with
-  plain GETRANGE, STRLEN and (in MULTI) GETRANGE, no script.
+  plain GETRANGE and STRLEN (in MULTI where a tile lies across the cut), no script.
 
 The ``LUA_*`` pieces are shared parts the scripts begin with. The texts of
 ``TILE_SCRIPT`` and ``META_SCRIPT`` are in docs/storage.md verbatim.

@@ -2,7 +2,8 @@
 -- (docs/storage.md, renderd/store/redis.py).
 --
 -- Keys: {prefix}:pk:{layer}:{z}:{mx}:{my} (the metatile's pack, the disk
--- store's format, read by renderd.pack; or the pack's first bytes),
+-- store's format with a copy of each tile's record before its bytes, read
+-- by renderd.pack; or the pack's first bytes),
 -- {prefix}:pt:{layer}:{z}:{mx}:{my} (the rest of the pack, when it is cut in
 -- two), {prefix}:pool:{hash} (a tile that packs share: a 4-byte count, then
 -- its bytes). The commands go over two pipelined connections per nginx
@@ -15,9 +16,11 @@
 --                  tile was in those bytes, GETRANGE of a pool tile (unless
 --                  the worker keeps it: pool tiles are the repeated ones,
 --                  sea and empty land, what most requests ask for, and a
---                  hash's bytes never change), or the tile's range of the
---                  pack in MULTI/EXEC with its record and the first key's
---                  length again, so that a pack replaced in between is noticed
+--                  hash's bytes never change), or GETRANGE of the tile's
+--                  range of the pack with the copy of its record the writer
+--                  put before it, so that a pack replaced in between is
+--                  noticed (MULTI/EXEC with both keys where the cut between
+--                  them lies inside it)
 --   read_metatile  the pack and its pool tiles in one round trip: the
 --                  script the runtime config holds (store "meta_script",
 --                  renderd/store/redis_scripts.py's META_SCRIPT), by EVALSHA, EVAL
@@ -41,7 +44,6 @@ local byte = string.byte
 local format = string.format
 local gsub = string.gsub
 local find = string.find
-local max = math.max
 local min = math.min
 local type = type
 local tostring = tostring
@@ -193,41 +195,41 @@ local function pool_tile(hash)
     return blob
 end
 
--- bytes [off, off + len) of the pack whose first key holds c bytes, read
--- in one transaction with record k (as raw has it) and, if the range
--- reaches the second key, the first key's length: the bytes, false if the
--- pack changed since raw was read (or the range is not in it), or nil, err
-local function pack_range(pk, pt, raw, h, k, c, off, len)
-    local p = h.head - RECORD_SIZE * (h.count - k + 1)
-    local req = MULTI .. GETRANGE .. arg(pk) .. arg(p) .. arg(p + RECORD_SIZE - 1)
-    local n
-    if off + len <= c then
-        -- (a pack replaced meanwhile whose first key is shorter gives fewer bytes)
-        req, n = req .. GETRANGE .. arg(pk) .. arg(off) .. arg(off + len - 1), 4
+-- bytes [off, off + len) of the pack whose first key holds c bytes (as
+-- step 1 read it), which the writer put right after a copy of their record
+-- rec: one GETRANGE of the copy and the bytes, or, where the cut between
+-- the two keys lies inside them, both keys' parts and the first one's
+-- length in one transaction. The bytes; false if the copy is not the
+-- record (the pack was replaced since rec was read, or the range is not
+-- in it); nil, err
+local function pack_range(pk, pt, rec, c, off, len)
+    local from, to = off - RECORD_SIZE, off + len - 1
+    local got, err
+    if to < c then
+        got, err = call(reads, GETRANGE .. arg(pk) .. arg(from) .. arg(to))
+    elseif from >= c then
+        got, err = call(reads, GETRANGE .. arg(pt) .. arg(from - c) .. arg(to - c))
     else
-        -- the split matters: the first key's length is read again with them
-        req, n = req .. STRLEN .. arg(pk) .. GETRANGE .. arg(pk) .. arg(off) .. arg(c - 1) .. GETRANGE
-            .. arg(pt) .. arg(max(off - c, 0)) .. arg(off + len - c - 1), 6
+        local res
+        res, err = call(reads, MULTI .. STRLEN .. arg(pk) .. GETRANGE .. arg(pk) .. arg(from) .. arg(c - 1)
+            .. GETRANGE .. arg(pt) .. arg(0) .. arg(to - c) .. EXEC, 5)
+        local x = res and res[5]
+        if type(x) == "table" then
+            if x[1] ~= c or type(x[2]) ~= "string" or type(x[3]) ~= "string" then
+                return false
+            end
+            got = x[2] .. x[3]
+        else
+            got = res and false
+        end
     end
-    local res, err = call(reads, req .. EXEC, n)
-    if not res then
+    if got == nil then
         return nil, err
     end
-    local got = res[n]
-    if type(got) ~= "table" or got[1] ~= sub(raw, p + 1, p + RECORD_SIZE) then
+    if type(got) ~= "string" or #got ~= RECORD_SIZE + len or sub(got, 1, RECORD_SIZE) ~= rec then
         return false
     end
-    local blob = got[2]
-    if n == 6 then
-        if got[2] ~= c or type(got[3]) ~= "string" or type(got[4]) ~= "string" then
-            return false
-        end
-        blob = got[3] .. got[4]
-    end
-    if type(blob) ~= "string" or #blob ~= len then
-        return false    -- (read again; a location outside the pack fails both times)
-    end
-    return blob
+    return sub(got, RECORD_SIZE + 1)
 end
 
 -- (the shape once() passes on: a table {hash, blob, header}, false, or nil, err)
@@ -278,7 +280,8 @@ local function read_entry(t)
         elseif off + len <= #raw then
             blob = sub(raw, off + 1, off + len)
         else
-            blob, err = pack_range(pk, pt, raw, h, k, c, off, len)
+            local p = h.head - RECORD_SIZE * (h.count - k + 1)
+            blob, err = pack_range(pk, pt, sub(raw, p + 1, p + RECORD_SIZE), c, off, len)
         end
         if blob then
             return { hash = hash, blob = blob, header = h }

@@ -169,10 +169,12 @@ log_level = "warning"
     return cfg
 
 
-def start_daemon(cfg: Path, endpoint: str, workers: int = 2) -> subprocess.Popen:
-    """``renderd-py serve`` with ``workers`` workers ready."""
+def start_daemon(cfg: Path, endpoint: str, workers: int = 2, tree: Path | None = None) -> subprocess.Popen:
+    """``renderd-py serve`` with ``workers`` workers ready (of the code in
+    ``tree``, another checkout, if given)."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen([sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg)],
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, cwd=tree, env=env)
     with Client(endpoint) as c:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -4,7 +4,7 @@ A raster layer with ``keys = ["month"]`` serves one tile set per month:
 ``/tiles/sst/07/{z}/{x}/{y}.png`` is the tile set ``sst/07``. Its name, the
 layer's name and the values in the order of ``keys``, each after a ``/``,
 is what the rest of the stack keys tiles by: the broker's queues, the
-stores (Redis ``{prefix}:idx:sst/07:...``, disk ``tiles/sst/@07/...``), the
+stores (Redis ``{prefix}:pk:sst/07:...``, disk ``tiles/sst/@07/...``), the
 hot cache, purges and every tool (``--layer sst --key month=07``). A layer
 without keys is a tile set of its own name, so nothing changes for it.
 
@@ -12,7 +12,7 @@ A layer with ``scales = [1, 2]`` also serves HiDPI tiles, tiles of twice
 the pixels over the same area (``/tiles/world/{z}/{x}/{y}@2x.png``): the
 tile set ``world@2x``, and ``sst@2x/07`` for a layer with keys (the scale
 goes with the layer's part of the name, so the store keeps it apart from
-scale 1 as it does the key values: Redis ``{prefix}:idx:world@2x:...``, disk
+scale 1 as it does the key values: Redis ``{prefix}:pk:world@2x:...``, disk
 ``tiles/world@2x/...``, ``tiles/sst@2x/@07/...``). Its configuration is the
 layer's with ``tile_size``, Mapnik's ``scale`` and ``buffer`` multiplied
 (``scaled``).

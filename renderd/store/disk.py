@@ -48,7 +48,7 @@ from .. import tilesets
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
-from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
+from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex
 from .pack import PACK_MAGIC, POOL, Pack, decode_pack, encode_pack, head_of
 
 log = logging.getLogger(__name__)
@@ -425,10 +425,7 @@ class DiskStore(Store):
             with self._open(path) as f:
                 old = None if f is None else self._head(f, path, index.meta, whole=True)
             if old is not None:
-                pack, raw = old
-                for h, (off, size) in pack.inline().items():
-                    if h in lacking and content_hash(raw[off:off + size]) == h:
-                        out[h] = raw[off:off + size]
+                out.update(old[0].tiles_from(old[1], lacking))
         for h in lacking:
             if h not in out:
                 raise StoreError(f"blob {h} of {index.meta} is neither stored nor given")

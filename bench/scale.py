@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORLD_LAYER, free_port, render_all, write_config  # noqa: E402
+from common import WORLD_LAYER, cpu_seconds, free_port, render_all, write_config  # noqa: E402
 from renderd.client import Client  # noqa: E402
 from renderd.tilemath import meta_at, metatile_size  # noqa: E402
 from tests.fixtures.netns import make_namespaces, remove_namespaces  # noqa: E402
@@ -50,19 +50,6 @@ def metatiles(zooms: range) -> list:
         side = (1 << z) // metatile_size(z)
         out += [meta_at(z, mx, my) for my in range(side) for mx in range(side)]
     return out
-
-
-def cpu_of(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except OSError:
-            pass
-    return total
 
 
 def wait_workers(endpoint: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> list[int]:
@@ -106,10 +93,10 @@ def run(tmp: Path, n: int, remote: list | None, keys: Path, metas: list) -> dict
         jobs = [("world", m) for m in metas]
         with Client(endpoint) as c:
             render_all(c, jobs[:n])                  # warm up: each worker loads its style
-            c0, b0, t0 = cpu_of(pids), cpu_of([daemon.pid]), time.perf_counter()
+            c0, b0, t0 = cpu_seconds(pids), cpu_seconds([daemon.pid]), time.perf_counter()
             failed = render_all(c, jobs[n:])
             wall = time.perf_counter() - t0
-            cpu, broker = cpu_of(pids) - c0, cpu_of([daemon.pid]) - b0
+            cpu, broker = cpu_seconds(pids) - c0, cpu_seconds([daemon.pid]) - b0
         count = len(jobs) - n
         return {"wall": wall, "rate": count / wall, "cpu_ms": cpu / count * 1000,
                 "broker_ms": broker / count * 1000, "failed": failed}

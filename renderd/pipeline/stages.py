@@ -31,6 +31,7 @@ each stage says what it skipped.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import time
@@ -152,7 +153,7 @@ def lonlat_bounds(crs: str | None, transform: tuple[float, ...] | None, width: i
 
 # --- the stages -----------------------------------------------------------------
 
-class Base:
+class Base(abc.ABC):
     unit = "items"
     queue_size = 4
 
@@ -182,14 +183,16 @@ class Base:
     def fail(self, message: str, usage: bool = True) -> RenderdError:
         return (PipelineError if usage else RenderdError)(f"{self.label}: {message}")
 
+    @abc.abstractmethod
     def prepare(self, before: "Base | None") -> None:
-        raise NotImplementedError
+        """Check everything this stage needs before any stage runs (one line on failure)."""
 
     def plan(self) -> list[str]:
         return []
 
+    @abc.abstractmethod
     def run(self, inbox: Inbox, outbox: Outbox) -> None:
-        raise NotImplementedError
+        """Take the stage before's items from ``inbox``, give its own to ``outbox``."""
 
     def lines(self) -> list[str]:
         return []
@@ -586,8 +589,9 @@ class Tiles(Base):
     unit = "metatiles"
     queue_size = 256
 
+    @abc.abstractmethod
     def tileset_plan(self) -> list[tuple[str, Area | None]]:
-        raise NotImplementedError
+        """The tile sets this stage will give, each with its area (None: every stored metatile)."""
 
 
 class Pyramid(Tiles):

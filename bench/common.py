@@ -29,17 +29,30 @@ format = "png256"
 """
 
 
-def osm_layer(pg: PostgisServer) -> str:
+def osm_layer(pg: PostgisServer, name: str = "osm", font_dir: str = "") -> str:
     prm = pg.params
+    fonts = f'font_dir = "{font_dir}"\n' if font_dir else ""
     return f"""
 [[layer]]
-name = "osm"
+name = "{name}"
 style = "{ROOT / 'styles/osm.xml'}"
 minzoom = 10
 maxzoom = 19
 format = "png256"
-params = {{ host = "{prm['host']}", port = "{prm['port']}", user = "{prm['user']}", dbname = "{prm['dbname']}", password = "" }}
+{fonts}params = {{ host = "{prm['host']}", port = "{prm['port']}", user = "{prm['user']}", dbname = "{prm['dbname']}", password = "" }}
 """
+
+
+def cpu_seconds(pids: list) -> float:
+    """CPU seconds (user + system, all threads) used so far by these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def helsinki() -> PostgisServer:
@@ -156,10 +169,12 @@ log_level = "warning"
     return cfg
 
 
-def start_daemon(cfg: Path, endpoint: str, workers: int = 2) -> subprocess.Popen:
-    """``renderd-py serve`` with ``workers`` workers ready."""
+def start_daemon(cfg: Path, endpoint: str, workers: int = 2, tree: Path | None = None) -> subprocess.Popen:
+    """``renderd-py serve`` with ``workers`` workers ready (of the code in
+    ``tree``, another checkout, if given)."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen([sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg)],
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, cwd=tree, env=env)
     with Client(endpoint) as c:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -76,6 +76,8 @@ sys.path.insert(0, str(ROOT))
 
 from renderd import config as _config  # noqa: E402
 from renderd import nginx  # noqa: E402
+sys.path.append(_HERE)  # after the standard library's http is imported
+from common import cpu_seconds  # noqa: E402
 from renderd.tilemath import Meta  # noqa: E402
 
 STYLE = ROOT / "styles" / "world.xml"
@@ -229,7 +231,7 @@ maxzoom = 10
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise SystemExit(f"bench: the daemon exited; see {log.name}")
-                if c.ping(0.5) and c.status(1.0)["workers"]["total"] >= cfg.daemon.workers:
+                if c.ping(0.5) and c.status(1.0)["workers"]["total"] >= cfg.daemon.processes:
                     return proc
                 time.sleep(0.2)
         raise SystemExit("bench: the daemon did not become ready")
@@ -307,14 +309,7 @@ location /static/ {{
 
     def cpu(self, pids: list[int | str]) -> float:
         """CPU seconds (user + system) used so far by these processes."""
-        total = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(pids)
 
     def nginx_cpu(self, front: str = "after") -> float:
         """CPU seconds used so far by the nginx workers of a front."""

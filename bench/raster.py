@@ -63,7 +63,7 @@ import numpy as np
 _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _HERE] + [_HERE]
 
-from common import ROOT, free_port, render_all, start_daemon, stop_daemon  # noqa: E402
+from common import ROOT, cpu_seconds, free_port, render_all, start_daemon, stop_daemon  # noqa: E402
 from renderd.client import Client  # noqa: E402
 from renderd.tilemath import Meta, Tile, meta_tiles  # noqa: E402
 from tests.fixtures.rasters import ListFind, raster_layer  # noqa: E402
@@ -365,19 +365,6 @@ def build_catalog(tmp: Path, cogs: dict[str, Path], cases: list[Case]) -> tuple[
         return url, {c.name: cat.list(c.name)[0] for c in cases}
 
 
-def _cpu_of(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except OSError:
-            pass
-    return total
-
-
 def daemon_run(tmp: Path, catalog_url: str, records: dict, cases: list[Case],
                workers: int = 2) -> dict:
     """Every case's metatiles through ``renderd-py serve`` (``workers`` workers, disk store)."""
@@ -414,14 +401,14 @@ url = "{catalog_url}"
                 with OurSide(records[case.name], case) as near:
                     for meta in metas():
                         near.metatile(meta)
-                before, broker_before = _cpu_of(pids), _cpu_of([proc.pid])
+                before, broker_before = cpu_seconds(pids), cpu_seconds([proc.pid])
                 work0 = c.status()["work"]
                 t0 = time.perf_counter()
                 failed = render_all(c, [(case.name, m) for m in metas()])
                 wall = time.perf_counter() - t0
                 work1 = c.status()["work"]
-                out[case.name] = {"wall": wall, "cpu": _cpu_of(pids) - before, "failed": failed,
-                                  "broker_cpu": _cpu_of([proc.pid]) - broker_before,
+                out[case.name] = {"wall": wall, "cpu": cpu_seconds(pids) - before, "failed": failed,
+                                  "broker_cpu": cpu_seconds([proc.pid]) - broker_before,
                                   **{k: work1.get(k, 0) - work0.get(k, 0)
                                      for k in ("encoded", "draw_seconds", "encode_seconds",
                                                "store_seconds", "job_seconds")},

@@ -72,6 +72,10 @@ class Worker:
         return pid if isinstance(pid, int) else None
 
     @property
+    def reserved(self) -> bool:
+        return self.info.get("role") == p.INTERACTIVE
+
+    @property
     def generation(self) -> int:
         g = self.info.get("generation", 0)
         return g if isinstance(g, int) else 0
@@ -116,14 +120,13 @@ class Broker:
         self.clock = clock
         self.kill = kill or (lambda w: None)
         self.pool = pool
-        self.layers = {lyr.name: lyr for lyr in cfg.layers}
+        self.layers = tilesets.layer_parts(cfg)     # (a layer at each of its scales)
         self.catalog = CatalogService(cfg)   # opened at the first question
         d = cfg.daemon
         self.queue_size = d.queue_size
         self.render_timeout = d.render_timeout
         self.heartbeat = d.heartbeat
         self.liveness = d.liveness
-        self.reserve = d.interactive_reserve
         self.recent_seconds = d.recent_seconds
         self.queues: list[collections.OrderedDict[JobKey, Job]] = [
             collections.OrderedDict() for _ in p.PRIORITY_NAMES]
@@ -135,6 +138,7 @@ class Broker:
         self.accepting = True
         self._ids = itertools.count(1)
         self._next_beat = 0.0
+        self._last_tick: float | None = None
         self._next_purge = float("inf")  # earliest deadline of any waiter
         self.badlog = RateLimitedLog(clock=clock)
         self.counters: collections.Counter[str] = collections.Counter()
@@ -162,6 +166,7 @@ class Broker:
     def tick(self) -> None:
         """Periodic work: heartbeats, deadlines, silent workers, dispatch."""
         now = self.clock()
+        self.credit_stall(now)
         if now >= self._next_beat:
             for w in self.workers.values():
                 self.send([w.ident] + p.heartbeat_frames())
@@ -283,11 +288,16 @@ class Broker:
         worker = self.workers.get(ident)
         if cmd == p.READY:
             info = p.decode_ready(rest)
-            if worker is not None:
-                self.lose_worker(worker, "re-registered")
-            self.workers[ident] = Worker(ident, info, now + self.heartbeat * self.liveness)
+            new = Worker(ident, info, now + self.heartbeat * self.liveness)
+            stale = [w for w in self.workers.values() if w.ident == ident or self._same_process(w, new)]
+            self.workers[ident] = new
+            for old in stale:
+                self.retire(old, new)
             log.info("worker %s ready (pid %s, generation %s)", ident.hex(), info.get("pid"),
                      info.get("generation"))
+            self.send([ident] + p.heartbeat_frames())  # heard at once: no second reconnect
+            if not self.accepting:  # started before a shutdown, ready after it
+                self.stop_worker(new)
             self.dispatch()
             return
         if worker is None:
@@ -383,6 +393,35 @@ class Broker:
             _, r = self.recent.popitem(last=False)
             self.recent_bytes -= r.size
 
+    @staticmethod
+    def _same_process(a: Worker, b: Worker) -> bool:
+        """Two records of one worker process: it reconnected (a new socket,
+        so a new identity) after hearing nothing from the broker."""
+        return (a is not b and a.pid is not None and a.pid == b.pid
+                and a.info.get("host") == b.info.get("host") and a.info.get("pool") == b.info.get("pool"))
+
+    def _other_record(self, worker: Worker) -> Worker | None:
+        return next((w for w in self.workers.values() if self._same_process(w, worker)), None)
+
+    def retire(self, old: Worker, new: Worker | None) -> None:
+        """Drop a stale record of a worker that is alive under another
+        record: nobody is killed and its job is not held against the
+        metatile. The new record keeps the job if the worker says it is
+        still rendering it (``job`` in its READY); otherwise it is queued
+        again."""
+        if self.workers.get(old.ident) is old:
+            del self.workers[old.ident]
+        job, old.job = old.job, None
+        new = new or self._other_record(old)
+        if job is not None and new is not None and new.job is None and new.info.get("job") == job.job_id.decode():
+            job.worker, new.job = new, job
+            log.info("worker %s registered again as %s, still rendering %s %s", old.ident.hex(),
+                     new.ident.hex(), job.layer, job.meta)
+            return
+        log.info("worker %s registered again%s", old.ident.hex(), f" as {new.ident.hex()}" if new else "")
+        if job is not None:
+            self._requeue(job)
+
     def lose_worker(self, worker: Worker, why: str) -> None:
         """A worker is gone: its job goes back to the head of its queue,
         unless this metatile has now killed two workers."""
@@ -392,15 +431,20 @@ class Broker:
         if job is None:
             log.info("worker %s %s", worker.ident.hex(), why)
             return
-        job.worker = None
         job.kills += 1
         if job.kills >= 2:
+            job.worker = None
             log.error("metatile %s %s failed: killed %d workers (last: %s)", job.layer, job.meta, job.kills, why)
             self._forget(job)
             self._fail_waiters(job, f"metatile killed {job.kills} workers")
             return
         log.warning("worker %s %s while rendering %s %s: queued again", worker.ident.hex(), why,
                     job.layer, job.meta)
+        self._requeue(job)
+
+    def _requeue(self, job: Job) -> None:
+        """A running job back to the head of its queue."""
+        job.worker = None
         queue = self.queues[job.priority]
         queue[job.key] = job
         queue.move_to_end(job.key, last=False)
@@ -412,9 +456,30 @@ class Broker:
             if w.pid == pid and w.info.get("pool") == self.pool:
                 self.lose_worker(w, f"died (pid {pid})")
 
+    def credit_stall(self, now: float) -> None:
+        """Time the broker itself did not run (the daemon stopped, or starved
+        of CPU) is not held against the workers: a gap between two ticks of
+        more than a heartbeat moves every worker's expiry and every running
+        job's start on by the gap, so the workers get a full liveness period
+        to be heard (or to register again) before anyone counts as silent."""
+        last, self._last_tick = self._last_tick, now
+        gap = 0.0 if last is None else now - last
+        if gap <= self.heartbeat:
+            return
+        log.warning("the broker did not run for %.1fs: workers get %.1fs to be heard again", gap,
+                    self.heartbeat * self.liveness)
+        for w in self.workers.values():
+            w.expiry = max(w.expiry + gap, now + self.heartbeat * self.liveness)
+            if w.job is not None:
+                w.job.started += gap
+
     def purge_workers(self, now: float) -> None:
         for w in list(self.workers.values()):
             if w.expiry < now:
+                if self._other_record(w) is not None:
+                    # it registered again under another identity: only the record is stale
+                    self.retire(w, None)
+                    continue
                 self.kill(w)
                 self.lose_worker(w, "went silent")
             elif w.job is not None and now - w.job.started > self.render_timeout + 2 * self.heartbeat:
@@ -443,35 +508,36 @@ class Broker:
 
     # --- dispatch --------------------------------------------------------
     def dispatch(self) -> None:
-        """Give queued jobs to idle workers, most urgent first, keeping
-        ``reserve`` workers free of bulk and expiry work."""
+        """Give queued jobs to idle workers, most urgent first. Reserved
+        workers (role ``interactive``) take no bulk or expiry work, and
+        interactive jobs go to them first (they render at a higher CPU
+        priority); bulk work starts only while fewer renders run than there
+        are workers that are not reserved (docs/tools.md)."""
         idle = [w for w in self.workers.values() if w.job is None and not w.stopping]
-        if not idle:
-            return
-        bulk_running = sum(1 for w in self.workers.values()
-                           if w.job is not None and w.job.priority >= p.BULK)
-        bulk_limit = max(1, len(self.workers) - self.reserve)
+        # renders at once that bulk work may bring the total to: the workers that are not
+        # reserved (one per CPU by default), so a user's render adds no CPU contention
+        # beyond the seeding renders already running when it starts
+        slots = sum(1 for w in self.workers.values() if not w.reserved)
+        running = self.running
         for prio, queue in enumerate(self.queues):
             while queue and idle:
-                if prio >= p.BULK and bulk_running >= bulk_limit:
+                if prio >= p.BULK and running >= slots:
                     return
                 key, job = next(iter(queue.items()))
-                worker = self._pick(idle, job.layer)
+                worker = self._pick(idle, job.layer, prio >= p.BULK)
                 if worker is None:
                     break
                 del queue[key]
                 idle.remove(worker)
                 self.start(worker, job)
-                if prio >= p.BULK:
-                    bulk_running += 1
+                running += 1
 
     @staticmethod
-    def _pick(idle: list[Worker], layer: str) -> Worker | None:
-        for w in idle:
-            layers = w.info.get("layers")
-            if not isinstance(layers, list) or tilesets.split(layer)[0] in layers:
-                return w
-        return None
+    def _pick(idle: list[Worker], layer: str, bulk: bool) -> Worker | None:
+        base = tilesets.split(layer)[0]
+        fit = [w for w in idle if (not isinstance(w.info.get("layers"), list) or base in w.info["layers"])
+               and not (bulk and w.reserved)]
+        return max(fit, key=lambda w: w.reserved, default=None)
 
     def start(self, worker: Worker, job: Job) -> None:
         job.worker = worker
@@ -516,12 +582,14 @@ class Broker:
             "queues": {name: len(q) for name, q in zip(p.PRIORITY_NAMES, self.queues)},
             "running": self.running,
             "workers": {"idle": states["idle"], "busy": states["busy"], "total": len(self.workers)},
+            "hosts": dict(collections.Counter(str(w.info.get("host")) for w in self.workers.values())),
             "counters": dict(self.counters),
             "render_seconds": dict(zip(p.PRIORITY_NAMES, self.render_seconds)),
             "render_count": dict(zip(p.PRIORITY_NAMES, self.render_count)),
             "work": dict(self.work),
             "worker_list": [{"pid": w.pid, "host": w.info.get("host"), "jobs": w.jobs_done,
-                             "busy": w.job is not None, "generation": w.generation}
+                             "busy": w.job is not None, "generation": w.generation,
+                             "role": w.info.get("role", "any")}
                             for w in self.workers.values()],
         }
 

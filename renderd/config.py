@@ -34,12 +34,41 @@ def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any, str], i
     return check
 
 
-def _float(lo: float = 0.0) -> Callable[[Any, str], float]:
+def _float(lo: float = 0.0, lo_ok: bool = False) -> Callable[[Any, str], float]:
+    """A number above ``lo`` (or ``lo`` itself with ``lo_ok``)."""
     def check(v: Any, key: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= lo:
-            raise ConfigError(f"must be a number above {lo}, not {v!r}", key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (v == lo and not lo_ok):
+            raise ConfigError(f"must be a number {'of at least' if lo_ok else 'above'} {lo}, not {v!r}",
+                              key)
         return float(v)
     return check
+
+
+def _urls(v: Any, key: str) -> tuple[str, ...]:
+    """A purge URL, a list of them, "" or "off" (as a tuple: (), ("off",) or the URLs)."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not all(isinstance(u, str) for u in items):
+        raise ConfigError(f"must be a URL or a list of URLs, not {v!r}", key)
+    items = [u for u in items if u]
+    if items == ["off"]:
+        return ("off",)
+    for u in items:
+        if not re.fullmatch(r"https?://\S+", u):
+            raise ConfigError(f"{u!r} is not an http:// or https:// URL (or off)", key)
+    return tuple(items)
+
+
+def _networks(v: Any, key: str) -> tuple[str, ...]:
+    """A list of addresses or networks (``10.0.0.0/8``, ``::1``)."""
+    import ipaddress
+    if not isinstance(v, (list, tuple)) or not all(isinstance(a, str) for a in v):
+        raise ConfigError(f"must be a list of addresses or networks, not {v!r}", key)
+    for a in v:
+        try:
+            ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            raise ConfigError(f"{a!r} is not an address or network such as 10.0.0.0/8", key) from None
+    return tuple(v)
 
 
 def _str(pattern: str | None = None, choices: tuple[str, ...] | None = None) -> Callable[[Any, str], str]:
@@ -65,6 +94,10 @@ def _endpoint(v: Any, key: str) -> str:
     if not re.fullmatch(r"(ipc://.+|tcp://[^:]+:\d+|tcp://\*:\d+|inproc://.+)", v):
         raise ConfigError(f"{v!r} is not an ipc:// or tcp://host:port address", key)
     return v
+
+
+def _endpoint_or_none(v: Any, key: str) -> str:
+    return v if v == "" else _endpoint(v, key)
 
 
 def _hostport(v: Any, key: str) -> str:
@@ -117,6 +150,17 @@ def _where(v: Any, key: str) -> dict[str, str]:
     return dict(v)
 
 
+def _scales(v: Any, key: str) -> tuple[int, ...]:
+    if (not isinstance(v, (list, tuple)) or not v
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n in (1, 2, 3, 4) for n in v)):
+        raise ConfigError("must be a list of scales among 1, 2, 3 and 4, such as [1, 2]", key)
+    if len(set(v)) != len(v):
+        raise ConfigError("names a scale twice", key)
+    if 1 not in v:
+        raise ConfigError("must hold 1 (the plain tiles)", key)
+    return tuple(sorted(v))
+
+
 def _bands(v: Any, key: str) -> tuple[int, ...]:
     if (not isinstance(v, (list, tuple)) or len(v) not in (0, 1, 3, 4)
             or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 65535 for b in v)):
@@ -140,6 +184,8 @@ def _rescale(v: Any, key: str) -> str:
 def _colormap(v: Any, key: str) -> str:
     v = _str()(v, key)
     if v:
+        from .rasterenv import import_rasterio
+        import_rasterio()           # (rio-tiler makes CRSs on import: PROJ must be rasterio's)
         from rio_tiler.colormap import cmap
         if v.lower() not in cmap.list():
             raise ConfigError(f"unknown colormap {v!r} (for example viridis, terrain, rdbu)", key)
@@ -169,9 +215,17 @@ class Option:
 DAEMON = {
     "broker": Option("ipc:///run/renderd-py/broker.sock", _endpoint,
                      "ZeroMQ address the broker binds; clients and workers connect to it"),
-    "workers": Option(2, _int(0, 256), "worker processes started by serve"),
+    "workers": Option(-1, _int(-1, 256),
+                      "worker processes that render any job, seeding included (-1: one per CPU this "
+                      "process may use)"),
     "reserved": Option(-1, _int(-1, 256),
-                       "workers kept for interactive requests while seeding (-1: 1 when workers > 1)"),
+                       "more worker processes, on top of workers, at the daemon's CPU priority, kept for "
+                       "interactive requests and never given seeding or expiry (-1: one per 4 workers, "
+                       "at least 1; 0 when workers = 0)"),
+    "nice_gap": Option(10, _int(0, 39),
+                       "nice levels between the reserved workers' renders and the other workers' (0: none): "
+                       "the reserved ones are raised by it where the daemon may (root, or systemd's Nice= or "
+                       "LimitNICE=), otherwise the others are lowered by it"),
     "queue_size": Option(1000, _int(1, 10_000_000), "jobs queued per priority before BUSY"),
     "render_timeout": Option(60.0, _float(), "seconds a metatile may take before its worker is killed"),
     "heartbeat": Option(1.0, _float(), "seconds between heartbeats"),
@@ -181,6 +235,13 @@ DAEMON = {
                              "a metatile finished this recently answers repeats without a render"),
     "shutdown_timeout": Option(30.0, _float(), "seconds TERM waits for running renders"),
     "log_level": Option("info", _str(choices=("debug", "info", "warning", "error")), "log level"),
+    "workers_bind": Option("", _endpoint_or_none,
+                           "a second address for workers on other hosts (tcp://0.0.0.0:5556), with "
+                           "CURVE unless it is loopback (empty: none)"),
+    "curve_secret": Option("", _str(), "the broker's key pair for workers_bind (a .key_secret file "
+                                       "of renderd-py keygen; relative to the config file)"),
+    "authorized_workers": Option("", _str(), "a directory of the .key files of the workers let in on "
+                                             "workers_bind (re-read on HUP; relative to the config file)"),
 }
 
 CATALOG = {
@@ -210,9 +271,13 @@ HTTP = {
     "user": Option("", _str(r"|[A-Za-z0-9_][A-Za-z0-9_.\-]*( [A-Za-z0-9_][A-Za-z0-9_.\-]*)?"),
                    "user (and group) of nginx's workers when nginx starts as root (default: www-data "
                    "or nobody if they can read what nginx serves, else root)"),
-    "purge_url": Option("", _str(r"|off|https?://\S+"),
-                        "where expire and seed tell nginx of changed metatiles "
-                        "(default: /purge on [http] metrics; off: nowhere)"),
+    "purge_url": Option((), _urls,
+                        "where expire, seed and ingest tell nginx of changed metatiles: a URL, or a "
+                        "list of every front's (default: /purge on [http] metrics; off: nowhere)"),
+    "purge_token": Option("", _str(r"[!-~]*"),
+                          "a shared secret that /purge asks of requests from other hosts (header "
+                          "X-Purge-Token) and the tools send; with it, [http] metrics may listen "
+                          "beyond loopback"),
     # read by the Lua front from the runtime JSON (renderd/nginx/runtime.py);
     # the front has no defaults of its own
     "hot_ttl": Option(300.0, _float(), "seconds a hot-cache entry counts as fresh; afterwards it is "
@@ -232,6 +297,14 @@ HTTP = {
                                          "(serving stale or rendering)"),
     "catalog_ttl": Option(10.0, _float(), "seconds nginx keeps a raster layer's key combinations "
                                           "before asking the daemon again (an ingest's purge: at once)"),
+    "render_rate": Option(0.0, _float(lo_ok=True), "renders one client address may start per second through "
+                                         "nginx (tiles neither hot nor stored); over it, 429 with "
+                                         "Retry-After while stored tiles are still served (0: no limit)"),
+    "real_ip_from": Option((), _networks,
+                           "proxies (addresses or networks) whose X-Forwarded-For names the client, "
+                           "for logs and render_rate: a router's, for example"),
+    "render_burst": Option(20, _int(0, 1_000_000), "renders a client may start at once ahead of "
+                                                   "render_rate"),
 }
 
 LAYER = {
@@ -247,6 +320,8 @@ LAYER = {
     "buffer": Option(128, _int(0, 4096), "pixels rendered around a metatile so labels are not cut"),
     "tile_size": Option(256, _int(64, 1024), "pixels along a tile's side"),
     "scale": Option(1.0, _float(), "Mapnik scale factor"),
+    "scales": Option((1,), _scales, "HiDPI: the scales served, e.g. [1, 2]: /tiles/{layer}/{z}/{x}/{y}@2x.png "
+                                    "is a tile of twice the pixels over the same area, a tile set of its own"),
     "cache_control": Option(None, _str(), "Cache-Control of this layer's tiles (default: [http])"),
     "cors": Option(None, _str(r"[!-~]*"), "Access-Control-Allow-Origin of this layer (default: [http])"),
     "description": Option("", _str(), "TileJSON description"),
@@ -329,12 +404,32 @@ class DaemonConfig:
     recent_seconds: float
     shutdown_timeout: float
     log_level: str
+    workers_bind: str
+    curve_secret: str
+    authorized_workers: str
+    nice_gap: int = 10
 
     @property
-    def interactive_reserve(self) -> int:
-        if self.reserved >= 0:
-            return min(self.reserved, max(self.workers - 1, 0))
-        return 1 if self.workers > 1 else 0
+    def processes(self) -> int:
+        """Worker processes serve starts: ``workers`` and the ``reserved`` ones."""
+        return self.workers + self.reserved
+
+
+def cpus() -> int:
+    """CPUs this process may run on (os.cpu_count() unless an affinity mask
+    or a cpuset says fewer)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _size_pool(dvals: dict[str, Any]) -> None:
+    """``workers`` and ``reserved`` of -1 sized from the machine."""
+    if dvals["workers"] < 0:
+        dvals["workers"] = cpus()
+    if dvals["reserved"] < 0:
+        dvals["reserved"] = max(1, dvals["workers"] // 4) if dvals["workers"] else 0
 
 
 @dataclass(frozen=True)
@@ -356,7 +451,8 @@ class HttpConfig:
     workers: int
     prefix: str
     cors: str
-    purge_url: str
+    purge_url: tuple[str, ...]
+    purge_token: str
     user: str
     hot_ttl: float
     retry_after: int
@@ -368,6 +464,9 @@ class HttpConfig:
     store_timeout: float
     store_retry: float
     catalog_ttl: float
+    render_rate: float
+    render_burst: int
+    real_ip_from: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -389,6 +488,7 @@ class LayerConfig:
     bounds: tuple[float, float, float, float]
     params: dict[str, str] = field(default_factory=dict)
     font_dir: str = ""
+    scales: tuple[int, ...] = (1,)
     collection: str | None = None
     keys: tuple[str, ...] = ()
     where: dict[str, str] = field(default_factory=dict)
@@ -484,6 +584,10 @@ def parse(data: dict[str, Any], path: str | None = None, env: dict[str, str] | N
     dvals = _section(data.get("daemon"), DAEMON, "daemon", env)
     if dvals["broker"].startswith("ipc://") and not dvals["broker"].startswith("ipc:///"):
         dvals["broker"] = "ipc://" + str(base / dvals["broker"][len("ipc://"):])
+    for key in ("curve_secret", "authorized_workers"):
+        if dvals[key] and not os.path.isabs(dvals[key]):
+            dvals[key] = str(base / dvals[key])
+    _size_pool(dvals)
     daemon = DaemonConfig(**dvals)
     store = _section(data.get("store"), STORE, "store", env)
     if not os.path.isabs(store["path"]):

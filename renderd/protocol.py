@@ -40,6 +40,8 @@ BYE = b"BYE"
 #: priority classes, most urgent first
 MISSING, STALE, BULK, EXPIRY = 0, 1, 2, 3
 PRIORITY_NAMES = ("missing", "stale", "bulk", "expiry")
+#: READY's ``role`` of a reserved worker: given missing and stale jobs only
+INTERACTIVE = "interactive"
 FLAGS = frozenset({"meta", "nodata", "force", "children"})
 #: the flags of a request the broker hands on to the worker
 JOB_FLAGS = frozenset({"children"})

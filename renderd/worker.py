@@ -47,8 +47,9 @@ class BrokerLink:
     """
 
     def __init__(self, endpoint: str, info: dict, heartbeat: float, liveness: int,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve: tuple[bytes, bytes, bytes] | None = None):
         self.endpoint = endpoint
+        self.curve = curve     # (own public, own secret, the broker's public) for CURVE
         self.info = info
         self.heartbeat = heartbeat
         self.liveness = liveness
@@ -92,23 +93,51 @@ class BrokerLink:
     def _connect(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 2000)
+        # (zmq reconnects by itself after a broker restart: from 0.1 s, doubling up to 10 s)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 10_000)
+        if self.curve is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.curve
         sock.connect(self.endpoint)
-        sock.send_multipart(p.ready_frames(self.info))
+        try:
+            sock.send_multipart(self._ready(), zmq.NOBLOCK)
+        except zmq.Again:
+            pass            # (sent again when the broker asks, or on the next reconnect)
         return sock
 
+    def _ready(self) -> list[bytes]:
+        """READY, naming the job still being rendered after a reconnect, so
+        the broker keeps it with this worker instead of queuing it again."""
+        info = dict(self.info, job=self._job.decode()) if self._job else self.info
+        return p.ready_frames(info)
+
     def _io_loop(self) -> None:
+        self._job: bytes | None = None  # the job the main thread holds
         broker = self._connect()
         poller = zmq.Poller()
         poller.register(broker, zmq.POLLIN)
         poller.register(self._io_end, zmq.POLLIN)
         heard = time.monotonic()
         next_beat = heard + self.heartbeat
+        lost = False
+        warned = -1e9
+
+        def send(frames) -> None:
+            # never block: with no way to the broker (a refused handshake drops the
+            # connection), the message is dropped and the link reconnects
+            nonlocal lost
+            try:
+                broker.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                lost = True
+
         while True:
             events = dict(poller.poll(int(self.heartbeat * 1000 / 2)))
             now = time.monotonic()
             if self._io_end in events:
                 frames = self._io_end.recv_multipart(copy=False)
-                broker.send_multipart(frames, copy=False)
+                send(frames)
+                if frames[1].bytes in (p.DONE, p.FAILED):
+                    self._job = None
                 if frames[1].bytes == p.BYE:
                     break
             if broker in events:
@@ -118,26 +147,42 @@ class BrokerLink:
                     cmd, _ = p.decode_worker_message(frames)
                 except ProtocolError:
                     cmd = b""  # not for a worker: ignored
+                warned = -1e9
                 if cmd == p.JOB:
+                    self._job = frames[2] if len(frames) > 2 else None
                     self._io_end.send_multipart(frames)
                 elif cmd == p.STOP:
                     self._io_end.send_multipart([p.STOP])
                 elif cmd == p.READY:
-                    broker.send_multipart(p.ready_frames(self.info))
+                    send(self._ready())
             if self._stop.is_set():
                 break
             if now >= next_beat:
-                broker.send_multipart(p.heartbeat_frames())
+                send(p.heartbeat_frames())
                 next_beat = now + self.heartbeat
             if now - heard > self.heartbeat * self.liveness:
-                log.warning("broker at %s silent for %.0fs: reconnecting", self.endpoint, now - heard)
+                if now - warned > 60:       # (a broker away for long: a line a minute)
+                    log.warning("broker at %s %s for %.0fs: reconnecting", self.endpoint,
+                                "unreachable" if lost else "silent", now - heard)
+                    warned = now
                 poller.unregister(broker)
                 broker.close(0)
                 broker = self._connect()
                 poller.register(broker, zmq.POLLIN)
-                heard = now
+                heard, lost = now, False
         broker.close()
         self._io_end.close(0)
+
+
+def set_render_nice(value: int) -> None:
+    """The nice value of the calling thread, the one that renders (on Linux
+    nice values are per thread): the I/O thread started before keeps the
+    pool's, so heartbeats flow however busy the machine is."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != value:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as e:
+        log.warning("cannot render at nice %d (%s): rendering at the pool's priority", value, e)
 
 
 def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, max_jobs: int) -> int:
@@ -150,7 +195,7 @@ def serve_jobs(cfg: _config.Config, link: BrokerLink, renderers: dict, store, ma
         if renderer is None:
             link.failed(job, f"unknown layer {base}")
             continue
-        layer = cfg.layer(base)
+        layer = renderer.layer
         signal.setitimer(signal.ITIMER_REAL, max(job.timeout_ms, 1) / 1000.0)
         try:
             result = None
@@ -204,17 +249,31 @@ def run(args: argparse.Namespace) -> int:
                         format=f"renderd-py worker[{os.getpid()}]: %(levelname)s %(message)s")
     renderers = {}
     try:
-        for layer in cfg.layers:
+        for part, layer in tilesets.layer_parts(cfg).items():    # (each scale its own renderer)
             r = open_renderer(layer, cfg.catalog.url)
             r.__enter__()
-            renderers[layer.name] = r
+            renderers[part] = r
     except StyleError as e:
         print(f"renderd-py worker: error: {e}", file=sys.stderr)
         return EXIT_STYLE
     store = open_store(cfg.store)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "layers": list(renderers),
             "generation": args.generation, "pool": args.pool}
-    link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness)
+    curve = None
+    if args.key:
+        from .farm import load_public, load_secret
+        try:
+            public, secret = load_secret(args.key)
+            curve = (public, secret, load_public(args.broker_key))
+        except ConfigError as e:
+            print(f"renderd-py worker: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.role == p.INTERACTIVE:
+        info["role"] = p.INTERACTIVE
+    link = BrokerLink(args.connect or cfg.daemon.broker, info, cfg.daemon.heartbeat, cfg.daemon.liveness,
+                      curve=curve)
+    if args.nice is not None:
+        set_render_nice(args.nice)
     max_jobs = cfg.daemon.max_jobs if args.max_jobs is None else args.max_jobs
     try:
         serve_jobs(cfg, link, renderers, store, max_jobs)
@@ -233,7 +292,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--generation", type=int, default=0)
     ap.add_argument("--pool", default="")
     ap.add_argument("--max-jobs", type=int, default=None)
+    ap.add_argument("--parent", type=int, default=0, help="end when this process (the pool) ends")
+    ap.add_argument("--key", default="", help="this worker's .key_secret file (CURVE)")
+    ap.add_argument("--broker-key", default="", help="the broker's .key file (CURVE)")
+    ap.add_argument("--role", choices=("any", p.INTERACTIVE), default="any",
+                    help="interactive: a reserved worker, given no seeding or expiry")
+    ap.add_argument("--nice", type=int, default=None, help="nice value of the rendering thread")
     return ap.parse_args(argv)
+
+
+def end_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM (which ends a worker at once) when the pool that
+    started this worker dies, however it dies; exit now if it is gone already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("cannot ask to end with the pool: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:
+        sys.exit(EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    sys.exit(run(parse_args(argv)))
+    args = parse_args(argv)
+    if args.parent:
+        end_with_parent(args.parent)
+    sys.exit(run(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from renderd import config, protocol as p
-from renderd.broker import Broker
+from renderd.broker import Broker, Worker
 from renderd.store.index import MetaIndex, content_hash
 from renderd.tilemath import Meta, Tile, meta_tiles
 
@@ -34,8 +34,10 @@ class Harness:
         self.b = Broker(make_cfg(**daemon), self.sent.append, clock=self.clock,
                         kill=self.killed.append, pool="local")
 
-    def worker(self, ident, pid=None):
+    def worker(self, ident, pid=None, role=None):
         info = {"pid": pid or hash(ident) % 10000, "layers": ["w"], "generation": 0, "pool": "local"}
+        if role:
+            info["role"] = role
         self.b.handle([ident] + p.ready_frames(info))
 
     def render(self, client, rid, tile, prio=p.MISSING, timeout_ms=5000, flags=()):
@@ -131,16 +133,32 @@ def test_priority_order():
     assert order == [24, 16, 8, 0]
 
 
-def test_reserve_keeps_a_worker_for_interactive_requests():
+def test_reserved_workers_take_interactive_jobs_only_and_first():
     h = Harness(workers=2, reserved=1)
     h.worker(b"w1")
+    h.worker(b"r1", role=p.INTERACTIVE)
     h.worker(b"w2")
     for i in range(3):
         h.render(b"seed", str(i).encode(), (8, 8 * i, 0), prio=p.BULK)
-    assert h.b.running == 1  # the other worker stays free
+    assert h.b.running == 2  # seeding takes every worker but the reserved one
+    assert h.jobs_for(b"r1") == []
     h.render(b"user", b"u", (8, 200, 200), prio=p.MISSING)
-    assert h.b.running == 2
+    assert [j.meta.x0 for j in h.jobs_for(b"r1")] == [200]
     assert len(h.replies_to(b"seed")) == 0
+    # while the user's render runs, a finished seeding render is not replaced: as many
+    # renders as workers that are not reserved
+    [j0] = h.jobs_for(b"w1")
+    h.finish(b"w1", j0)
+    assert h.b.running == 2 and len(h.jobs_for(b"w1")) == 1
+    [ju] = h.jobs_for(b"r1")
+    h.finish(b"r1", ju)  # the user is served: seeding takes both workers again
+    assert h.b.running == 2 and len(h.jobs_for(b"w1")) == 2
+    # with nothing seeding, an interactive job still goes to the reserved worker first
+    h2 = Harness()
+    h2.worker(b"w1")
+    h2.worker(b"r1", role=p.INTERACTIVE)
+    h2.render(b"user", b"u", (8, 0, 0), prio=p.STALE)
+    assert len(h2.jobs_for(b"r1")) == 1 and h2.jobs_for(b"w1") == []
 
 
 def test_full_queue_answers_busy_at_once():
@@ -247,6 +265,8 @@ def test_shutdown_fails_queued_and_stops_workers():
     assert [b"w1", p.WORKER, p.STOP] in h.sent
     h.render(b"c", b"late", (8, 16, 0))
     assert h.replies_to(b"c")[-1].status == p.FAIL
+    h.worker(b"w2")  # started before the shutdown, ready after it: stopped too
+    assert [b"w2", p.WORKER, p.STOP] in h.sent
 
 
 @pytest.mark.parametrize("frames", [
@@ -301,3 +321,56 @@ def test_unreadable_stats_lose_the_figures_not_the_tiles(raw):
     [reply] = h.replies_to(b"c1")
     assert reply.ok and reply.tile == b"sea"
     assert h.b.counters["bad_messages"] == 1 and h.b.work["encoded"] == 0
+
+
+def test_a_stalled_broker_does_not_hold_its_stall_against_workers():
+    h = Harness(heartbeat=1.0, liveness=3)
+    h.worker(b"w1", pid=11)
+    h.render(b"c", b"a", (8, 0, 0), timeout_ms=600000)
+    h.b.tick()
+    h.clock.t += 30  # the daemon was stopped (SIGSTOP) for 30 s
+    h.b.tick()
+    assert h.killed == [] and b"w1" in h.b.workers
+    for _ in range(4):  # but a worker still silent a liveness period later is gone
+        h.clock.t += 1
+        h.b.tick()
+    assert [w.pid for w in h.killed] == [11] and not h.b.workers
+    assert h.b.jobs[("w", 8, 0, 0)].kills == 1
+
+
+def ready_again(h, new, pid, job=None):
+    info = {"pid": pid, "layers": ["w"], "generation": 0, "pool": "local"}
+    if job is not None:
+        info["job"] = job.job_id.decode()
+    h.b.handle([new] + p.ready_frames(info))
+
+
+def test_a_worker_registered_again_under_a_new_identity_is_not_killed():
+    h = Harness(reserved=0)
+    h.worker(b"w1", pid=11)
+    h.worker(b"w2", pid=12)
+    h.render(b"c", b"a", (8, 0, 0))
+    h.render(b"c", b"b", (8, 8, 0))
+    [ja], [jb] = h.jobs_for(b"w1"), h.jobs_for(b"w2")
+    # w1 still renders its job and says so; w2 lost its job with its old socket
+    ready_again(h, b"w1-new", 11, ja)
+    ready_again(h, b"w2-new", 12)
+    assert set(h.b.workers) == {b"w1-new", b"w2-new"} and h.killed == []
+    assert h.jobs_for(b"w1-new") == []  # kept, not sent again
+    [again] = h.jobs_for(b"w2-new")
+    assert again.job_id == jb.job_id
+    assert all(j.kills == 0 for j in h.b.jobs.values())
+    h.finish(b"w1-new", ja)
+    h.finish(b"w2-new", again)
+    assert sorted(r.rid for r in h.replies_to(b"c") if r.ok) == [b"a", b"b"]
+    # a silent record whose process lives on under another one is dropped unkilled
+    h.worker(b"w3", pid=13)
+    h.b.workers[b"w3-new"] = Worker(b"w3-new", dict(h.b.workers[b"w3"].info), h.clock.t + 100)
+    h.b.tick()
+    h.clock.t += 0.5
+    for _ in range(8):
+        h.clock.t += 0.5
+        for ident in (b"w1-new", b"w2-new", b"w3-new"):
+            h.b.handle([ident, p.WORKER, p.HEARTBEAT])
+        h.b.tick()
+    assert b"w3" not in h.b.workers and b"w3-new" in h.b.workers and h.killed == []

@@ -183,15 +183,15 @@ def test_status_of_a_running_daemon(renderd_daemon):
     r = d.run("status", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["workers"]["total"] == 1
+    assert s["workers"]["total"] == 2  # 1 worker and 1 reserved for interactive requests
     assert set(s["queues"]) == {"missing", "stale", "bulk", "expiry"}
     assert s["counters"]["rendered"] >= 1
     r = d.run("status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("queues ") and "missing 0" in lines[0]
-    assert any(ln.startswith("workers ") and "total 1" in ln for ln in lines)
+    assert any(ln.startswith("workers ") and "total 2" in ln for ln in lines)
     assert any(ln.startswith("render time ") and "missing 1 in " in ln for ln in lines)
     i = lines.index("worker list:")
-    assert lines[i + 1].split()[:2] == ["PID", "HOST"]
-    assert len(lines) == i + 3
+    assert lines[i + 1].split()[:2] == ["PID", "HOST"] and lines[i + 1].split()[-1] == "ROLE"
+    assert len(lines) == i + 4 and {ln.split()[-1] for ln in lines[i + 2:]} == {"any", "interactive"}

@@ -32,7 +32,7 @@ maxzoom = 19
 def test_good_config(tmp_path):
     c = config.load(write(tmp_path, GOOD), env={})
     assert c.daemon.workers == 3
-    assert c.daemon.interactive_reserve == 1
+    assert c.daemon.reserved == 1 and c.daemon.processes == 4
     assert c.store.path == str(tmp_path / "cache")
     assert c.layer("osm").style == str(tmp_path / "style.xml")
     assert c.layer("osm").metatile == 8
@@ -101,3 +101,21 @@ def test_bad_raster_layer_keys_name_the_key(tmp_path, line, key, message):
         config.load(write(tmp_path, RASTER + line + "\n"), env={})
     assert e.value.key == f"layer[1].{key}", str(e.value)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("cpus, daemon, workers, reserved", [
+    (2, "", 2, 1), (8, "", 8, 2), (16, "", 16, 4), (1, "", 1, 1),
+    (8, "workers = 3", 3, 1), (8, "workers = 0", 0, 0), (2, "reserved = 0", 2, 0),
+    (2, "workers = 4\nreserved = 2", 4, 2),
+])
+def test_pool_sized_from_the_machine(monkeypatch, cpus, daemon, workers, reserved):
+    monkeypatch.setattr(config, "cpus", lambda: cpus)
+    import tomllib
+    c = config.parse({"daemon": tomllib.loads(daemon)}, env={}, check_files=False)
+    assert (c.daemon.workers, c.daemon.reserved, c.daemon.processes) == (workers, reserved, workers + reserved)
+    assert c.daemon.nice_gap == 10
+
+
+def test_cpus_is_what_this_process_may_use():
+    import os
+    assert config.cpus() == len(os.sched_getaffinity(0)) <= os.cpu_count()

@@ -54,7 +54,7 @@ class Serve:
         self.proc = subprocess.Popen(RENDERD + ["serve", "-c", str(self.config)], stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
-            self.wait_workers(_config.load(self.config).daemon.workers)
+            self.wait_workers(_config.load(self.config).daemon.processes)
         return self
 
     def client(self, timeout: float = 30) -> Client:
@@ -211,7 +211,7 @@ def test_concurrent_requests_for_one_metatile_render_once(serve, postgis_dsn):
 
 
 def test_full_queue_busy_and_abandoned_jobs_not_rendered(serve, postgis_dsn):
-    s = serve(slow_layer(postgis_dsn, 1.5), workers=1, queue_size=2, recent_seconds=0.0)
+    s = serve(slow_layer(postgis_dsn, 1.5), workers=1, reserved=0, queue_size=2, recent_seconds=0.0)
     with s.client() as c:
         first = p.RenderRequest(b"first", "slow", Tile(8, 0, 0), p.MISSING, 30000)
         c.send(first)
@@ -282,7 +282,7 @@ def test_workers_are_recycled(serve):
 
 
 def test_hup_reloads_styles(serve, tmp_path):
-    s = serve(workers=1)
+    s = serve(workers=1, reserved=0)
     with s.client() as c:
         before = c.render("shapes", Tile(0, 0, 0)).tile
     style = tmp_path / "daemon_style.xml"
@@ -308,7 +308,8 @@ def test_broken_style_stops_startup_without_restart_loop(serve, tmp_path):
     out = s.output()
     assert code == 3
     assert "daemon_style.xml" in out
-    assert out.count("renderd-py worker: error") <= 2
+    # each process of the first start says it once, and none is started again
+    assert out.count("renderd-py worker: error") <= _config.load(s.config).daemon.processes
 
 
 def test_bad_config_one_line_exit_2(tmp_path):
@@ -362,3 +363,111 @@ def test_remote_workers_over_tcp(serve, tmp_path):
         remote.send_signal(signal.SIGTERM)
         remote.wait(30)
     assert remote.returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_end_when_the_daemon_is_killed(serve):
+    """No orphans: SIGKILL of `serve` leaves no worker process after 10 s."""
+    s = serve()
+    pids = [w["pid"] for w in s.status()["worker_list"]]
+    assert len(pids) >= 2 and all(_alive(pid) for pid in pids)
+    s.proc.kill()
+    s.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "workers outlived their daemon"
+
+
+def test_workers_of_a_killed_worker_pool_end_too(serve):
+    s = serve(workers=0)
+    pool = subprocess.Popen(RENDERD + ["worker", "-c", str(s.config), "--connect", s.endpoint,
+                                       "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        st = s.wait_workers(2)
+        pids = [w["pid"] for w in st["worker_list"]]
+        pool.kill()
+        pool.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        if pool.poll() is None:
+            pool.kill()
+
+
+def test_a_frozen_daemon_keeps_its_healthy_workers(serve, postgis_dsn):
+    """SIGSTOP the daemon longer than heartbeat x liveness (2 s here): the
+    workers reconnect under new identities meanwhile. After SIGCONT the
+    stale records are dropped without killing anyone, and the metatile that
+    was rendering is answered, not failed as if it had killed two workers."""
+    s = serve(slow_layer(postgis_dsn, 2.0), workers=2, recent_seconds=0.0)
+    before = {w["pid"] for w in s.status()["worker_list"]}
+    with s.client() as c:
+        rid = c.send(p.RenderRequest(b"", "slow", Tile(9, 200, 200), p.MISSING, 60000))
+        deadline = time.monotonic() + 10
+        while not any(w["busy"] for w in c.status()["worker_list"]):
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(4.0)
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        reply = c.recv(30)
+        assert reply is not None and reply.rid == rid, s.output()
+        assert reply.ok, reply.info
+        time.sleep(3.0)  # past another liveness period: nothing is killed late either
+        st = c.status()
+    assert {w["pid"] for w in st["worker_list"]} == before
+    assert st["workers"]["total"] == len(before) == 3  # 2 workers, 1 reserved
+    assert st["counters"].get("failed", 0) == 0
+    out = s.output()
+    assert "killing worker" not in out and "killed" not in out
+
+
+def main_thread_nice(pid: int) -> tuple[int, list[int]]:
+    """(nice of the main thread, nice of the others)."""
+    nice = {int(t.name): int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            for t in Path(f"/proc/{pid}/task").iterdir()}
+    return nice.pop(pid), sorted(nice.values())
+
+
+def test_reserved_workers_render_nice_gap_above_the_others(serve):
+    s = serve(workers=1, reserved=1, nice_gap=7)
+    st = s.status()
+    roles = {w["role"]: w["pid"] for w in st["worker_list"]}
+    assert set(roles) == {"any", "interactive"}
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # ours, which the daemon started at
+    daemon_nice, daemon_threads = main_thread_nice(s.proc.pid)
+    reserved_nice, reserved_io = main_thread_nice(roles["interactive"])
+    seeder_nice, seeder_io = main_thread_nice(roles["any"])
+    assert seeder_nice - reserved_nice == 7
+    # raised where allowed (we are root here): the broker with them; else the others lowered
+    raised = os.geteuid() == 0
+    assert (reserved_nice, seeder_nice) == ((base - 7, base) if raised else (base, base + 7))
+    assert daemon_nice == reserved_nice and set(daemon_threads) == {daemon_nice}
+    # the threads that answer heartbeats keep the pool's priority
+    assert set(reserved_io) == set(seeder_io) == {daemon_nice}
+    with s.client() as c:
+        assert c.render("shapes", Tile(4, 3, 3)).ok
+        assert c.render("shapes", Tile(4, 8, 8), priority=p.BULK).ok
+
+
+@pytest.mark.parametrize("gap, allowed, base, nice", [
+    (10, True, 0, (-10, 0)), (10, False, 0, (0, 10)), (10, False, 15, (15, 19)), (0, True, 0, (0, 0)),
+    (10, True, -15, (-15, -5)),
+])
+def test_render_nice_raises_the_reserved_or_lowers_the_others(monkeypatch, gap, allowed, base, nice):
+    from renderd import daemon
+    monkeypatch.setattr(os, "getpriority", lambda which, who: base)
+    assert daemon.render_nice(gap, may=lambda v: allowed) == {"interactive": nice[0], "any": nice[1]}

@@ -196,8 +196,14 @@ def test_import_into_redis(tmp_path, cache, redis_url):
     r = run_cli("import-meta", "--layer", "osm", str(root), "-c", str(cfgpath), "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["unique"] == s["new_blobs"] == len(set(tiles.values()))
+    assert s["unique"] == len(set(tiles.values()))
     check_store(config.load(cfgpath), tiles)
+    # as on disk: each tile that repeats within a metatile is one pool entry
+    per_meta = Counter((metatile_of(z, x, y), data) for (z, x, y), data in tiles.items())
+    repeated = {content_hash(data) for (_, data), count in per_meta.items() if count > 1}
+    with open_store(config.load(cfgpath).store) as store:
+        pool = {k.decode().rsplit(":", 1)[1] for k in store._r.scan_iter("rpy:pool:*")}
+    assert s["new_blobs"] == len(pool) and pool == repeated
     r = run_cli("import-meta", "--layer", "osm", str(root), "-c", str(cfgpath), "--json")
     assert json.loads(r.stdout)["new_blobs"] == 0
 

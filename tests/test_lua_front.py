@@ -690,34 +690,55 @@ def test_redis_down_and_broker_silent(nginx_factory, tmp_path, broker, how):
 
 
 def test_redis_worker_keeps_repeated_blobs(nginx_factory, redis_store, redis_url, broker):
-    """A dict miss reads the index up to the tile's entry, then the blob; a
-    blob that two or more indexes name (the 'ocean' column) is kept by the
-    worker (its bytes never change for its hash), a blob of one index is
-    read each time."""
+    """A dict miss reads the pack's first bytes (header, entries and the
+    records up to the tile's), then one range: the tile with the copy of its
+    record before it, from the first or the second string of a pack cut in
+    two, or both in a transaction where the cut lies inside it; or the pool
+    tile. A pool tile (the 'ocean' column: it repeats) is kept by the
+    worker, as its bytes never change for its hash; a tile of the pack is
+    read each time, in the first read if the pack is that short."""
+    from renderd.store.pack import POOL, decode_pack
     ng = nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint, hot_ttl=0.001), workers=1)
-    for m in (Meta(9, 0, 0, 8), Meta(9, 8, 0, 8)):
+    cut, other, lone = Meta(9, 16, 0, 8), Meta(9, 24, 0, 8), Meta(9, 32, 0, 8)
+    for m in (cut, other):
         redis_store.put_metatile("world", *make_meta("world", m))
-    ocean, unique = content_hash(tile_bytes("world", 9, 0, 0)), content_hash(tile_bytes("world", 9, 1, 1))
+    # one tile, (38, 7): the pack is shorter than the first read
+    redis_store.put_metatile("world", *make_meta("world", lone, empty={(t.x, t.y) for t in meta_tiles(lone)
+                                                                       if (t.x, t.y) != (38, 7)}))
+    r = redis_store._r
+    first, rest = (r.get(k) for k in redis_store.pack_keys("world", cut))
+    assert rest, "the test wants a pack cut in two"
+    pack, c = decode_pack(first + rest, len(first) + len(rest)), len(first)
+
+    def tile_where(test):
+        i = next(i for i, (off, n) in enumerate(pack.locations) if (off, n) != POOL and test(off - 24, off + n))
+        return 9, cut.x0 + i // 8, cut.y0 + i % 8
+    in_first, in_rest = tile_where(lambda a, b: b <= c), tile_where(lambda a, b: a >= c)
+    across = tile_where(lambda a, b: a < c < b)
+    ocean = content_hash(tile_bytes("world", 9, 0, 0))
     mon = RedisMonitor(redis_url)
     try:
-        for x, y in ((0, 0), (9, 0), (3, 2), (1, 1), (1, 1)):
+        for z, x, y in ((9, 18, 0), (9, 27, 0), (9, 21, 2), in_first, in_rest, in_rest, across, (9, 38, 7)):
             time.sleep(0.01)                       # (past the hot cache's 1 ms)
-            assert_tile(request(ng.port, tile_path(9, x, y)), 9, x, y, "STORE")
+            assert_tile(request(ng.port, tile_path(z, x, y)), z, x, y, "STORE")
         time.sleep(0.3)
-        gets = [c for c in mon.calls if c.upper().startswith("GET ") and ":blob:" in c]
-        assert sum(1 for c in gets if ocean in c) == 1, gets
-        assert sum(1 for c in gets if unique in c) == 2, gets
+        assert mon.count(f"rpy:pool:{ocean}") == 1, mon.calls
+        assert mon.count("GETRANGE rpy:pk:world:9:2:0 0 ") == 6, mon.calls
+        assert mon.count("GETRANGE rpy:pk:world:9:2:0 ") == 6 + 2, mon.calls   # in_first, across
+        assert mon.count("GETRANGE rpy:pt:world:9:2:0 ") == 2 + 1, mon.calls   # in_rest twice, across
+        assert mon.count("MULTI") == 1, mon.calls                              # across
+        assert mon.count("GETRANGE rpy:pk:world:9:4:0 0 ") == 1, mon.calls     # (38, 7): one read
     finally:
         mon.close()
 
 
 @pytest.mark.parametrize("damage, logged", [
-    ("blob", "is missing"),               # collected between the index read and the blob read
-    ("short", "is too short for entry"),  # an index cut off before the tile's entry
-    ("entry", "has a corrupt entry"),     # not 32 hex digits
+    ("pool", "changed or went while being read"),  # collected between the pack read and the pool read
+    ("short", "truncated pack"),                   # a pack cut off within its head
+    ("entry", "names record"),                     # an entry beyond the records
 ])
 def test_redis_damaged_store_rendered_again(redis_front, redis_store, redis_url, broker, damage, logged):
-    """A Redis index or blob that cannot give the tile: one line in the
+    """A Redis pack or pool tile that cannot give the tile: one line in the
     error log, the tile rendered (and stored again), never a wrong tile."""
     import redis
     ng = redis_front
@@ -725,23 +746,23 @@ def test_redis_damaged_store_rendered_again(redis_front, redis_store, redis_url,
     meta = Meta(8, 16, 8, 8)
     idx, blobs = make_meta("world", meta)
     redis_store.put_metatile("world", idx, blobs)
-    x, y = 17, 10                                  # a tile of its own (not the shared 'ocean')
+    x, y = (18, 10) if damage == "pool" else (17, 10)   # the shared 'ocean', or a tile of its own
     i = (x - 16) * 8 + (y - 8)
-    key = redis_store.index_key("world", meta)
+    key = redis_store.pack_keys("world", meta)[0]
     r = redis.Redis.from_url(redis_url)
-    if damage == "blob":
-        r.delete(redis_store.blob_key(idx.tile_hash(x, y)))
+    if damage == "pool":
+        r.delete(redis_store.pool_key(idx.tile_hash(x, y)))
     elif damage == "short":
-        r.set(key, r.getrange(key, 0, 64 + 33 * i + 10))
+        r.set(key, r.getrange(key, 0, 100))
     else:
-        r.setrange(key, 64 + 33 * i, b"zz")
+        r.setrange(key, 64 + 2 * i, b"\xff\xff")
     mon = RedisMonitor(redis_url)
     try:
         assert_tile(request(ng.port, tile_path(8, x, y)), 8, x, y, "RENDER")
         assert len(broker.renders()) == 1
         time.sleep(0.3)
-        index_reads = [c for c in mon.calls if c.upper().startswith("GETRANGE") and key in c]
-        assert len(index_reads) == (2 if damage == "blob" else 1), index_reads   # a gone blob: read again
+        pack_reads = mon.count(f"GETRANGE {key} 0 ")
+        assert pack_reads == (2 if damage == "pool" else 1), mon.calls   # a pool tile gone: read again
         assert ng.log_text().count(logged) == 1
         assert redis_store.read_tile("world", Tile(8, x, y)).data == tile_bytes("world", 8, x, y)
     finally:
@@ -1008,8 +1029,8 @@ def test_render_over_ipc(nginx_factory, tmp_path, disk_store):
 
 
 class RedisMonitor:
-    """The script calls (EVALSHA/EVAL) and reads (GETRANGE, GET) a
-    redis-server receives (MONITOR)."""
+    """The script calls (EVALSHA/EVAL), reads (GETRANGE, GET) and
+    transactions (MULTI) a redis-server receives (MONITOR)."""
 
     def __init__(self, url: str):
         import redis
@@ -1026,7 +1047,7 @@ class RedisMonitor:
                 cmd = got["command"]
                 if got.get("client_type") == "lua":      # run by a script
                     continue
-                if cmd.upper().startswith(("EVALSHA ", "EVAL ", "GETRANGE ", "GET ")):
+                if cmd.upper().startswith(("EVALSHA ", "EVAL ", "GETRANGE ", "GET ", "MULTI")):
                     self.calls.append(cmd)
         except Exception:
             pass
@@ -1040,7 +1061,7 @@ class RedisMonitor:
 
 
 def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, redis_url, broker):
-    """A dict miss reads one tile (the index up to its entry, GETRANGE);
+    """A dict miss reads one tile (the pack's first bytes, GETRANGE, then its range);
     concurrent requests for that tile in a worker share the read; the
     metatile goes into the dict once (META_SCRIPT from a timer), however
     many of its tiles are asked for."""
@@ -1049,10 +1070,10 @@ def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, r
     meta = Meta(11, 800, 800, 8)
     redis_store.put_metatile("world", *make_meta("world", meta))
     meta_sha = hashlib.sha1(META_SCRIPT.encode()).hexdigest()
-    key = redis_store.index_key("world", meta)
+    key = redis_store.pack_keys("world", meta)[0]
 
     def tile_reads():
-        return sum(1 for c in mon.calls if c.upper().startswith("GETRANGE") and key in c)
+        return mon.count(f"GETRANGE {key} 0 ")
     mon = RedisMonitor(redis_url)
     try:
         def one(t):
@@ -1080,13 +1101,19 @@ def test_concurrent_store_reads_share_one_round_trip(redis_front, redis_store, r
 SST = dict(LAYER, name="sst", maxzoom=8, keys=["year", "month"])
 
 
-@pytest.fixture(params=["disk", "redis"])
-def keyed_front(request, nginx_factory, broker):
+def front_with_layers(request, layers: list[dict]):
+    """(nginx, store, broker) serving ``layers``, on the store kind ``request.param`` names."""
     store = request.getfixturevalue(f"{request.param}_store")
     cfg = ({"kind": "disk", "path": store.path} if request.param == "disk"
            else redis_store_cfg(request.getfixturevalue("redis_url")))
+    broker = request.getfixturevalue("broker")
     broker.store = store
-    return nginx_factory(runtime(cfg, broker.endpoint, layers=[LAYER, SST])), store, broker
+    return request.getfixturevalue("nginx_factory")(runtime(cfg, broker.endpoint, layers=layers)), store, broker
+
+
+@pytest.fixture(params=["disk", "redis"])
+def keyed_front(request):
+    return front_with_layers(request, [LAYER, SST])
 
 
 def test_tile_sets_of_a_layer_with_keys(keyed_front):

@@ -33,7 +33,8 @@ def lua_str(s: str | bytes) -> str:
 
 PATH = r"""
 local path = require "renderd.path"
-local layers = { world = { name = "world", minzoom = 0, maxzoom = 20, metatile = 8, ext = "png", keys = {} },
+local layers = { world = { name = "world", minzoom = 0, maxzoom = 20, metatile = 8, ext = "png", keys = {},
+                           scale_set = { [1] = true, [2] = true } },
                  small = { name = "small", minzoom = 3, maxzoom = 5, metatile = 4, ext = "jpg", keys = {} },
                  sst = { name = "sst", minzoom = 0, maxzoom = 6, metatile = 8, ext = "png",
                          keys = { "year", "month" } } }
@@ -99,6 +100,17 @@ def test_path_statuses():
         "/tiles/sst/ab3/1/2.png": "400 malformed tile path",
         "/tiles/sst/" + "v" * 65 + "/07/3/1/2.png": "400 malformed tile path",
         "/tiles/sst/2024/07/7/1/2.png": "404 zoom outside the layer",
+        # HiDPI tiles: a tile set of their own, where the layer has the scale
+        "/tiles/world/3/1/2@2x.png": "world@2x 3 1 2",
+        "/tiles/world/3/1/2@2x.png?v=3": "world@2x 3 1 2",
+        "/tiles/world/3/1/2@3x.png": "404 scale not configured",
+        "/tiles/small/3/1/2@2x.jpg": "404 scale not configured",
+        "/tiles/world/3/1/2@1x.png": "400 malformed tile path",
+        "/tiles/world/3/1/2@2x@2x.png": "400 malformed tile path",
+        "/tiles/world/3/1@2x/2.png": "400 malformed tile path",
+        "/tiles/world@2x/3/1/2.png": "400 malformed tile path",
+        "/tiles/world/3/1/2@22x.png": "400 malformed tile path",
+        "/tiles/world/3/8/2@2x.png": "404 tile outside the grid",
     }
     got = parse_many(list(uris))
     for (uri, want), line in zip(uris.items(), got):

@@ -89,7 +89,7 @@ def test_runtime_json_disk(tmp_path):
     world, photo = rt["layers"]
     assert world == {"name": "world", "minzoom": 0, "maxzoom": 6, "metatile": 8, "ext": "png",
                      "content_type": "image/png", "cache_control": "public, max-age=3600",
-                     "cors": "*", "tile_size": 256, "keys": []}
+                     "cors": "*", "tile_size": 256, "keys": [], "scales": [1]}
     assert rt["cors"] == "*"
     assert photo["ext"] == "jpg" and photo["content_type"] == "image/jpeg"
     assert photo["cache_control"] == "public, max-age=60"
@@ -241,11 +241,12 @@ def test_output_dir_passes_nginx_t(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"nginx -p {out} -c {out}/nginx.conf" in r.stderr
     for f in ("nginx.conf", "renderd-py.json", "layers.json", "tilejson/world.json",
-              "tilejson/photo_2.json"):
+              "tilejson/photo_2.json", "wmts/1.0.0/WMTSCapabilities.xml", "ogcapi/index.json",
+              "ogcapi/collections/world/map/tiles/WebMercatorQuad.json"):
         assert (out / f).is_file(), f
     assert (out / "logs").is_dir() and (out / "tmp").is_dir()
     rt = json.loads((out / "renderd-py.json").read_text())
-    assert rt == json.loads(json.dumps(nginx.runtime(cfg)))
+    assert rt == json.loads(json.dumps(nginx.runtime(cfg, docs_dir=str(out))))
     conf = (out / "nginx.conf").read_text()
     assert f'init("{out}/renderd-py.json")' in conf
     t = subprocess.run(["nginx", "-t", "-p", str(out), "-c", str(out / "nginx.conf")],
@@ -512,3 +513,56 @@ def test_worker_user_falls_back_to_root_and_says_why(tmp_path):
     assert "\nuser daemon;\n" in nginx.render_conf(cfg, tmp_path / "run", user="daemon")
     with pytest.raises(_config.ConfigError, match="http.user"):
         make_cfg(tmp_path, http='user = "a;b"')
+
+
+@needs_nginx
+def test_public_metrics_with_a_purge_token_and_real_ip(tmp_path):
+    path, _ = make_cfg(tmp_path, metrics="0.0.0.0:9180",
+                       http='purge_token = "s3cret"\nreal_ip_from = ["10.0.0.0/8", "::1"]')
+    out = tmp_path / "out"
+    r = cli("nginx-conf", "-c", str(path), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    conf = (out / "nginx.conf").read_text()
+    assert "listen 0.0.0.0:9180;" in conf
+    assert "set_real_ip_from 10.0.0.0/8;" in conf and "set_real_ip_from ::1;" in conf
+    assert "real_ip_header X-Forwarded-For;" in conf
+    assert json.loads((out / "renderd-py.json").read_text())["purge_token"] == "s3cret"
+    t = subprocess.run(["nginx", "-t", "-p", str(out), "-c", str(out / "nginx.conf")],
+                       capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+
+
+@pytest.mark.parametrize("http, message", [
+    ('real_ip_from = ["nowhere"]', "http.real_ip_from"),
+    ('real_ip_from = "10.0.0.1"', "http.real_ip_from"),
+    ('purge_url = ["http://a/purge", "ftp://b"]', "http.purge_url"),
+])
+def test_bad_front_lists_exit_2(tmp_path, http, message):
+    path, _ = make_cfg(tmp_path, metrics="127.0.0.1:9180", http=http)
+    r = cli("nginx-conf", "-c", str(path))
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@needs_nginx
+def test_router_passes_nginx_t_and_refuses_bad_nodes(tmp_path):
+    path, _ = make_cfg(tmp_path)
+    out = tmp_path / "router"
+    r = cli("nginx-conf", "-c", str(path), "--router", "127.0.0.1:8081,[::1]:8082,node3:80", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    conf = (out / "nginx.conf").read_text()
+    assert "hash $rpy_route consistent;" in conf
+    for node in ("127.0.0.1:8081", "[::1]:8082", "node3:80"):
+        assert f"server {node} " in conf
+    route = json.loads((out / "route.json").read_text())
+    assert [lyr["name"] for lyr in route["layers"]] == ["world", "photo_2"]
+    assert route["layers"][1]["metatile"] == 4
+    t = subprocess.run(["nginx", "-t", "-p", str(out), "-c", str(out / "nginx.conf")],
+                       capture_output=True, text=True)
+    # (node3 is no host here: nginx -t resolves upstream names)
+    assert t.returncode == 0 or "host not found in upstream" in t.stderr, t.stderr
+    for bad in ("", "nohost", "a:0", "a:1,a:1", "a:99999"):
+        r = cli("nginx-conf", "-c", str(path), "--router", bad)
+        assert r.returncode == 2 and "--router" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+            (bad, r.stderr)
+    r = cli("nginx-conf", "-c", str(path), "--router", "a:1", "--site")
+    assert r.returncode == 2

@@ -311,3 +311,19 @@ def test_margin_is_cut_off_and_buffer_unchanged():
         image = r.render_image(meta_merc_bounds(Meta(2, 0, 0, 4)), 1024, 1024, r.margin)
         assert (image.width(), image.height()) == (1024 + 2 * MARGIN,) * 2
         assert r._map.buffer_size == r.layer.buffer
+
+
+@pytest.mark.parametrize("solid", [True, False])
+def test_tile_digests_through_views_equal_those_of_the_pixels(solid):
+    from renderd.render.tiles import tile_pixel_hashes, view_pixel_hashes
+    meta, margin = Meta(12, 0, 0, 8), 32
+    full = 8 * 256 + 2 * margin
+    im = mapnik.Image(full, full)
+    im.fill(mapnik.Color("#f2efe9"))
+    if not solid:
+        im.set_pixel(full - 1, full - 1, mapnik.Color("red"))  # in the margin only
+        im.set_pixel(margin + 3 * 256 + 7, margin + 5 * 256 + 9, mapnik.Color("blue"))
+    px = pixels_of(im)[margin:margin + 2048, margin:margin + 2048]
+    digests = view_pixel_hashes(im, meta, 256, margin)
+    assert digests == tile_pixel_hashes(px, meta, 256)
+    assert len(set(digests)) == (1 if solid else 2)

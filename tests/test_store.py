@@ -25,8 +25,8 @@ from renderd.store import open_store
 from renderd.store.disk import DiskStore
 from renderd.store.index import EMPTY, MAGIC, MetaIndex, content_hash
 from renderd.store.pack import PACK_MAGIC, POOL, decode_pack, encode_pack
-from renderd.store.redis import RedisStore
-from renderd.store.redis_scripts import META_SCRIPT, TILE_SCRIPT
+from renderd.store.redis import RedisStore, split_point
+from renderd.store.redis_scripts import LUA_PACK, META_SCRIPT, TILE_SCRIPT
 from renderd.tilemath import Meta, Tile
 from tests.fixtures.store import (check_store, fill_background, get_tile, make_index, open_kind, python_cmd,
                                   ref_counts, shared_refs, stored_blobs, tile_bytes)
@@ -91,6 +91,15 @@ def test_rerender_with_same_tiles_changes_nothing_but_the_index(store):
     store.put_metatile("osm", a, blobs)
     assert store.put_metatile("osm", b, {}) == 0
     assert store.get_index("osm", M1).rendered == 1_700_000_500
+    check_store(store)
+
+
+def test_tiles_left_out_come_from_the_current_pack(store):
+    a, blobs = make_index(M1, picks_of((0, 62), (1, 1), (2, 1)))   # 1 and 2 inside the pack
+    store.put_metatile("osm", a, blobs)
+    b, _ = make_index(M1, picks_of((0, 32), (1, 16), (2, 16)))      # now they repeat: to the pool
+    assert store.put_metatile("osm", b, {}) == 2
+    assert store.get_metatile("osm", M1) == (b, blobs)
     check_store(store)
 
 
@@ -185,12 +194,13 @@ def test_corrupt_index_counts_as_absent_and_is_replaced(store, caplog):
 
 
 def _write_raw_index(store, meta: Meta, raw: bytes) -> None:
+    raw = raw.replace(MAGIC, PACK_MAGIC, 1) if raw.startswith(MAGIC) else raw
     if store.kind == "disk":
         path = store.pack_path("osm", meta)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        Path(path).write_bytes(raw.replace(MAGIC, PACK_MAGIC, 1) if raw.startswith(MAGIC) else raw)
+        Path(path).write_bytes(raw)
     else:
-        store._r.set(store.index_key("osm", meta), raw)
+        store._r.set(store.pack_keys("osm", meta)[0], raw)
 
 
 def test_collect_garbage_removes_only_unreferenced_blobs(store):
@@ -213,7 +223,7 @@ def test_open_store_gives_both_kinds(tmp_path, redis_url):
     with open_store(StoreConfig("redis", "", redis_url, "other", False)) as r:
         assert isinstance(r, RedisStore) and r.prefix == "other"
         r.put_metatile("osm", *make_index(M1, [0] * 64))
-        assert r._r.exists("other:idx:osm:12:256:170")
+        assert r._r.exists("other:pk:osm:12:256:170")
 
 
 # --- disk specifics -------------------------------------------------------
@@ -547,37 +557,82 @@ def test_redis_keys_are_the_documented_ones(redis_url):
         store.put_metatile("osm", idx, blobs)
         h0, h1 = content_hash(tile_bytes(0)), content_hash(tile_bytes(1))
         r = store._r
-        assert sorted(r.keys("*")) == sorted(
-            [b"t1:idx:osm:12:256:170", f"t1:blob:{h0}".encode(), f"t1:blob:{h1}".encode(),
-             f"t1:ref:{h0}".encode(), f"t1:ref:{h1}".encode()])
-        assert r.get("t1:idx:osm:12:256:170") == idx.encode()
-        assert r.get(f"t1:ref:{h0}") == b"1"
+        assert sorted(r.keys("*")) == [b"t1:pk:osm:12:256:170", f"t1:pool:{h0}".encode()]
+        assert r.get("t1:pk:osm:12:256:170") == encode_pack(idx, {h1: tile_bytes(1)}, marked=True)
+        assert r.get(f"t1:pool:{h0}") == struct.pack("<I", 1) + tile_bytes(0)
+        assert store.put_metatile("osm", *make_index(M2, [0] * 64)) == 0
+        assert r.getrange(f"t1:pool:{h0}", 0, 3) == struct.pack("<I", 2)
+
+
+def test_redis_cuts_a_long_pack_in_two(redis_url):
+    """A pack whose string would waste a size class's slack is two strings,
+    the first filling its class exactly; every reader joins them."""
+    with RedisStore(redis_url) as store:
+        hashes, blobs = [], {}
+        for i in range(64):
+            data = bytes([i]) * (100 + 4 * i)   # (a pack of 17 KiB: cut at 16 KiB)
+            hashes.append(content_hash(data))
+            blobs[hashes[-1]] = data
+        idx = MetaIndex(M1, tuple(hashes), 1_700_000_000, 1_700_000_000)
+        store.put_metatile("osm", idx, blobs)
+        first, rest = (store._r.get(k) for k in store.pack_keys("osm", M1))
+        pack = encode_pack(idx, blobs, marked=True)
+        assert first + rest == pack and len(first) == split_point(len(pack), 192 + 24 * 64) < len(pack)
+        assert store._r.memory_usage(store.pack_keys("osm", M1)[0]) < len(first) + 100
+        assert store.get_metatile("osm", M1) == (idx, blobs)
+        for i in range(64):
+            assert store.read_tile("osm", Tile(12, 2048 + i // 8, 1360 + i % 8)).data == blobs[hashes[i]]
+        assert store.get_index("osm", M1) == idx
+        assert store.metatile_sizes("osm", M1) == (idx, {h: len(b) for h, b in blobs.items()})
+        small, small_blobs = make_index(M1, picks_of((0, 32), (1, 32)))
+        store.put_metatile("osm", small, small_blobs)   # a short pack again: the second key goes
+        assert not store._r.exists(store.pack_keys("osm", M1)[1])
+        assert store.delete_metatile("osm", M1) and store._r.keys("rpy:p[kt]:*") == []
 
 
 def test_redis_reader_scripts_in_one_round_trip(redis_url):
-    """What nginx does: EVAL the documented scripts with the index key."""
+    """What nginx does: EVAL the documented scripts with the metatile's keys."""
     with RedisStore(redis_url) as store:
-        idx, blobs = make_index(M1, picks_of((0, 8), (1, 55), (-1, 1)))
+        idx, blobs = make_index(M1, picks_of((0, 8), (1, 54), (2, 1), (-1, 1)))
         store.put_metatile("osm", idx, blobs)
-        r, key = store._r, "rpy:idx:osm:12:256:170"
-        got = r.eval(TILE_SCRIPT, 1, key, "rpy", 8)
-        assert got == idx.encode()[:64] + content_hash(tile_bytes(1)).encode() + tile_bytes(1)
-        assert r.eval(TILE_SCRIPT, 1, key, "rpy", 63) == idx.encode()[:64] + EMPTY.encode()
-        assert r.eval(TILE_SCRIPT, 1, "rpy:idx:osm:12:0:0", "rpy", 0) is None
-        with pytest.raises(Exception, match="outside the index"):
-            r.eval(TILE_SCRIPT, 1, key, "rpy", 64)
-        raw, *tiles = r.eval(META_SCRIPT, 1, key, "rpy")
-        assert raw == idx.encode() and tiles == [tile_bytes(0), tile_bytes(1)]
-        assert r.eval(META_SCRIPT, 1, "rpy:idx:osm:12:0:0", "rpy") is None
+        r, keys, none = store._r, ["rpy:pk:osm:12:256:170", "rpy:pt:osm:12:256:170"], ["rpy:pk:x", "rpy:pt:x"]
+        head = r.get(keys[0])[:64]
+        assert head.startswith(PACK_MAGIC)
+        assert r.eval(TILE_SCRIPT, 2, *keys, "rpy", 8) == head + content_hash(tile_bytes(1)).encode() + tile_bytes(1)
+        assert r.eval(TILE_SCRIPT, 2, *keys, "rpy", 62) == head + content_hash(tile_bytes(2)).encode() + tile_bytes(2)
+        assert r.eval(TILE_SCRIPT, 2, *keys, "rpy", 63) == head + EMPTY.encode()
+        assert r.eval(TILE_SCRIPT, 2, *none, "rpy", 0) is None
+        with pytest.raises(Exception, match="outside the pack"):
+            r.eval(TILE_SCRIPT, 2, *keys, "rpy", 64)
+        raw, *tiles = r.eval(META_SCRIPT, 2, *keys, "rpy")
+        assert raw == r.get(keys[0]) and tiles == [tile_bytes(0), tile_bytes(1)]
+        assert r.eval(META_SCRIPT, 2, *none, "rpy") is None
 
 
-def test_redis_read_tile_checks_which_metatile_the_index_is(redis_url, caplog):
+def test_redis_ignores_the_earlier_layout(redis_url):
+    """Keys of the earlier layout (an ASCII index and a blob per tile) are
+    not read: the metatile counts as absent and is rendered again."""
+    with RedisStore(redis_url) as store:
+        idx, blobs = make_index(M1, picks_of((0, 64)))
+        h = content_hash(tile_bytes(0))
+        store._r.mset({"rpy:idx:osm:12:256:170": idx.encode(), f"rpy:blob:{h}": tile_bytes(0), f"rpy:ref:{h}": 1})
+        assert store.get_index("osm", M1) is None and store.read_tile("osm", Tile(12, 2048, 1360)) is None
+        assert list(store.iter_indexes("osm")) == [] and store.get_metatile("osm", M1) is None
+        with pytest.raises(StoreError, match="neither stored nor given"):   # the old blob is not used
+            store.put_metatile("osm", idx, {})
+        store.put_metatile("osm", idx, blobs)
+        assert store.get_metatile("osm", M1) == (idx, blobs)
+
+
+def test_redis_read_tile_checks_which_metatile_the_pack_is(redis_url, caplog):
     with RedisStore(redis_url) as store:
         other, blobs = make_index(M2, picks_of((0, 64)))
         store.put_metatile("osm", other, blobs)
-        store._r.set(store.index_key("osm", M1), other.encode())   # M2's index at M1's key
+        r = store._r
+        r.set(store.pack_keys("osm", M1)[0], r.get(store.pack_keys("osm", M2)[0]))   # M2's pack at M1's key
         assert store.read_tile("osm", Tile(12, 2048, 1360)) is None
-        assert "is not the index of metatile" in caplog.text
+        assert "is not the pack of metatile" in caplog.text
+        assert store.get_index("osm", M1) is None
         assert store.read_tile("osm", Tile(12, 2056, 1360)).data == tile_bytes(0)
 
 
@@ -591,12 +646,10 @@ def test_redis_gc_repairs_counts_and_orphans(redis_url):
         idx, blobs = make_index(M1, picks_of((0, 32), (1, 32)))
         store.put_metatile("osm", idx, blobs)
         r = store._r
-        h0, h1 = content_hash(tile_bytes(0)), content_hash(tile_bytes(1))
-        r.set(f"rpy:ref:{h0}", 5)
-        r.delete(f"rpy:ref:{h1}")
+        h0 = content_hash(tile_bytes(0))
+        r.setrange(f"rpy:pool:{h0}", 0, struct.pack("<I", 5))
         orphan = tile_bytes(9)
-        r.set(f"rpy:blob:{content_hash(orphan)}", orphan)
-        r.set(f"rpy:ref:{content_hash(tile_bytes(8))}", 3)
+        r.set(f"rpy:pool:{content_hash(orphan)}", struct.pack("<I", 3) + orphan)
         stats = store.collect_garbage()
         assert (stats.blobs_seen, stats.blobs_deleted, stats.bytes_freed) == (3, 1, len(orphan))
         check_store(store, collected=True)
@@ -729,26 +782,19 @@ def _check_frozen(store) -> None:
     assert not missing, f"store inconsistent: {missing[:3]}"
 
 
-#: Atomic check of a small Redis store: hashes whose blob is missing or whose
-#: count is wrong.
-CHECK_SCRIPT = """
+#: Atomic check of a small Redis store: pool tiles that a pack names and
+#: that are missing, or whose count is wrong.
+CHECK_SCRIPT = LUA_PACK + """
 local P = ARGV[1]
 local counts, bad = {}, {}
-for _, k in ipairs(redis.call('KEYS', P .. ':idx:*')) do
-  local raw = redis.call('GET', k)
-  local n = tonumber(string.sub(raw, 28, 29))
-  local seen = {}
-  for i = 0, n * n - 1 do
-    local h = string.sub(raw, 65 + i * 33, 96 + i * 33)
-    if h ~= string.rep('0', 32) and not seen[h] then
-      seen[h] = true
-      counts[h] = (counts[h] or 0) + 1
-    end
-  end
+for _, k in ipairs(redis.call('KEYS', P .. ':pk:*')) do
+  local raw, _, d, e = head(k)
+  for _, h in ipairs(pooled(raw, d, e)) do counts[h] = (counts[h] or 0) + 1 end
 end
 for h, c in pairs(counts) do
-  if redis.call('EXISTS', P .. ':blob:' .. h) == 0 then bad[#bad + 1] = 'missing ' .. h end
-  if tonumber(redis.call('GET', P .. ':ref:' .. h) or '0') ~= c then bad[#bad + 1] = 'count ' .. h end
+  local v = redis.call('GET', P .. ':pool:' .. h)
+  if not v then bad[#bad + 1] = 'missing ' .. h
+  elseif struct.unpack('<I4', v) ~= c then bad[#bad + 1] = 'count ' .. h end
 end
 return bad
 """

@@ -115,7 +115,7 @@ def test_redis_store_keeps_tile_sets_apart(redis_url):
         m = Meta(3, 0, 0, 8)
         for name in ("sst/2024/07", "sst"):
             s.put_metatile(name, *metatile(m, name.encode()))
-        assert s.index_key("sst/2024/07", m) == "tsets:idx:sst/2024/07:3:0:0"
+        assert s.pack_keys("sst/2024/07", m)[0] == "tsets:pk:sst/2024/07:3:0:0"
         assert [i.meta for i in s.iter_indexes("sst")] == [m]
         idx, blobs = s.get_metatile("sst/2024/07", m)
         assert blobs[idx.tile_hash(0, 0)] == b"sst/2024/07 0/0"

@@ -11,18 +11,20 @@ import pytest
 
 from renderd import config as _config
 from renderd.tilemath import Meta
-from renderd.tools.purge import FrontPurge, purge_url
+from renderd.tools.purge import TOKEN_HEADER, FrontPurge, front_purge, purge_urls
 from tests.fixtures.servers import free_port
 
 
 class FakePurge(http.server.BaseHTTPRequestHandler):
     posts: list[tuple[str, list[str]]] = []
+    tokens: list[str | None] = []
     status = 200
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
         lines = body.splitlines()
         FakePurge.posts.append((self.path, lines))
+        FakePurge.tokens.append(self.headers.get(TOKEN_HEADER))
         self.send_response(FakePurge.status)
         self.end_headers()
         self.wfile.write(json.dumps({"metatiles": len(lines), "tiles": 64 * len(lines),
@@ -34,7 +36,7 @@ class FakePurge(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_nginx():
-    FakePurge.posts, FakePurge.status = [], 200
+    FakePurge.posts, FakePurge.tokens, FakePurge.status = [], [], 200
     srv = http.server.HTTPServer(("127.0.0.1", 0), FakePurge)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -84,17 +86,39 @@ def test_an_error_answer_stops_sending(fake_nginx):
 
 
 def test_purge_url_from_the_configuration():
-    cfg = _config.parse({"http": {"metrics": "127.0.0.1:9281"}}, None, {}, check_files=False)
-    assert purge_url(cfg) == "http://127.0.0.1:9281/purge"
-    cfg = _config.parse({"http": {"metrics": "[::1]:9281"}}, None, {}, check_files=False)
-    assert purge_url(cfg) == "http://[::1]:9281/purge"
-    cfg = _config.parse({"http": {"purge_url": "http://10.0.0.5:9180/purge"}}, None, {}, check_files=False)
-    assert purge_url(cfg) == "http://10.0.0.5:9180/purge"
-    cfg = _config.parse({"http": {"purge_url": "off"}}, None, {}, check_files=False)
-    assert purge_url(cfg) is None
+    def urls(http):
+        return purge_urls(_config.parse({"http": http}, None, {}, check_files=False))
+    assert urls({"metrics": "127.0.0.1:9281"}) == ["http://127.0.0.1:9281/purge"]
+    assert urls({"metrics": "[::1]:9281"}) == ["http://[::1]:9281/purge"]
+    assert urls({"purge_url": "http://10.0.0.5:9180/purge"}) == ["http://10.0.0.5:9180/purge"]
+    assert urls({"purge_url": ["http://a:9180/purge", "http://b:9180/purge"]}) == \
+        ["http://a:9180/purge", "http://b:9180/purge"]
+    assert urls({"purge_url": "off"}) == []
     front = FrontPurge(None, "osm", "dirty")
     front.add(Meta(1, 0, 0, 2))
     front.close()
-    assert front.warning() is None and front.unsent == 0
-    with pytest.raises(_config.ConfigError, match="http.purge_url"):
-        _config.parse({"http": {"purge_url": "ftp://x"}}, None, {}, check_files=False)
+    assert front.warning() is None and front.unsent == 0 and front.report()["url"] is None
+    for bad in ("ftp://x", ["http://a/purge", "gopher://b"], 5):
+        with pytest.raises(_config.ConfigError, match="http.purge_url"):
+            _config.parse({"http": {"purge_url": bad}}, None, {}, check_files=False)
+
+
+def test_every_front_is_told_with_the_token(fake_nginx):
+    down = f"http://127.0.0.1:{free_port()}/purge"
+    cfg = _config.parse({"http": {"purge_url": [fake_nginx, fake_nginx + "?node=2", down],
+                                  "purge_token": "s3cret"}}, None, {}, check_files=False)
+    front = front_purge(cfg, "osm", "dirty")
+    for i in range(3):
+        front.add(Meta(10, 8 * i, 0, 8))
+    front.close()
+    assert sorted(p for p, _ in FakePurge.posts) == ["/purge?layer=osm&mode=dirty",
+                                                    "/purge?node=2&layer=osm&mode=dirty"]
+    assert FakePurge.tokens == ["s3cret", "s3cret"]
+    assert (front.purged, front.tiles, front.unsent) == (0, 2 * 3 * 64, 3)
+    report = front.report()
+    assert report["url"] == [fake_nginx, fake_nginx + "?node=2", down]
+    assert [f["metatiles"] for f in report["fronts"]] == [3, 3, 0]
+    w = front.warning()
+    assert w.startswith(f"warning: could not tell nginx at {down} to mark stale the hot copies of 3 ")
+    assert "\n" not in w
+    assert front.line() == "  nginx (3 fronts): 384 hot tiles of 0 metatiles marked stale"

@@ -2,6 +2,7 @@
 // with a layer switcher, and for a raster layer with keys a picker of its
 // key values (from /datasets/{layer}.json). The view is kept in the URL:
 // #layer/zoom/lat/lon, the layer being a tile set (sst/2012-08) where it has keys.
+// High-density screens get the layers' HiDPI tiles (@2x) where they have them.
 (function () {
   "use strict";
 
@@ -45,6 +46,21 @@
     return L.latLngBounds([s, b[0]], [n, b[2]]);
   }
 
+  // the tile URL template for this screen: on a high-density screen
+  // (devicePixelRatio 2 or more) the layer's @2x (or @3x) tiles where its
+  // TileJSON offers them ("tiles@2x"), shown at the same CSS size
+  function tileUrl(tj) {
+    var ratio = window.devicePixelRatio || 1;
+    for (var n = 4; n >= 2; n--) {
+      if (ratio >= n && tj["tiles@" + n + "x"]) {
+        document.body.setAttribute("data-scale", String(n));
+        return tj["tiles@" + n + "x"][0];
+      }
+    }
+    document.body.setAttribute("data-scale", "1");
+    return tj.tiles[0];
+  }
+
   function makeLayer(entry, tj) {
     var size = entry.tile_size || 256;
     var options = {
@@ -58,7 +74,7 @@
       maxNativeZoom: tj.maxzoom,
       noWrap: true
     };
-    var layer = L.tileLayer(tj.tiles[0], options);
+    var layer = L.tileLayer(tileUrl(tj), options);
     layer.on("tileload", function () {
       stats.loaded += 1;
       document.body.setAttribute("data-tiles-loaded", String(stats.loaded));
@@ -123,7 +139,7 @@
       return getJSON(choice.tilejson).then(function (tj) {
         layer.tileset = tileset;
         layer.tilejson = tj;
-        layer.setUrl(tj.tiles[0]);
+        layer.setUrl(tileUrl(tj));
         describe();
         keepHash();
       }).catch(function (err) { showMessage("Cannot show " + tileset + ": " + err.message); });

@@ -7,6 +7,7 @@
 --   local ok, status, msg = catalog.check(t)  -- a tile set of a layer with keys:
 --       -- true if the catalog holds that key combination; else nil, 404
 --       -- (it does not) or nil, 503 (the daemon cannot say and nothing is known)
+--   local list, err = catalog.combinations(name)  -- { {v1, ..., vn}, ... } as check knows them
 --   catalog.changed(layer)   -- an ingest changed the layer's datasets (purge)
 --   catalog.serve()          -- GET /datasets/{layer}.json[?KEY=VALUE&limit=N&page=P],
 --                            -- /metadata/{layer}/{v1}/.../{vn}.json,
@@ -32,12 +33,12 @@ local get_method = ngx.req.get_method
 local get_uri_args = ngx.req.get_uri_args
 local match = string.match
 local gmatch = string.gmatch
-local gsub = string.gsub
 local concat = table.concat
 local type = type
 local tonumber = tonumber
 local tostring = tostring
 local pairs = pairs
+local ipairs = ipairs
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -69,19 +70,20 @@ local function fetch_keys(layer)
     if not doc then
         return nil, err
     end
-    local set = {}
-    for _, values in pairs(type(doc.values) == "table" and doc.values or {}) do
+    local set, list = {}, {}
+    for _, values in ipairs(type(doc.values) == "table" and doc.values or {}) do
         if type(values) == "table" then
             set[concat(values, "/")] = true
+            list[#list + 1] = values
         end
     end
     update_time()
-    return { set = set, at = now() }
+    return { set = set, list = list, at = now() }
 end
 
---- See the module comment.
-function _M.check(t)
-    local layer = t.layer.name
+-- what is known of a layer's key combinations, asked again when old or
+-- purged; or nil, err when the daemon cannot say and nothing is known
+local function combinations(layer)
     local k = known[layer]
     update_time()
     local stamp = locks:get("cv|" .. layer)
@@ -90,8 +92,17 @@ function _M.check(t)
         if got then
             known[layer], k = got, got
         elseif not k then
-            return nil, 503, "the catalog cannot be asked: " .. tostring(err)
+            return nil, "the catalog cannot be asked: " .. tostring(err)
         end
+    end
+    return k
+end
+
+--- See the module comment.
+function _M.check(t)
+    local k, err = combinations(t.layer.name)
+    if not k then
+        return nil, 503, err
     end
     if k.set[concat(t.values, "/")] then
         return true
@@ -99,17 +110,17 @@ function _M.check(t)
     return nil, 404, "unknown key combination"
 end
 
+--- The key combinations the catalog holds for a layer with keys: a list of
+-- lists of values (in the catalog's order), or nil, err (as check's 503).
+function _M.combinations(layer)
+    local k, err = combinations(layer)
+    return k and k.list, err
+end
+
 --- See the module comment.
 function _M.changed(layer)
     update_time()
     locks:set("cv|" .. layer, now())
-end
-
--- the base of this server's URLs as the client sees it (nginx-conf's maps)
-local function base_url()
-    local scheme = ngx_var.rpy_scheme or ngx_var.scheme
-    local host = ngx_var.rpy_host or ngx_var.http_host or (ngx_var.server_addr .. ":" .. ngx_var.server_port)
-    return scheme .. "://" .. host .. (ngx_var.rpy_path or "")
 end
 
 local function answer_doc(question, layer, base)
@@ -121,7 +132,7 @@ local function answer_doc(question, layer, base)
         return reply.plain(404, tostring(doc.error or "not found"), nil, layer)
     end
     if base then
-        text = gsub(text, "@RPY_BASE@", (gsub(base_url(), "%%", "%%%%")))
+        text = reply.with_base(text)
     end
     return reply.json(text, layer)
 end

@@ -32,7 +32,9 @@
 --      (renderd.fill);
 --   4. one RENDER per metatile however many requests miss it
 --      (renderd.render): RENDER; the hot cache gets the metatile after the
---      answer;
+--      answer; a request that would start a render counts against its
+--      client's render rate (renderd.throttle): over it, an expired copy
+--      (STALE) or 429 with Retry-After;
 --   5. on BUSY, FAIL, timeout or store errors: an expired hot-cache copy
 --      (STALE), else 503 with Retry-After (renderd.reply).
 -- An empty tile (the renderer stored none there) is a 404 "no tile" with
@@ -43,6 +45,7 @@ local path = require "renderd.path"
 local cache = require "renderd.cache"
 local store = require "renderd.store"
 local render = require "renderd.render"
+local throttle = require "renderd.throttle"
 local fill = require "renderd.fill"
 local catalog = require "renderd.catalog"
 local reply = require "renderd.reply"
@@ -95,27 +98,11 @@ local function serve_expired(t)
     end
 end
 
---- content_by_lua of `location /tiles/`.
-function _M.serve()
-    local rt, layers = runtime.get()
-    if not rt then
-        error("renderd.front.init() was not called (init_by_lua)", 2)
-    end
-    local method = get_method()
-    if method ~= "GET" and method ~= "HEAD" then
-        ngx_header["Allow"] = "GET, HEAD"
-        return reply.plain(405, "method not allowed")
-    end
-    local t, status, msg = path.parse(ngx_var.request_uri, layers)
-    if not t then
-        if status == 400 and find(ngx_var.uri, "%.json$") then
-            return catalog.serve()    -- a tile set's TileJSON
-        end
-        return reply.plain(status, msg)
-    end
+--- Answer with tile t (a checked path.parse result; rt: the runtime
+-- config): steps 1 (the key combination) to 5 of the module comment.
+local function answer(t, rt)
     if #t.values > 0 then
-        local ok
-        ok, status, msg = catalog.check(t)
+        local ok, status, msg = catalog.check(t)
         if not ok then
             if status == 503 then
                 ngx_header["Retry-After"] = tostring(rt.retry_after)
@@ -142,6 +129,14 @@ function _M.serve()
         serve_expired(t)
     end
 
+    if not render.pending(t) then
+        local wait = throttle.take(ngx_var.binary_remote_addr)
+        if wait then
+            metrics.incr("renderd_throttled_total")
+            serve_expired(t)
+            return reply.throttled(t, wait)
+        end
+    end
     local res = render.fetch(t, req_start() + rt.timeout)
     if res.status == "OK" then
         local tile = render.tile(res, t)
@@ -157,6 +152,29 @@ function _M.serve()
              tostring(res.reason))
     serve_expired(t)
     return reply.unavailable(t, res.status == "BUSY" and "render queue full" or "render failed or timed out")
+end
+
+_M.answer = answer
+
+--- content_by_lua of `location /tiles/`.
+function _M.serve()
+    local rt, layers = runtime.get()
+    if not rt then
+        error("renderd.front.init() was not called (init_by_lua)", 2)
+    end
+    local method = get_method()
+    if method ~= "GET" and method ~= "HEAD" then
+        ngx_header["Allow"] = "GET, HEAD"
+        return reply.plain(405, "method not allowed")
+    end
+    local t, status, msg = path.parse(ngx_var.request_uri, layers)
+    if not t then
+        if status == 400 and find(ngx_var.uri, "%.json$") then
+            return catalog.serve()    -- a tile set's TileJSON
+        end
+        return reply.plain(status, msg)
+    end
+    return answer(t, rt)
 end
 
 return _M

@@ -1,4 +1,4 @@
--- renderd.pack: read a metatile pack of the disk store (renderd/store/pack.py,
+-- renderd.pack: read a metatile pack of either store (renderd/store/pack.py,
 -- docs/storage.md). A pack of an n x n metatile with D distinct tiles is,
 -- integers unsigned little-endian, E = 64 + 2 n^2:
 --
@@ -8,8 +8,9 @@
 --   [E, E + 24 D)         record k (from 1): the content hash's 16 bytes, then
 --                         uint32 offset from the start of the file and uint32
 --                         length of the tile's bytes; 0 and 0 = in the shared
---                         pool ({path}/blobs/ab/<hash>)
---   then                  the bytes of the tiles kept in the pack
+--                         pool (disk {path}/blobs/ab/<hash>, Redis {prefix}:pool:<hash>)
+--   then                  the bytes of the tiles kept in the pack (in the Redis
+--                         store's packs each after a copy of its record)
 --
 --   local pack = require "renderd.pack"
 --   local h, err, earlier = pack.header(raw, z, x0, y0, n [, size])

@@ -4,6 +4,7 @@
 --   local path = require "renderd.path"
 --   local t, status, msg = path.parse(raw_uri, layers)
 --   -- t = { layer = <layer table>, tileset = "name" or "name/v1/.../vn",
+--   --       part = "name" or "name@2x" (the tile set's layer part: its scale),
 --   --       values = { v1, ..., vn }, z =, x =, y =, ext =,
 --   --       n =, x0 =, y0 =, mx =, my =, i = <0-based x-major index> }
 --   -- or nil, 400|404, "short reason"
@@ -17,7 +18,9 @@
 -- renderd/tilesets.py); another count of segments is 400. The query string
 -- is ignored (cache busters); percent signs, "..", empty segments,
 -- non-digits, numbers longer than the grid allows, and paths over 256
--- bytes (URIs over 2048 with the query) are 400.
+-- bytes (URIs over 2048 with the query) are 400. A HiDPI tile,
+-- {y}@2x.{ext}, is the tile set "name@2x[/v1/.../vn]"; a scale not in the
+-- layer's `scales` is 404.
 
 local find = string.find
 local sub = string.sub
@@ -73,13 +76,17 @@ local function slow(uri)
         return nil, "not a tile path"
     end
     -- only these bytes may appear at all: no %, no NUL, no "..", no "//"
-    if find(uri, "[^A-Za-z0-9_%-%./]") or find(uri, "..", 1, true) or find(uri, "//", 1, true) then
+    if find(uri, "[^A-Za-z0-9_%-%./@]") or find(uri, "..", 1, true) or find(uri, "//", 1, true) then
         return nil, "malformed tile path"
     end
     local name, rest = match(uri, "^/tiles/([A-Za-z0-9_%-]+)/(.*)$")
-    local prefix, zs, xs, ys, ext
+    local prefix, zs, xs, ys, scale, ext
     if rest then
-        prefix, zs, xs, ys, ext = match(rest, "^(.-)(%d+)/(%d+)/(%d+)%.([a-z0-9]+)$")
+        -- (a HiDPI tile: {y}@2x.{ext}; "@" nowhere else)
+        prefix, zs, xs, ys, scale, ext = match(rest, "^([^@]-)(%d+)/(%d+)/(%d+)@([2-9])x%.([a-z0-9]+)$")
+        if not prefix then
+            prefix, zs, xs, ys, ext = match(rest, "^([^@]-)(%d+)/(%d+)/(%d+)%.([a-z0-9]+)$")
+        end
     end
     if not prefix or (prefix ~= "" and sub(prefix, -1) ~= "/") then
         return nil, "malformed tile path"
@@ -94,7 +101,7 @@ local function slow(uri)
             values[#values + 1] = v
         end
     end
-    return name, zs, xs, ys, ext, values
+    return name, zs, xs, ys, ext, values, tonumber(scale)
 end
 
 --- Whether name is a tile set's name: a layer name, then "/" and a value
@@ -103,6 +110,9 @@ function _M.is_tileset(name)
     local base, rest = match(name, "^([A-Za-z0-9_%-]+)(.*)$")
     if not base or #base > 64 then
         return false
+    end
+    if find(rest, "^@[2-4]x") then      -- a scale (renderd/tilesets.py)
+        rest = sub(rest, 4)
     end
     local n = 0
     for v in gmatch(rest, "/([^/]*)") do
@@ -119,13 +129,13 @@ function _M.parse(uri, layers)
     if not uri or #uri > _M.MAX_REQUEST_URI then
         return nil, 400, "URI too long"
     end
-    local name, zs, xs, ys, ext, rest
+    local name, zs, xs, ys, ext, rest, scale
     local values = NO_VALUES
     if #uri <= _M.MAX_URI then
         name, zs, xs, ys, ext, rest = match(uri, FAST)
     end
     if not name or (rest ~= "" and rest ~= "?") then
-        name, zs, xs, ys, ext, values = slow(uri)
+        name, zs, xs, ys, ext, values, scale = slow(uri)
         if not name then
             return nil, 400, zs
         end
@@ -137,11 +147,18 @@ function _M.parse(uri, layers)
     if not layer then
         return nil, 404, "unknown layer"
     end
-    local tileset = name
+    local part = name
+    if scale then
+        if not (layer.scale_set and layer.scale_set[scale]) then
+            return nil, 404, "scale not configured"
+        end
+        part = name .. "@" .. scale .. "x"
+    end
+    local tileset = part
     if #values ~= #layer.keys then
         return nil, 400, #layer.keys == 0 and "malformed tile path" or "wrong number of key values"
     elseif values ~= NO_VALUES then
-        tileset = name .. "/" .. concat(values, "/")
+        tileset = part .. "/" .. concat(values, "/")
     end
     local z, x, y = tonumber(zs), tonumber(xs), tonumber(ys)
     if z < layer.minzoom or z > layer.maxzoom or z > _M.MAX_ZOOM then
@@ -156,7 +173,7 @@ function _M.parse(uri, layers)
     end
     local n, x0, y0, mx, my, i = _M.metatile(z, x, y, layer.metatile)
     return {
-        layer = layer, tileset = tileset, values = values, z = z, x = x, y = y, ext = ext,
+        layer = layer, tileset = tileset, part = part, values = values, z = z, x = x, y = y, ext = ext,
         n = n, x0 = x0, y0 = y0, mx = mx, my = my, i = i,
     }
 end

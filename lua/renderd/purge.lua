@@ -16,6 +16,10 @@
 -- the next request reads the store (or renders). `renderd-py expire` and
 -- `seed` call it after changing the store (docs/http.md, docs/tools.md).
 --
+-- From another host (the metrics server listens beyond loopback only with
+-- [http] purge_token set), the request must carry that token in the
+-- X-Purge-Token header; else 403.
+--
 -- Answers 200 with JSON {"metatiles": distinct metatiles named,
 -- "tiles": hot-cache entries marked or dropped, "malformed": lines that
 -- are not a tile of the layer's grid}; 400 for an unknown layer or mode,
@@ -41,6 +45,11 @@ local io_open = io.open
 local gmatch = string.gmatch
 local match = string.match
 local gsub = string.gsub
+local find = string.find
+local byte = string.byte
+local bit = require "bit"
+local bor = bit.bor
+local bxor = bit.bxor
 local select = select
 local tonumber = tonumber
 local type = type
@@ -56,6 +65,22 @@ local function answer(status, body)
     ngx_header["Cache-Control"] = "no-store"
     ngx_print(body)
     return ngx_exit(200)
+end
+
+local function loopback(addr)
+    return addr == nil or addr == "unix:" or find(addr, "^127%.") ~= nil or addr == "::1"
+end
+
+-- the token, compared over its whole length whatever the first difference
+local function same(a, b)
+    if type(a) ~= "string" or #a ~= #b then
+        return false
+    end
+    local diff = 0
+    for i = 1, #a do
+        diff = bor(diff, bxor(byte(a, i), byte(b, i)))
+    end
+    return diff == 0
 end
 
 local function body_text()
@@ -87,12 +112,18 @@ function _M.serve()
     if not rt then
         return answer(500, "renderd.front.init() was not called\n")
     end
+    if not loopback(ngx.var.remote_addr) and
+            (rt.purge_token == "" or not same(ngx.req.get_headers()["X-Purge-Token"], rt.purge_token)) then
+        return answer(403, "a purge from another host needs [http] purge_token in X-Purge-Token\n")
+    end
     local args = get_uri_args()
     -- a tile set: the layer's name, and for a layer with keys its values
     local name = type(args.layer) == "string" and args.layer or ""
-    local base, nvalues = match(name, "^([^/]*)"), select(2, gsub(name, "/", ""))
+    local base, nvalues = match(name, "^([^/@]*)"), select(2, gsub(name, "/", ""))
     local layer = layers[base]
-    if not layer or nvalues ~= #layer.keys or not path.is_tileset(name) then
+    local scale = tonumber(match(name, "^[^/@]*@(%d)x"))
+    if not layer or nvalues ~= #layer.keys or not path.is_tileset(name)
+            or (scale and not layer.scale_set[scale]) then
         return answer(400, "unknown layer\n")
     end
     catalog.changed(base)   -- (an ingest purges too: its layer's key combinations are asked for again)

@@ -13,6 +13,7 @@
 --   --   res.x, res.y, res.hash, res.tile (the tile that was asked for)
 --   local tile = render.tile(res, t)            -- {hash, body, rendered} or nil
 --   render.refresh(t)                           -- background re-render, priority 1
+--   render.pending(t)                           -- true: a render of t's metatile is under way
 --
 -- Coalescing: inside a worker the first request for a metatile leads and
 -- the others wait on an ngx.semaphore; across workers the leaders race for
@@ -164,6 +165,13 @@ local function lead(t, key, deadline)
         release(false, t, key, res)
     end
     return res
+end
+
+--- Whether a render of t's metatile is under way (here or in another worker):
+-- a request that waits for it starts no render of its own.
+function _M.pending(t)
+    local key = meta_key(t)
+    return inflight[key] ~= nil or locks:get("r|" .. key) ~= nil
 end
 
 --- Render (or wait for the render of) t's metatile until deadline.

@@ -6,8 +6,11 @@
 --       -- match), or 404 "no tile" for hash nil or index.EMPTY
 --   reply.plain(404, "unknown layer")           -- a short text/plain error
 --   reply.unavailable(t, "render queue full")   -- 503 with Retry-After
+--   reply.throttled(t, wait)                    -- 429 with Retry-After (seconds, rounded up)
 --   reply.json(text, layer)                     -- 200 application/json (catalog documents)
 --   reply.allow_origin(layer)                   -- the CORS header (layer or [http])
+--   reply.with_base(text)                       -- "@RPY_BASE@" replaced by the request's base URL
+--   reply.document(text, content_type)          -- 200, a document of the standard interfaces
 --
 -- Every response is counted by status and X-Cache kind (renderd.metrics)
 -- and ends the request.
@@ -25,6 +28,7 @@ local http_time = ngx.http_time
 local parse_http_time = ngx.parse_http_time
 local HTTP_OK = ngx.HTTP_OK
 local find = string.find
+local gsub = string.gsub
 local tostring = tostring
 
 local _M = { _VERSION = "0.1.0" }
@@ -157,10 +161,39 @@ function _M.json(text, layer)
     return finish(HTTP_OK, text)
 end
 
+-- the base of this server's URLs as the client sees it (nginx-conf's maps)
+local function base_url()
+    local scheme = ngx_var.rpy_scheme or ngx_var.scheme
+    local host = ngx_var.rpy_host or ngx_var.http_host or (ngx_var.server_addr .. ":" .. ngx_var.server_port)
+    return scheme .. "://" .. host .. (ngx_var.rpy_path or "")
+end
+
+--- text with every "@RPY_BASE@" replaced by the base URL of the request
+-- (the placeholder of renderd/nginx/runtime_json.py).
+function _M.with_base(text)
+    return (gsub(text, "@RPY_BASE@", (gsub(base_url(), "%%", "%%%%"))))
+end
+
+--- 200 with a document of the standard interfaces (WMTS capabilities, OGC
+-- API JSON), revalidated by clients, with the [http] CORS header.
+function _M.document(text, content_type)
+    metrics.request(200, nil)
+    ngx_header["Content-Type"] = content_type
+    ngx_header["Cache-Control"] = "no-cache"
+    _M.allow_origin(nil)
+    return finish(HTTP_OK, text)
+end
+
 --- 503 with Retry-After: t cannot be had in time.
 function _M.unavailable(t, why)
     ngx_header["Retry-After"] = retry_after
     return _M.plain(503, "tile " .. t.z .. "/" .. t.x .. "/" .. t.y .. " unavailable: " .. why, nil, t.layer)
+end
+
+function _M.throttled(t, wait)
+    ngx_header["Retry-After"] = math.ceil(wait)
+    return _M.plain(429, "too many renders asked from this address; stored tiles are still served",
+                    nil, t.layer)
 end
 
 return _M

@@ -15,7 +15,10 @@
 --    "broker_connect_timeout": 2, "broker_retry": 1, "status_timeout": 2,
 --    "store_timeout": 1, "store_retry": 2,          -- Redis, per reply / after a failure
 --    "catalog_ttl": 10,              -- seconds a layer's key combinations are kept
+--    "render_rate": 0, "render_burst": 20,   -- renders a client may start per second
+--                                    -- (0: no limit) and ahead of that rate
 --    "cors": "*",                    -- "" for no Access-Control-Allow-Origin
+--    "purge_token": "",              -- what /purge asks of other hosts ("": loopback only)
 --    "dicts": {"tiles": "rpy_tiles", "locks": "rpy_locks", "metrics": "rpy_metrics"},
 --    "store": {"kind": "disk", "path": "/var/cache/renderd-py"}
 --           | {"kind": "redis", "host": "127.0.0.1", "port": 6379, "db": 0,
@@ -24,7 +27,9 @@
 --    "layers": [{"name": "world", "minzoom": 0, "maxzoom": 12, "metatile": 8,
 --                "ext": "png", "content_type": "image/png",
 --                "cache_control": "public, max-age=3600", "cors": "*",
---                "tile_size": 256, "keys": []}]}      -- a raster layer's URL keys
+--                "tile_size": 256, "keys": [],        -- a raster layer's URL keys
+--                "scales": [1, 2]}],                  -- HiDPI: /tiles/.../{y}@2x.{ext}
+--    "docs_dir": "/path"}            -- the WMTS and OGC API documents (renderd.standards)
 
 local cjson = require "cjson.safe"
 local path = require "renderd.path"
@@ -33,6 +38,7 @@ local cache = require "renderd.cache"
 local store = require "renderd.store"
 local client = require "renderd.client"
 local render = require "renderd.render"
+local throttle = require "renderd.throttle"
 local fill = require "renderd.fill"
 local reply = require "renderd.reply"
 local catalog = require "renderd.catalog"
@@ -121,6 +127,13 @@ local function check_layer(l, i)
     for k = 1, #l.keys do
         need(type(l.keys[k]) == "string", where .. "keys must be a list of key names")
     end
+    -- the HiDPI scales served (1 alone when not given)
+    need(l.scales == nil or type(l.scales) == "table", where .. "scales must be a list of scales")
+    l.scale_set = {}
+    for _, n in ipairs(l.scales or { 1 }) do
+        need(n == 1 or n == 2 or n == 3 or n == 4, where .. "scales must be among 1, 2, 3, 4")
+        l.scale_set[n] = true
+    end
     return name
 end
 
@@ -135,8 +148,12 @@ local function check(c)
                            "catalog_ttl" }) do
         number(c, key, "", 0)
     end
+    number(c, "render_rate", "", 0, true)
+    number(c, "render_burst", "", 0, true, true)
     number(c, "retry_after", "", 0, true, true)
     string_(c, "cors", "")
+    string_(c, "purge_token", "")
+    need(c.docs_dir == nil or type(c.docs_dir) == "string", "docs_dir must be a string")
     need(type(c.dicts) == "table", "dicts missing")
     local dicts = {}
     for _, key in ipairs({ "tiles", "locks", "metrics" }) do
@@ -168,6 +185,7 @@ function _M.setup(c)
     metrics.configure(dicts.metrics, c.dicts, c.metrics_interval, c.status_timeout * 1000)
     fill.configure(locks)
     render.configure({ locks = locks, timeout = c.timeout })
+    throttle.configure(locks, c.render_rate, c.render_burst)
     reply.configure({ cors = c.cors, retry_after = c.retry_after })
     catalog.configure({ ttl = c.catalog_ttl, locks = locks, timeout_ms = c.status_timeout * 1000,
                         layers = by_name })

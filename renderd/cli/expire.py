@@ -12,7 +12,7 @@ from .options import config_option, layer_option
 
 @click.command("expire")
 @config_option
-@layer_option()
+@layer_option(every_scale=True)
 @click.argument("path", metavar="[FILE | -]", required=False, default="-")
 @click.option("--min-zoom", "min_zoom", type=int, default=None,
               help="lowest zoom to expire (default: the layer's minzoom)")
@@ -24,38 +24,54 @@ from .options import config_option, layer_option
               help="seconds to wait for one render with --mode render")
 @click.option("--quiet", "-q", is_flag=True, help="print nothing unless something is wrong")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def command(cfg, layer: str, path: str, min_zoom: int | None, mode: str, concurrency: int | None,
+def command(cfg, layers: list[str], path: str, min_zoom: int | None, mode: str, concurrency: int | None,
             timeout: float, quiet: bool, as_json: bool) -> None:
-    """Mark stale, delete or re-render the metatiles of changed tiles."""
-    from ..store import open_store
-    from ..tools.expire import expire, open_input
-    from ..tools.purge import FrontPurge, purge_url
-    from .seed import Interrupts
+    """Mark stale, delete or re-render the metatiles of changed tiles.
 
-    lyr = tilesets.layer_of(cfg, layer)
+    A layer with HiDPI scales: the tile sets of every scale, unless --scale
+    names one (one summary each, a JSON object per line with --json)."""
+    from ..tools.expire import open_input
+
+    lyr = tilesets.layer_of(cfg, layers[0])
     lo = lyr.minzoom if min_zoom is None else min_zoom
     if not lyr.minzoom <= lo <= lyr.maxzoom:
         raise click.BadParameter(f"{lo} is outside the layer's zooms {lyr.minzoom}-{lyr.maxzoom}",
                                  param_hint="--min-zoom")
     stream = open_input(path)
+    try:
+        # (the list is read once; each further scale goes over the same lines)
+        lines = stream if len(layers) == 1 else list(stream)
+        for name in layers:
+            _expire_one(cfg, tilesets.layer_of(cfg, name), lines, lo, mode, concurrency, timeout, quiet,
+                        as_json)
+    finally:
+        if path not in (None, "-"):
+            stream.close()
+
+
+def _expire_one(cfg, lyr, lines, lo: int, mode: str, concurrency: int | None, timeout: float,
+                quiet: bool, as_json: bool) -> None:
+    from ..store import open_store
+    from ..tools.expire import expire
+    from ..tools.purge import front_purge
+    from .seed import Interrupts
+
     # nginx's hot copies: stale with the store's (dirty, render), or gone (delete)
-    front = FrontPurge(purge_url(cfg), lyr.name, "delete" if mode == "delete" else "dirty")
+    front = front_purge(cfg, lyr.name, "delete" if mode == "delete" else "dirty")
     try:
         with open_store(cfg.store) as store, Interrupts() as stop:
-            summary = expire(store, lyr.name, stream, (lo, lyr.maxzoom), mode, meta=lyr.metatile,
+            summary = expire(store, lyr.name, iter(lines), (lo, lyr.maxzoom), mode, meta=lyr.metatile,
                              endpoint=cfg.daemon.broker,
                              concurrency=concurrency or max(4, 2 * cfg.daemon.workers),
                              timeout=timeout, stop=stop, changed=front.add)
     finally:
         front.close()
-        if path not in (None, "-"):
-            stream.close()
     if as_json:
         click.echo(json.dumps({**summary.as_dict(), "hot_cache": front.report()}))
     elif not quiet:
         for line in summary.lines_out():
             click.echo(line)
-        if front.url is not None and front.error is None:
+        if front.nodes and front.error is None:
             click.echo(front.line())
     if front.warning():
         click.echo(f"renderd-py: {front.warning()}", err=True)

@@ -32,7 +32,7 @@ def command(cfg, pattern: str, collection: str, skip_existing: bool, no_stats: b
     from ..tilesets import valid_key_value
     from ..tools.ingest import Restale, check_files, ingest, ingested_files
     from ..tools.progress import Progress
-    from ..tools.purge import FrontPurge, purge_url
+    from ..tools.purge import front_purge, purge_urls
 
     if not valid_key_value(collection):
         raise click.BadParameter(f"{collection!r} is not [A-Za-z0-9_.-]{{1,64}} (nor . or ..)",
@@ -45,9 +45,8 @@ def command(cfg, pattern: str, collection: str, skip_existing: bool, no_stats: b
         except CatalogMissing:
             pass
     files = check_files(pattern, known)   # every header, before anything is written
-    url = purge_url(cfg)
     restale = Restale(cfg.layers, collection, lambda: open_store(cfg.store),
-                      None if url is None else (lambda ts: FrontPurge(url, ts, "dirty", announce=True)))
+                      (lambda ts: front_purge(cfg, ts, "dirty", announce=True)) if purge_urls(cfg) else None)
     progress = Progress(len(files), label="files", enabled=not (quiet or as_json))
     try:
         with open_catalog(cfg.catalog.url) as catalog:

@@ -22,6 +22,7 @@ from ..exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 COMMANDS = {
     "serve": "serve",
     "worker": "worker",
+    "keygen": "keygen",
     "up": "up",
     "nginx-conf": "nginx_conf",
     "render": "render",

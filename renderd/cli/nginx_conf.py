@@ -24,13 +24,30 @@ from .options import config_option
               help="user (and group) of nginx's worker processes when started as root "
                    "(default: [http] user, else www-data or nobody if they can read what nginx "
                    "serves, else root)")
-def command(cfg, outdir, site, prefix, user):
+@click.option("--router", "router", metavar="NODE,...", default=None,
+              help="instead, a router on [http] listen that sends each metatile's tiles to one of "
+                   "these cache nodes (HOST:PORT of each node's nginx) by consistent hashing")
+def command(cfg, outdir, site, prefix, user, router):
     """Print the nginx configuration for CONFIG, or write it with -o DIR.
 
     A whole nginx.conf runs our own nginx in the foreground:
     `nginx -p PREFIX -c PREFIX/nginx.conf` (what `renderd-py up` does).
     With --site, a file for Debian's stock nginx to include instead.
+    With --router, an nginx in front of several nodes (docs/http.md).
     """
+    if router is not None:
+        if site:
+            raise click.UsageError("--router writes a whole nginx.conf, not --site")
+        nodes = nginx.parse_nodes(router)
+        if outdir:
+            if prefix and click.format_filename(prefix) != click.format_filename(outdir):
+                raise click.UsageError("with -o, the router keeps everything in DIR; leave out --prefix")
+            path = nginx.write_router(cfg, nodes, outdir, user=user)
+            click.echo(f"wrote {path}; run: nginx -p {path.parent} -c {path}", err=True)
+        else:
+            click.echo(nginx.render_router(cfg, nodes, prefix or nginx.default_prefix(cfg), user=user),
+                       nl=False)
+        return
     if site:
         if prefix or user:
             raise click.UsageError("--prefix and --user apply to a whole nginx.conf, not --site")

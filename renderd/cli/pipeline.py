@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from typing import Any
 
 import click
 
 from ..exitcodes import EXIT_INTERRUPTED
+from .seed import Interrupts
 
 
 def _config(ctx: click.Context, path: str | None, pipeline: Any) -> Any:
@@ -59,28 +59,20 @@ def check(ctx: click.Context, config_path: str | None, file: str) -> None:
         click.echo(f"  {stage.label} gives {what}")
 
 
-class _Interrupts:
-    """First Ctrl-C (or TERM): the pipeline stops cleanly; a second one quits now."""
+class _Interrupts(Interrupts):
+    """First Ctrl-C (or TERM): the pipeline stops cleanly; a second one quits now
+    (seed's handlers, with the pipeline's own stop and a note to the user)."""
 
     def __init__(self, stop: Any, note: Any) -> None:
+        super().__init__()
         self.stop = stop
         self.note = note
-        self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.stop.is_set():
             raise KeyboardInterrupt
         self.note("stopping: finishing what is in hand (Ctrl-C again to quit now)")
         self.stop.interrupt()
-
-    def __enter__(self) -> "_Interrupts":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 @command.command("run")

@@ -11,7 +11,7 @@ import click
 from .. import tilesets
 from ..errors import RenderdError, TileError
 from ..tilemath import check_tile
-from .options import config_option
+from .options import config_option, scale_option
 
 
 @click.command("render", context_settings={"ignore_unknown_options": True})
@@ -23,8 +23,10 @@ from .options import config_option
               help="where to write the tile ('-' for standard output)")
 @click.option("--key", "key_values", multiple=True, metavar="KEY=VALUE",
               help="a raster layer's key value (once per key of the layer)")
+@scale_option
 @config_option
-def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tuple[str, ...]) -> None:
+def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tuple[str, ...],
+            scale: int | None) -> None:
     """Render tile Z/X/Y of LAYER in this process and write it to FILE.
 
     The whole metatile holding the tile is rendered, with the layer's buffer,
@@ -32,8 +34,8 @@ def command(cfg, layer: str, z: int, x: int, y: int, output: str, key_values: tu
     development and debugging. A raster layer reads its datasets from the
     [catalog]; give each of its keys with --key KEY=VALUE.
     """
-    # LAYER with --key KEY=VALUE per key, or a tile set named LAYER/VALUE/...
-    lyr = tilesets.layer_of(cfg, tilesets.from_options(cfg, layer, key_values)
+    # LAYER with --key KEY=VALUE per key (and --scale), or a tile set named LAYER/VALUE/...
+    lyr = tilesets.layer_of(cfg, tilesets.from_options(cfg, layer, key_values, scale or 1)
                             if key_values or "/" not in layer else layer)
     try:
         check_tile(z, x, y, lyr.minzoom, lyr.maxzoom)

@@ -67,7 +67,7 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
     from ..store import open_store
     from ..tools.area import Area
     from ..tools.progress import Progress
-    from ..tools.purge import FrontPurge, purge_url
+    from ..tools.purge import front_purge
     from ..tools.seed import SeedOptions, parse_older_than, seed
 
     lyr = tilesets.layer_of(cfg, layer)
@@ -82,7 +82,7 @@ def command(cfg, layer: str, zoom: str, bbox: str | None, area: str | None,
                        timeout=timeout, max_failures=max_failures, grace=grace)
     progress = Progress(0, "metatiles", enabled=not quiet)
     # nginx's hot copies of metatiles rendered again are dropped
-    front = FrontPurge(purge_url(cfg), lyr.name, "delete")
+    front = front_purge(cfg, lyr.name, "delete")
     try:
         with open_store(cfg.store) as store, Interrupts() as stop:
             summary = seed(store, cfg.daemon.broker, lyr.name, region, zooms, opts,

@@ -103,7 +103,7 @@ def daemon_program(cfg: Config) -> Program:
         with Client(endpoint, timeout=1.0) as c:
             if not c.ping(1.0):
                 return False
-            return c.status(1.0)["workers"]["total"] >= cfg.daemon.workers
+            return c.status(1.0)["workers"]["total"] >= cfg.daemon.processes
 
     return Program("renderd", [sys.executable, "-m", "renderd.cli.main", "serve", "-c", str(cfg.path)],
                    ready=ready, ready_timeout=60.0,

@@ -44,9 +44,10 @@ def nginx_listen(host: str, port: int) -> str:
 def metrics_listen(cfg: Config) -> str:
     host, port = split_hostport(cfg.http.metrics)
     host = host or "127.0.0.1"
-    if not is_loopback(host):
+    if not is_loopback(host) and not cfg.http.purge_token:
         raise UsageError(f"http.metrics: {cfg.http.metrics!r} is not a loopback address "
-                         "(metrics are served on 127.0.0.1, ::1 or localhost only)")
+                         "(metrics and purges are served on 127.0.0.1, ::1 or localhost only, "
+                         "unless [http] purge_token is set)")
     return nginx_listen(host, port)
 
 

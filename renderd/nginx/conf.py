@@ -33,6 +33,7 @@ from ..config import Config
 from ..errors import UsageError
 from .addresses import metrics_listen, nginx_listen, resolver_directive, split_hostport
 from .runtime_json import RUNTIME_JSON, layers_index, runtime, tilejson
+from .standards import WMTS_CAPABILITIES, ogcapi_documents, wmts_capabilities
 from .user import USER_RE, worker_user
 
 SHARE_DIRS = ("/usr/share/renderd-py",)
@@ -117,6 +118,8 @@ def http_block(cfg: Config, paths: Paths, access_log: str, extra_locations: str 
         "runtime_json": _path(paths.runtime_json, "the runtime JSON"),
         "cache_size": nginx_size(cfg.http.cache_size),
         "resolver": resolver_directive(cfg),
+        "real_ip": "".join(f"set_real_ip_from {a};\n" for a in cfg.http.real_ip_from)
+                   + ("real_ip_header X-Forwarded-For;\nreal_ip_recursive on;\n" if cfg.http.real_ip_from else ""),
         "listen": nginx_listen(host, port),
         "metrics_listen": metrics_listen(cfg),
         "access_log": access_log,
@@ -156,10 +159,16 @@ def render_conf(cfg: Config, prefix: str | os.PathLike[str], *, lua_dir: str | N
     note = "nginx-conf --user"
     if user is None and os.geteuid() == 0:
         user, note = worker_user(cfg, paths)
-    if user is not None and not re.fullmatch(USER_RE, user):
-        raise UsageError(f"{user!r} is not a user name")
     http = http_block(cfg, paths, access_log or f"{prefix}/logs/access.log rpy buffer=64k flush=1s",
                       extra_locations)
+    return nginx_frame(cfg, prefix, http, user=user, note=note, error_level=error_level)
+
+
+def nginx_frame(cfg: Config, prefix: str, http: str, *, user: str | None, note: str,
+                error_level: str = "warn") -> str:
+    """A whole nginx.conf around the http-level part ``http``, its files under ``prefix``."""
+    if user is not None and not re.fullmatch(USER_RE, user):
+        raise UsageError(f"{user!r} is not a user name")
     return fill(_template("nginx.conf.tmpl"), {
         "config": cfg.path or "the built-in defaults",
         "prefix": prefix,
@@ -204,22 +213,37 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_support(cfg: Config, conf_dir: str | os.PathLike[str]) -> list[Path]:
-    """The runtime JSON, ``layers.json`` and one TileJSON per layer."""
-    d = Path(conf_dir)
-    (d / "tilejson").mkdir(parents=True, exist_ok=True)
-    out = [d / RUNTIME_JSON, d / "layers.json"]
-    _write(out[0], json.dumps(runtime(cfg), indent=2) + "\n")
-    _write(out[1], json.dumps(layers_index(cfg), indent=2) + "\n")
-    names = set()
-    for lyr in cfg.layers:
-        p = d / "tilejson" / f"{lyr.name}.json"
-        _write(p, json.dumps(tilejson(cfg, lyr), indent=2) + "\n")
-        names.add(p.name)
+def _write_tree(d: Path, files: dict[str, str]) -> list[Path]:
+    """Write ``files`` (relative path: text) under ``d``, and remove the
+    other ``.json`` files there (of layers removed from the configuration)."""
+    out = []
+    for rel, text in files.items():
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _write(p, text)
         out.append(p)
-    for old in (d / "tilejson").glob("*.json"):   # layers removed from the configuration
-        if old.name not in names:
+    for old in d.rglob("*.json"):
+        if old not in out:
             old.unlink()
+    return out
+
+
+def _json(doc: Any) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write_support(cfg: Config, conf_dir: str | os.PathLike[str]) -> list[Path]:
+    """The runtime JSON, ``layers.json``, one TileJSON per layer, and the
+    documents of the WMTS and OGC API - Tiles interfaces (renderd/nginx/standards.py)."""
+    d = Path(conf_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    out = [d / RUNTIME_JSON, d / "layers.json", d / WMTS_CAPABILITIES]
+    _write(out[0], _json(runtime(cfg, docs_dir=str(d))))
+    _write(out[1], _json(layers_index(cfg)))
+    out[2].parent.mkdir(parents=True, exist_ok=True)
+    _write(out[2], wmts_capabilities(cfg))
+    out += _write_tree(d / "tilejson", {f"{lyr.name}.json": _json(tilejson(cfg, lyr)) for lyr in cfg.layers})
+    out += _write_tree(d / "ogcapi", {f"{rel}.json": _json(doc) for rel, doc in ogcapi_documents(cfg).items()})
     return out
 
 

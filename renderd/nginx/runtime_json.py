@@ -7,8 +7,9 @@ from a configuration option (``renderd/config.py``), so the front has no
 defaults of its own. Top-level keys: ``broker``, ``timeout``, ``hot_ttl``,
 ``retry_after``, ``log_interval``, ``metrics_interval``,
 ``broker_connect_timeout``, ``broker_retry``, ``status_timeout``,
-``store_timeout``, ``store_retry``, ``cors``, ``dicts``, ``store`` (``kind``
-and what that kind needs) and ``layers``.
+``store_timeout``, ``store_retry``, ``catalog_ttl``, ``render_rate``,
+``render_burst``, ``purge_token``, ``cors``, ``dicts``, ``store`` (``kind``
+and what that kind needs), ``layers`` and ``docs_dir``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ RUNTIME_JSON = "renderd-py.json"
 #: the [http] options the Lua front reads, under their own names
 FRONT_OPTIONS = ("timeout", "hot_ttl", "retry_after", "log_interval", "metrics_interval",
                  "broker_connect_timeout", "broker_retry", "status_timeout", "store_timeout",
-                 "store_retry", "catalog_ttl", "cors")
+                 "store_retry", "catalog_ttl", "render_rate", "render_burst", "purge_token", "cors")
 
 
 def front_options(http: HttpConfig) -> dict[str, Any]:
@@ -40,18 +41,21 @@ def layer_runtime(cfg: Config, lyr: LayerConfig) -> dict[str, Any]:
             "metatile": lyr.metatile, "ext": lyr.ext, "content_type": lyr.content_type,
             "cache_control": lyr.cache_control or cfg.http.cache_control,
             "cors": cfg.http.cors if lyr.cors is None else lyr.cors,
-            "tile_size": lyr.tile_size, "keys": list(lyr.keys)}
+            "tile_size": lyr.tile_size, "keys": list(lyr.keys), "scales": list(lyr.scales)}
 
 
-def runtime(cfg: Config) -> dict[str, Any]:
-    """The runtime JSON read by ``require("renderd.front").init(path)``."""
+def runtime(cfg: Config, docs_dir: str = "") -> dict[str, Any]:
+    """The runtime JSON read by ``require("renderd.front").init(path)``;
+    ``docs_dir``: where the WMTS and OGC API documents are (written beside
+    it by ``write_support``; "" for none)."""
     if cfg.store.kind == "disk":
         store: dict[str, Any] = {"kind": "disk", "path": cfg.store.path}
     else:
         from ..store.redis_scripts import META_SCRIPT   # the hot-cache fill's script, run by nginx
         store = {**redis_settings(cfg.store.url, cfg.store.prefix), "meta_script": META_SCRIPT}
     return {"broker": broker_address(cfg.daemon.broker), **front_options(cfg.http), "store": store,
-            "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers], "dicts": dict(DICTS)}
+            "layers": [layer_runtime(cfg, lyr) for lyr in cfg.layers], "dicts": dict(DICTS),
+            "docs_dir": docs_dir}
 
 
 def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dict[str, Any]:
@@ -70,6 +74,10 @@ def tilejson(cfg: Config, lyr: LayerConfig, base: str = BASE_PLACEHOLDER) -> dic
         "tilejson": "3.0.0",
         "name": lyr.name,
         "tiles": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}.{lyr.ext}"],
+        # HiDPI: the same tiles at each further scale ([[layer]] scales), as
+        # "tiles@2x" and so on (not in TileJSON 3.0.0, which ignores other keys)
+        **{f"tiles@{n}x": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}@{n}x.{lyr.ext}"]
+           for n in lyr.scales if n > 1},
         "scheme": "xyz",
         "minzoom": lyr.minzoom,
         "maxzoom": lyr.maxzoom,
@@ -90,5 +98,6 @@ def layers_index(cfg: Config) -> dict[str, Any]:
     return {"layers": [{"name": lyr.name, "tilejson": f"tiles/{lyr.name}.json",
                         "tile_size": lyr.tile_size, "minzoom": lyr.minzoom,
                         "maxzoom": lyr.maxzoom, "description": lyr.description,
+                        "scales": list(lyr.scales),
                         **({"keys": list(lyr.keys)} if lyr.keys else {})}
                        for lyr in cfg.layers]}

@@ -28,7 +28,7 @@ import shapely
 from shapely.geometry import box
 
 from ..tilemath import Meta, tile_range
-from ..tools.area import WORLD, Area, _lat, _lon
+from ..tools.area import MAX_LAT, Area, _lat, _lon
 
 Bounds = tuple[float, float, float, float]
 
@@ -51,12 +51,13 @@ def union_area(bounds: list[Bounds], source: str = "the datasets' bounds") -> Ar
     Web Mercator world)."""
     if not bounds:
         return None
-    geom = shapely.union_all([bounds_geometry(b) for b in bounds]).intersection(WORLD)
+    geom = shapely.union_all([bounds_geometry(b) for b in bounds]).intersection(
+        box(-180.0, -MAX_LAT, 180.0, MAX_LAT))
     if geom.is_empty or geom.area == 0:
         return None
     w, s, e, n = geom.bounds
     from ..tilemath import BBox
-    return Area(BBox(w, s, e, n), geom, source)
+    return Area(BBox(w, s, e, n), source, _geometry=geom)
 
 
 def in_plan(area: Area, z: int, metas: list[Meta], boxes=None) -> np.ndarray:

@@ -31,6 +31,7 @@ each stage says what it skipped.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import time
@@ -152,7 +153,7 @@ def lonlat_bounds(crs: str | None, transform: tuple[float, ...] | None, width: i
 
 # --- the stages -----------------------------------------------------------------
 
-class Base:
+class Base(abc.ABC):
     unit = "items"
     queue_size = 4
 
@@ -182,14 +183,16 @@ class Base:
     def fail(self, message: str, usage: bool = True) -> RenderdError:
         return (PipelineError if usage else RenderdError)(f"{self.label}: {message}")
 
+    @abc.abstractmethod
     def prepare(self, before: "Base | None") -> None:
-        raise NotImplementedError
+        """Check everything this stage needs before any stage runs (one line on failure)."""
 
     def plan(self) -> list[str]:
         return []
 
+    @abc.abstractmethod
     def run(self, inbox: Inbox, outbox: Outbox) -> None:
-        raise NotImplementedError
+        """Take the stage before's items from ``inbox``, give its own to ``outbox``."""
 
     def lines(self) -> list[str]:
         return []
@@ -498,14 +501,13 @@ class WriteCatalog(Base):
         from ..catalog import open_catalog
         from ..store import open_store
         from ..tools.ingest import Restale, ingest_iter
-        from ..tools.purge import FrontPurge, purge_url
+        from ..tools.purge import front_purge, purge_urls
 
         t0 = time.monotonic()
         cfg = self.env.cfg
         collection = self.stage["collection"]
-        url = purge_url(cfg)
         restale = Restale(cfg.layers, collection, lambda: open_store(cfg.store),
-                          None if url is None else (lambda ts: FrontPurge(url, ts, "dirty", announce=True)))
+                          (lambda ts: front_purge(cfg, ts, "dirty", announce=True)) if purge_urls(cfg) else None)
         fed: deque[Raster] = deque()
 
         def files():
@@ -587,8 +589,7 @@ def _given_area(stage: Stage) -> Area | None:
         return stage["area"]
     b = stage.get("bbox")
     if b is not None:
-        from shapely.geometry import box
-        return Area(BBox(*b), box(*b), f"bbox {stage.raw['bbox']}", is_box=True)
+        return Area(BBox(*b), f"bbox {stage.raw['bbox']}", is_box=True)
     return None
 
 
@@ -598,8 +599,9 @@ class Tiles(Base):
     unit = "metatiles"
     queue_size = 256
 
+    @abc.abstractmethod
     def tileset_plan(self) -> list[tuple[str, Area | None]]:
-        raise NotImplementedError
+        """The tile sets this stage will give, each with its area (None: every stored metatile)."""
 
 
 class Pyramid(Tiles):
@@ -665,7 +667,7 @@ class Pyramid(Tiles):
         return out
 
     def run(self, inbox: Inbox, outbox: Outbox) -> None:
-        from ..tools.purge import FrontPurge, purge_url
+        from ..tools.purge import FrontPurge, front_purge
         from ..tools.seed import SeedEvent, SeedOptions, SeedSummary, Seeder
 
         t0 = time.monotonic()
@@ -674,12 +676,11 @@ class Pyramid(Tiles):
                            timeout=st["timeout"])
         self.summary = s = SeedSummary(lyr.name, self.zooms)
         s.metatiles = self.progress.total
-        url = purge_url(cfg)
         fronts: dict[str, FrontPurge] = {}
 
         def changed(ts: str, m: Meta) -> None:
             if ts not in fronts:
-                fronts[ts] = FrontPurge(url, ts, "delete")
+                fronts[ts] = front_purge(cfg, ts, "delete")
             fronts[ts].add(m)
 
         events: list[SeedEvent] = []

@@ -139,6 +139,19 @@ def tile_pixel_hashes(pixels: np.ndarray, meta: Meta, tile_size: int) -> list[by
     return out
 
 
+def view_pixel_hashes(image: Any, meta: Meta, tile_size: int, margin: int = 0) -> list[bytes]:
+    """The digests of ``tile_pixel_hashes`` for a ``mapnik.Image``, read tile
+    by tile through views (no copy of the whole image: a third of the time).
+    A solid image (an empty metatile: common where data is sparse) is hashed
+    once; ``is_solid`` stops at the first pixel that differs."""
+    n = meta.n
+    if image.is_solid():
+        return [xxhash.xxh3_128_digest(image.view(margin, margin, tile_size, tile_size).to_string())] * (n * n)
+    return [xxhash.xxh3_128_digest(image.view(margin + dx * tile_size, margin + dy * tile_size,
+                                              tile_size, tile_size).to_string())
+            for dx in range(n) for dy in range(n)]
+
+
 def encode_metatile(image: Any, meta: Meta, fmt: str, tile_size: int = 256, *, margin: int = 0,
                     draw_seconds: float = 0.0, memo: EncodeMemo | None = MEMO) -> MetatileResult:
     """Split ``image`` (a metatile of ``meta.n`` x ``meta.n`` tiles) and encode its tiles.
@@ -149,17 +162,19 @@ def encode_metatile(image: Any, meta: Meta, fmt: str, tile_size: int = 256, *, m
     ``None`` to encode every distinct tile of this metatile afresh.
     """
     t0 = time.perf_counter()
-    pixels = pixels_of(image)
     side = meta.n * tile_size
     full = side + 2 * margin
-    if pixels.shape[0] != full or pixels.shape[1] != full:
-        raise RenderError(f"metatile {meta} image is {pixels.shape[1]}x{pixels.shape[0]}, "
-                          f"expected {full}x{full}")
-    if margin:
-        pixels = pixels[margin:margin + side, margin:margin + side]
-    digests = tile_pixel_hashes(pixels, meta, tile_size)
+    numpy_input = isinstance(image, np.ndarray)
+    width, height = (image.shape[1], image.shape[0]) if numpy_input else (image.width(), image.height())
+    if width != full or height != full:
+        raise RenderError(f"metatile {meta} image is {width}x{height}, expected {full}x{full}")
+    if numpy_input:
+        pixels = pixels_of(image)[margin:margin + side, margin:margin + side]
+        digests = tile_pixel_hashes(pixels, meta, tile_size)
+    else:
+        digests = view_pixel_hashes(image, meta, tile_size, margin)
     # a numpy input is handed to Mapnik one distinct tile at a time
-    mimage = None if isinstance(image, np.ndarray) else image
+    mimage = None if numpy_input else image
 
     def encode_one(i: int) -> bytes:
         x, y = (i // meta.n) * tile_size, (i % meta.n) * tile_size

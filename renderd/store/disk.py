@@ -47,8 +47,8 @@ from typing import BinaryIO, Callable, Iterator, TypeVar
 from .. import tilesets
 from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
-from .base import HASH_RE, LAYER_RE, GCStats, Store, StoredTile, check_layer, check_put
-from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex, content_hash
+from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
+from .index import EMPTY, HEADER_SIZE, MAGIC, STALE_OFFSET, MetaIndex
 from .pack import PACK_MAGIC, POOL, Pack, decode_pack, encode_pack, head_of
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class DiskStore(Store):
                             walk(e.path, child, depth + 1)
 
         for e in _scandir(self.tiles_dir):
-            if LAYER_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+            if tilesets.is_valid(e.name) and e.is_dir(follow_symlinks=False):   # (world, world@2x)
                 walk(e.path, e.name, 0)
         return sorted(out)
 
@@ -425,10 +425,7 @@ class DiskStore(Store):
             with self._open(path) as f:
                 old = None if f is None else self._head(f, path, index.meta, whole=True)
             if old is not None:
-                pack, raw = old
-                for h, (off, size) in pack.inline().items():
-                    if h in lacking and content_hash(raw[off:off + size]) == h:
-                        out[h] = raw[off:off + size]
+                out.update(old[0].tiles_from(old[1], lacking))
         for h in lacking:
             if h not in out:
                 raise StoreError(f"blob {h} of {index.meta} is neither stored nor given")

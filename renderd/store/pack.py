@@ -1,4 +1,5 @@
-"""The pack: one metatile of the disk store in one file (docs/storage.md).
+"""The pack: one metatile in one file of the disk store, or one or two
+strings of the Redis store (docs/storage.md).
 
 The mirror of ``lua/renderd/pack.lua``, which reads it in nginx. A pack of an
 ``n x n`` metatile with ``D`` distinct tiles is, integers unsigned
@@ -10,8 +11,9 @@ little-endian, ``E = 64 + 2 n²``::
     [E, E + 24 D)         record k (from 1): the content hash's 16 bytes, then
                           uint32 offset from the start of the file and uint32
                           length of the tile's bytes; 0 and 0 = in the shared
-                          pool ({path}/blobs/ab/<hash>)
-    then                  the bytes of the tiles kept in the pack
+                          pool (disk {path}/blobs/ab/<hash>, Redis {prefix}:pool:<hash>)
+    then                  the bytes of the tiles kept in the pack (each right after
+                          a copy of its record in the Redis store's packs)
 
 The header is ``MetaIndex.header(PACK_MAGIC, " %04d" % D)``, so the stale
 byte is at offset 6 as in the index. Entry ``i`` is tile
@@ -38,7 +40,7 @@ the hash of another record, or a location other than 0/0 does not lie in
 ``[E + 24 D, size)``. Another magic is not a pack (``RPYI1 `` is the ASCII
 format of earlier versions: nothing converts it, the metatile is rendered
 again). Which tiles a writer keeps in the pack is its choice, not part of
-the format (renderd/store/disk.py).
+the format (renderd/store/disk.py, renderd/store/redis.py: the same policy).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import StoreError
-from .index import EMPTY, HEADER_SIZE, MAGIC, MetaIndex, decode_header
+from .index import EMPTY, HEADER_SIZE, MAGIC, MetaIndex, content_hash, decode_header
 
 #: A pack's magic and format version; ``MAGIC`` (the ASCII index) is the previous format.
 PACK_MAGIC = b"RPYP2 "
@@ -69,20 +71,24 @@ def head_size(n: int, count: int) -> int:
     return HEADER_SIZE + ENTRY.size * n * n + RECORD.size * count
 
 
-def encode_pack(index: MetaIndex, inline: dict[str, bytes]) -> bytes:
+def encode_pack(index: MetaIndex, inline: dict[str, bytes], marked: bool = False) -> bytes:
     """The pack of ``index`` with the tiles of ``inline`` inside; every other
-    non-empty hash of the index is in the pool."""
+    non-empty hash of the index is in the pool. ``marked``: each tile's
+    bytes come right after a copy of its record (the Redis store's packs:
+    a reader of one range checks it there)."""
     unique = index.unique()
     number = {h: k for k, h in enumerate(unique, 1)}
     offset = head_size(index.meta.n, len(unique))
     records, body = [], []
     for h in unique:
         data = inline.get(h)
-        where = POOL if data is None else (offset, len(data))
-        if data is not None:
-            body.append(data)
-            offset += len(data)
-        records.append(RECORD.pack(bytes.fromhex(h), *where))
+        if data is None:
+            records.append(RECORD.pack(bytes.fromhex(h), *POOL))
+            continue
+        offset += RECORD.size if marked else 0
+        records.append(RECORD.pack(bytes.fromhex(h), offset, len(data)))
+        body += [records[-1], data] if marked else [data]
+        offset += len(data)
     if offset > MAX_PACK:
         raise StoreError(f"the pack of {index.meta} would have {offset} bytes, more than a pack can hold")
     entries = struct.pack(f"<{len(index.hashes)}H", *(number.get(h, 0) for h in index.hashes))
@@ -101,6 +107,15 @@ class Pack:
         """Distinct non-empty hashes the pack leaves to the pool, in index order."""
         return list(dict.fromkeys(h for h, loc in zip(self.index.hashes, self.locations)
                                   if loc == POOL and h != EMPTY))
+
+    def tiles_from(self, raw: bytes, wanted) -> dict[str, bytes]:
+        """The bytes of the ``wanted`` tiles that this pack, whose bytes are
+        ``raw``, keeps inside (those that hash to their entry)."""
+        out = {}
+        for h, (off, size) in self.inline().items():
+            if h in wanted and content_hash(raw[off:off + size]) == h:
+                out[h] = raw[off:off + size]
+        return out
 
     def inline(self) -> dict[str, tuple[int, int]]:
         """Where each distinct tile kept in the pack is: hash -> (offset, length)."""

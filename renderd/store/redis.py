@@ -1,16 +1,22 @@
-"""The Redis store: indexes, blobs and reference counts as Redis strings.
+"""The Redis store: one pack per metatile, a pool of repeated tiles with their counts.
 
 Keys (docs/storage.md)::
 
-    {prefix}:idx:{layer}:{z}:{mx}:{my}   MetaIndex.encode() bytes
-    {prefix}:blob:{hash}                 encoded tile bytes
-    {prefix}:ref:{hash}                  how many indexes name the blob (integer)
+    {prefix}:pk:{layer}:{z}:{mx}:{my}    the metatile's pack (renderd/store/pack.py), or its first bytes
+    {prefix}:pt:{layer}:{z}:{mx}:{my}    the rest of the pack, when it is cut in two (see ``split_point``)
+    {prefix}:pool:{hash}                 a repeated tile: how many packs name it (uint32 LE), then its bytes
 
-Every change of an index is one server-side Lua script that also moves the
-reference counts and creates or deletes blobs, so counts are exact at every
-moment and a blob goes exactly when the last index naming it goes. The
+The pack is the disk store's format, each tile inside it right after a copy
+of its record (so that nginx reads a tile's range and checks it in one
+command), with the same writer policy: a tile that occurs twice or more in
+the metatile, or that the pool has already, goes to the pool; every other
+tile is inside the pack. Every
+change of a pack is one server-side Lua script that also moves the pool's
+counts and creates or deletes pool entries, so counts are exact at every
+moment and an entry goes exactly when the last pack naming it goes. The
 scripts, and who runs which (nginx runs ``META_SCRIPT``), are in
-renderd/store/redis_scripts.py.
+renderd/store/redis_scripts.py. Keys of the earlier layout (``idx:``,
+``blob:``, ``ref:``) are not read.
 Single Redis instance only (scripts touch keys they compute); the server must
 not evict keys (``maxmemory-policy noeviction``).
 """
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import islice
-from typing import Iterator
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -31,8 +37,19 @@ from ..errors import StoreError
 from ..tilemath import Meta, Tile, metatile_of, tile_index
 from .base import HASH_RE, GCStats, Store, StoredTile, check_layer, check_put
 from .index import EMPTY, HASH_HEX, HEADER_SIZE, MetaIndex, decode_header
-from .redis_scripts import (DELETE_SCRIPT, GC_BEGIN_SCRIPT, GC_COUNT_SCRIPT, GC_END_SCRIPT, GC_FIX_SCRIPT,
-                            META_SCRIPT, PUT_SCRIPT, STALE_SCRIPT, TILE_SCRIPT)
+from .pack import PACK_MAGIC, Pack, decode_pack, encode_pack, head_size
+from .redis_scripts import (
+    DELETE_SCRIPT,
+    GC_BEGIN_SCRIPT,
+    GC_COUNT_SCRIPT,
+    GC_END_SCRIPT,
+    GC_FIX_SCRIPT,
+    HEADS_SCRIPT,
+    META_SCRIPT,
+    PUT_SCRIPT,
+    STALE_SCRIPT,
+    TILE_SCRIPT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +57,63 @@ log = logging.getLogger(__name__)
 BATCH = 500
 #: A collection that stops renewing its lease for this long is abandoned.
 GC_LEASE_MS = 60_000
+#: A pool entry's count in front of its bytes.
+COUNT_BYTES = 4
+#: Packs shorter than this are never cut in two.
+SPLIT_MIN = 4096
+#: What one more key costs the server, about (its dict entry, object and name).
+KEY_COST = 96
+
+
+def _size_class(n: int) -> int:
+    """The allocation jemalloc (Redis's allocator) makes for ``n`` bytes:
+    16-byte steps to 128, then four classes per doubling."""
+    if n <= 8:
+        return 8
+    if n <= 128:
+        return -(-n // 16) * 16
+    step = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+def _sds_header(n: int) -> int:
+    """Bytes Redis adds to a string of ``n`` bytes (header and NUL)."""
+    return 4 if n < 256 else 6 if n < 65536 else 10
+
+
+def _string_memory(n: int) -> int:
+    return _size_class(n + _sds_header(n))
+
+
+def split_point(size: int, head: int) -> int:
+    """Where to cut a pack of ``size`` bytes whose head is ``head`` bytes:
+    ``size`` (not cut), or the length of the first of two strings.
+
+    A string takes the next allocation size class, and classes are a
+    quarter of a power of two apart, so a pack in one string wastes about
+    8% on average. The first string is the longest that fills its class
+    exactly (and holds the head); the second holds the rest. Cut only when
+    that saves more than the second key costs.
+    """
+    if size < SPLIT_MIN:
+        return size
+    best, c = size, SPLIT_MIN
+    while True:
+        first = c - _sds_header(c - 6)
+        if first > size:
+            break
+        best = first
+        c = _size_class(c + 1)
+    if best < head or best == size:
+        return size
+    if _string_memory(best) + _string_memory(size - best) + KEY_COST >= _string_memory(size):
+        return size
+    return best
 
 
 class RedisStore(Store):
-    """Deduplicated tiles in one Redis database; see the module docstring."""
+    """Metatile packs and a pool of repeated tiles in one Redis database;
+    see the module docstring."""
 
     kind = "redis"
 
@@ -60,7 +130,7 @@ class RedisStore(Store):
                               retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         script = self._r.register_script
         self._put, self._delete, self._stale = script(PUT_SCRIPT), script(DELETE_SCRIPT), script(STALE_SCRIPT)
-        self._tile, self._meta = script(TILE_SCRIPT), script(META_SCRIPT)
+        self._tile, self._meta, self._heads = script(TILE_SCRIPT), script(META_SCRIPT), script(HEADS_SCRIPT)
         self._gc_begin, self._gc_count = script(GC_BEGIN_SCRIPT), script(GC_COUNT_SCRIPT)
         self._gc_fix, self._gc_end = script(GC_FIX_SCRIPT), script(GC_END_SCRIPT)
 
@@ -86,11 +156,13 @@ class RedisStore(Store):
             raise StoreError(f"redis at {self.where}: {msg}") from None
 
     # --- keys ------------------------------------------------------------
-    def index_key(self, layer: str, meta: Meta) -> str:
-        return f"{self.prefix}:idx:{check_layer(layer)}:{meta.z}:{meta.mx}:{meta.my}"
+    def pack_keys(self, layer: str, meta: Meta) -> list[str]:
+        """The metatile's two keys: its pack (or the pack's first bytes), the rest."""
+        where = f"{check_layer(layer)}:{meta.z}:{meta.mx}:{meta.my}"
+        return [f"{self.prefix}:pk:{where}", f"{self.prefix}:pt:{where}"]
 
-    def blob_key(self, digest: str) -> str:
-        return f"{self.prefix}:blob:{digest}"
+    def pool_key(self, digest: str) -> str:
+        return f"{self.prefix}:pool:{digest}"
 
     def ping(self) -> None:
         """Raise ``StoreError`` unless the server answers."""
@@ -100,82 +172,99 @@ class RedisStore(Store):
     # --- reading ---------------------------------------------------------
     def get_index(self, layer: str, meta: Meta) -> MetaIndex | None:
         """The index, or None if absent or corrupt (logged)."""
-        key = self.index_key(layer, meta)
-        with self._errors():
-            raw = self._r.get(key)
-        idx = None if raw is None else _decode(key, raw)
-        if idx is not None and idx.meta != meta:
-            log.warning("skipping %s: it holds metatile %s of size %d", key, idx.meta, idx.meta.n)
-            return None
-        return idx
+        pack = self._pack_heads([self.pack_keys(layer, meta)], [meta])[0]
+        return None if pack is None else pack.index
 
     def read_tile(self, layer: str, tile: Tile, meta: int = 8) -> StoredTile | None:
         """A tile and its metatile's header fields in one round trip (``TILE_SCRIPT``)."""
         m = metatile_of(tile.z, tile.x, tile.y, meta)
+        keys = self.pack_keys(layer, m)
         with self._errors():
-            got = self._tile(keys=[self.index_key(layer, m)],
-                             args=[self.prefix, tile_index(m, tile.x, tile.y)])
+            got = self._tile(keys=keys, args=[self.prefix, tile_index(m, tile.x, tile.y)])
         if got is None:
             return None
         try:
-            found, stale, rendered, data_time, ext = decode_header(got)
+            found, stale, rendered, data_time, ext = decode_header(got, PACK_MAGIC, "metatile pack")
         except StoreError:
             found = None
         if found != m:
-            log.warning("skipping %s: it is not the index of metatile %s of size %d",
-                        self.index_key(layer, m), m, m.n)
+            log.warning("skipping %s: it is not the pack of metatile %s of size %d", keys[0], m, m.n)
             return None
         digest, blob = got[HEADER_SIZE:HEADER_SIZE + HASH_HEX].decode(), got[HEADER_SIZE + HASH_HEX:]
         return StoredTile(blob or None, None if digest == EMPTY else digest, stale, rendered, data_time, ext)
 
     def get_metatile(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, bytes]] | None:
         """A metatile's index and its distinct tiles' bytes in one round trip (``META_SCRIPT``)."""
-        key = self.index_key(layer, meta)
+        keys = self.pack_keys(layer, meta)
         with self._errors():
-            got = self._meta(keys=[key], args=[self.prefix])
+            got = self._meta(keys=keys, args=[self.prefix])
         if got is None:
             return None
-        idx = _decode(key, got[0])
-        if idx is None or idx.meta != meta:
+        raw = got[0]
+        pack = _decode(keys[0], raw, len(raw), meta)
+        if pack is None:
             return None
-        return idx, {h: b for h, b in zip(idx.unique(), got[1:]) if b}
+        blobs = {h: raw[off:off + size] for h, (off, size) in pack.inline().items()}
+        blobs.update({h: b for h, b in zip(pack.pooled(), got[1:]) if b})
+        return pack.index, blobs
 
     def iter_indexes(self, layer: str, zoom: int | None = None) -> Iterator[MetaIndex]:
         """Every readable index of ``layer`` (SCAN; corrupt values logged and skipped)."""
-        head = f"{self.prefix}:idx:{check_layer(layer)}:"
+        for pack in self._packs(layer, zoom):
+            yield pack.index
+
+    def _packs(self, layer: str, zoom: int | None) -> Iterator[Pack]:
+        """The decoded heads of every readable pack of ``layer``, a SCAN batch at a time."""
+        head = f"{self.prefix}:pk:{check_layer(layer)}:"
         pattern = head + ("*" if zoom is None else f"{int(zoom)}:*")
         for keys in self._scan(pattern):
-            with self._errors():
-                values = self._r.mget(keys)
-            for key, raw in zip(keys, values):
-                idx = None if raw is None else _decode(key, raw)
-                if idx is not None and _key_matches(key, head, idx.meta):
-                    yield idx
+            pairs = [[k, f"{self.prefix}:pt:{k[len(self.prefix) + 4:]}"] for k in keys]
+            for key, pack in zip(keys, self._pack_heads(pairs, [None] * len(keys))):
+                if pack is not None and _key_matches(key, head, pack.index.meta):
+                    yield pack
+
+    def _pack_heads(self, pairs: list[list[str]], metas: list[Meta | None]) -> list[Pack | None]:
+        """The decoded heads of the packs at ``pairs`` of keys (``HEADS_SCRIPT``);
+        None where absent, corrupt or not of the metatile in ``metas`` (logged)."""
+        with self._errors():
+            got = self._heads(keys=[k for pair in pairs for k in pair])
+        return [_decode(key, raw, int(size), meta) if raw else None
+                for (key, _), meta, raw, size in zip(pairs, metas, got[::2], got[1::2])]
 
     def metatile_sizes(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, int]] | None:
-        """The index and each distinct tile's blob size (STRLEN, pipelined)."""
-        idx = self.get_index(layer, meta)
-        return None if idx is None else (idx, self._sizes([idx], {})[0])
+        """The index and each distinct tile's stored size (pool entries: STRLEN, pipelined)."""
+        pack = self._pack_heads([self.pack_keys(layer, meta)], [meta])[0]
+        return None if pack is None else (pack.index, self._sizes([pack], {})[0])
 
     def iter_sizes(self, layer: str, zoom: int | None = None) -> Iterator[tuple[MetaIndex, dict[str, int]]]:
-        """``metatile_sizes`` of every index, a batch of indexes at a time;
-        each blob's size is asked once per call."""
+        """``metatile_sizes`` of every pack, a batch at a time; each pool
+        entry's size is asked once per call."""
         known: dict[str, int] = {}
-        indexes = self.iter_indexes(layer, zoom)
-        for batch in iter(lambda: list(islice(indexes, BATCH)), []):
-            yield from zip(batch, self._sizes(batch, known))
+        batch: list[Pack] = []
+        for pack in self._packs(layer, zoom):
+            batch.append(pack)
+            if len(batch) == BATCH:
+                yield from zip((p.index for p in batch), self._sizes(batch, known))
+                batch = []
+        if batch:
+            yield from zip((p.index for p in batch), self._sizes(batch, known))
 
-    def _sizes(self, indexes: list[MetaIndex], known: dict[str, int]) -> list[dict[str, int]]:
-        """Each index's {hash: blob size}; ``known`` caches sizes (0: missing,
-        left out) and gets the ones asked here."""
-        wanted = list(dict.fromkeys(h for idx in indexes for h in idx.unique() if h not in known))
+    def _sizes(self, packs: list[Pack], known: dict[str, int]) -> list[dict[str, int]]:
+        """Each pack's {hash: stored size}; ``known`` caches pool sizes (0:
+        missing, left out) and gets the ones asked here."""
+        wanted = list(dict.fromkeys(h for p in packs for h in p.pooled() if h not in known))
         for i in range(0, len(wanted), BATCH):
             with self._errors():
                 pipe = self._r.pipeline(transaction=False)
                 for d in wanted[i:i + BATCH]:
-                    pipe.strlen(self.blob_key(d))
-                known.update(zip(wanted[i:i + BATCH], pipe.execute()))
-        return [{h: known[h] for h in idx.unique() if known[h]} for idx in indexes]
+                    pipe.strlen(self.pool_key(d))
+                known.update((d, max(n - COUNT_BYTES, 0)) for d, n in zip(wanted[i:i + BATCH], pipe.execute()))
+        out = []
+        for p in packs:
+            sizes = {h: size for h, (_, size) in p.inline().items()}
+            sizes.update((h, known[h]) for h in p.pooled() if known[h])
+            out.append(sizes)
+        return out
 
     def _scan(self, pattern: str, unique: bool = True) -> Iterator[list[str]]:
         """Batches of keys matching ``pattern``.
@@ -199,31 +288,62 @@ class RedisStore(Store):
 
     # --- writing ---------------------------------------------------------
     def put_metatile(self, layer: str, index: MetaIndex, blobs: dict[str, bytes]) -> int:
-        """One script: move reference counts, add missing blobs, switch the index."""
-        key = self.index_key(layer, index.meta)
+        """Build the pack (the disk store's policy: repeated tiles and those
+        the pool has go to the pool), then one script moves the pool's
+        counts, adds missing pool entries and switches the pack."""
+        keys = self.pack_keys(layer, index.meta)
         given = check_put(index, blobs)
-        args: list[str | bytes] = [self.prefix, index.encode()]
-        for h, data in given.items():
-            args += [h, data]
+        counts = Counter(h for h in index.hashes if h != EMPTY)
         with self._errors():
-            return int(self._put(keys=[key], args=args))
+            pipe = self._r.pipeline(transaction=False)
+            for h in counts:
+                pipe.exists(self.pool_key(h))
+            in_pool = {h for h, there in zip(counts, pipe.execute()) if there}
+        lacking = [h for h in counts if h not in given and h not in in_pool]
+        if lacking:   # (tiles left out of the call that the pool lacks: from the current pack)
+            given = {**given, **self._stored_tiles(keys, index.meta, lacking)}
+        pooled = {h for h, n in counts.items() if n >= 2 or h in in_pool}
+        inline = {h: given[h] for h in counts if h not in pooled}
+        pack = encode_pack(index, inline, marked=True)
+        cut = split_point(len(pack), head_size(index.meta.n, len(counts)))
+        args: list[str | bytes] = [self.prefix, pack[:cut], pack[cut:]]
+        for h in pooled:
+            if h in given:
+                args += [h, given[h]]
+        with self._errors():
+            return int(self._put(keys=keys, args=args))
+
+    def _stored_tiles(self, keys: list[str], meta: Meta, wanted: list[str]) -> dict[str, bytes]:
+        """The bytes of the ``wanted`` tiles from the metatile's current pack."""
+        with self._errors():
+            pipe = self._r.pipeline(transaction=True)
+            pipe.get(keys[0])
+            pipe.get(keys[1])
+            first, rest = pipe.execute()
+        raw = (first or b"") + (rest or b"")
+        pack = _decode(keys[0], raw, len(raw), meta) if first else None
+        out = {} if pack is None else pack.tiles_from(raw, wanted)
+        for h in wanted:
+            if h not in out:
+                raise StoreError(f"blob {h} of {meta} is neither stored nor given")
+        return out
 
     def mark_stale(self, layer: str, meta: Meta) -> bool:
         with self._errors():
-            return bool(self._stale(keys=[self.index_key(layer, meta)]))
+            return bool(self._stale(keys=self.pack_keys(layer, meta)[:1]))
 
     def delete_metatile(self, layer: str, meta: Meta) -> bool:
         with self._errors():
-            return bool(self._delete(keys=[self.index_key(layer, meta)], args=[self.prefix]))
+            return bool(self._delete(keys=self.pack_keys(layer, meta), args=[self.prefix]))
 
     # --- consistency pass ------------------------------------------------
     def collect_garbage(self) -> GCStats:
-        """Recount references from every index; fix counts, delete unused blobs.
+        """Recount references from every pack; fix counts, delete unused pool entries.
 
         While the pass runs (``{prefix}:gc:active`` holds its token), every
-        writer script also keeps ``{prefix}:gc:count`` in step for the indexes
+        writer script also keeps ``{prefix}:gc:count`` in step for the packs
         already counted (``{prefix}:gc:seen``) and counts the ones it writes.
-        Once the SCAN of index keys is over, the count is therefore exact and
+        Once the SCAN of pack keys is over, the count is therefore exact and
         stays exact, and each batch of hashes is settled in one script. See
         docs/storage.md.
         """
@@ -233,7 +353,7 @@ class RedisStore(Store):
             if not self._gc_begin(args=lease):
                 raise StoreError(f"redis at {self.where}: another garbage collection is running")
         try:
-            for keys in self._scan(f"{self.prefix}:idx:*", unique=False):
+            for keys in self._scan(f"{self.prefix}:pk:*", unique=False):
                 with self._errors():
                     self._gc_count(keys=keys, args=lease)
             return self._settle(lease)
@@ -242,22 +362,21 @@ class RedisStore(Store):
                 self._gc_end(args=lease)
 
     def _settle(self, lease: list) -> GCStats:
-        """Settle every hash that has a blob, a count or a reference."""
+        """Settle every hash that has a pool entry or a reference."""
         stats, fixed, missing = GCStats(), 0, 0
-        sources = [(f"{self.prefix}:blob:", True), (f"{self.prefix}:ref:", False)]
-        for head, blobs in sources:
-            for keys in self._scan(head + "*", unique=False):
-                present, deleted, freed, fx, _ = self._fix(lease, [k[len(head):] for k in keys])
-                stats.blobs_seen += present if blobs else 0
-                stats.blobs_deleted += deleted
-                stats.bytes_freed += freed
-                fixed += fx
+        head = f"{self.prefix}:pool:"
+        for keys in self._scan(head + "*", unique=False):
+            present, deleted, freed, fx, _ = self._fix(lease, [k[len(head):] for k in keys])
+            stats.blobs_seen += present
+            stats.blobs_deleted += deleted
+            stats.bytes_freed += freed
+            fixed += fx
         for digests in self._counted():
             _, _, _, fx, miss = self._fix(lease, digests)
             fixed += fx
             missing += miss
         if fixed or missing:
-            log.warning("redis store %s: fixed %d reference counts, %d referenced blobs are missing",
+            log.warning("redis store %s: fixed %d reference counts, %d referenced pool tiles are missing",
                         self.where, fixed, missing)
         return stats
 
@@ -280,19 +399,22 @@ class RedisStore(Store):
                 return
 
 
-def _decode(key: str, raw: bytes) -> MetaIndex | None:
+def _decode(key: str, raw: bytes, size: int, meta: Meta | None) -> Pack | None:
+    """The pack head in ``raw`` (of a pack of ``size`` bytes) if it is one,
+    and ``meta``'s if given; None (logged) if not."""
     try:
-        idx = MetaIndex.decode(raw)
-        if not all(HASH_RE.fullmatch(h) for h in idx.hashes):
-            raise StoreError("malformed hash entry")
-        return idx
+        pack = decode_pack(raw, size)
     except StoreError as e:
         log.warning("skipping %s: %s", key, e)
         return None
+    if meta is not None and pack.index.meta != meta:
+        log.warning("skipping %s: it holds metatile %s of size %d", key, pack.index.meta, pack.index.meta.n)
+        return None
+    return pack
 
 
 def _key_matches(key: str, head: str, meta: Meta) -> bool:
-    """True if ``key`` is where ``meta``'s index belongs (logged if not)."""
+    """True if ``key`` is where ``meta``'s pack belongs (logged if not)."""
     if key == f"{head}{meta.z}:{meta.mx}:{meta.my}":
         return True
     log.warning("skipping %s: it holds metatile %s", key, meta)
@@ -304,4 +426,3 @@ def _describe(pool: redis.ConnectionPool) -> str:
     if "path" in kw:
         return f"unix:{kw['path']}"
     return f"{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}"
-

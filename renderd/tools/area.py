@@ -19,19 +19,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-import shapely
-from shapely.geometry import box, mapping, shape
-from shapely.validation import explain_validity
 
 from ..errors import UsageError, file_errors_as_usage
 from ..tilemath import BBox, Meta, metatile_size, parse_bbox, tile_range
 
 MAX_LAT = 85.0511287798066
-WORLD = box(-180.0, -MAX_LAT, 180.0, MAX_LAT)
 #: GeoJSON "crs" names that mean plain lon/lat (the 2008 spec allowed others)
 _LONLAT_CRS = {"urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OGC::CRS84",
                "EPSG:4326", "urn:ogc:def:crs:EPSG::4326", "urn:ogc:def:crs:EPSG:4326"}
@@ -54,21 +50,35 @@ def _lon(z: int, x: int) -> float:
 
 @dataclass
 class Area:
-    """A region in degrees: its bounds, geometry and where it came from."""
+    """A region in degrees: its bounds, geometry and where it came from.
+
+    shapely is imported only where a geometry is needed: a ``--bbox`` area
+    that is only walked metatile by metatile never needs one (that is 150 ms
+    of a tool's start)."""
 
     bbox: BBox
-    geometry: Any  # shapely Polygon or MultiPolygon, lon/lat, clipped to Web Mercator
     source: str
     is_box: bool = False
+    #: shapely Polygon or MultiPolygon, lon/lat, clipped to Web Mercator (a box's: made when asked)
+    _geometry: Any = field(default=None, repr=False)
+    _prepared: bool = field(default=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        shapely.prepare(self.geometry)
+    @property
+    def geometry(self) -> Any:
+        if self._geometry is None:
+            from shapely.geometry import box
+            self._geometry = box(*self.bbox)
+        if not self._prepared:
+            import shapely
+            shapely.prepare(self._geometry)
+            self._prepared = True
+        return self._geometry
 
     # --- construction ----------------------------------------------------
     @classmethod
     def from_bbox(cls, text: str) -> "Area":
         bb = parse_bbox(text)
-        return cls(bb, box(*bb), f"bbox {text}", is_box=True)
+        return cls(bb, f"bbox {text}", is_box=True)
 
     @classmethod
     def from_geojson(cls, path: str) -> "Area":
@@ -80,16 +90,17 @@ class Area:
             doc = json.loads(text)
         except ValueError as e:
             raise UsageError(f"area {name} is not JSON: {e}") from None
+        import shapely
         polys = _polygons(doc, name)
         try:
             geom = shapely.union_all(polys)
         except shapely.errors.GEOSException as e:
             raise UsageError(f"area {name}: cannot combine its polygons: {e}") from None
-        geom = geom.intersection(WORLD)
+        geom = geom.intersection(shapely.box(-180.0, -MAX_LAT, 180.0, MAX_LAT))
         if geom.is_empty or geom.area == 0:
             raise UsageError(f"area {name} lies outside the Web Mercator world")
         w, s, e, n = geom.bounds
-        return cls(BBox(w, s, e, n), geom, f"area {name}")
+        return cls(BBox(w, s, e, n), f"area {name}", _geometry=geom)
 
     @classmethod
     def from_options(cls, bbox: str | None, area: str | None) -> "Area":
@@ -109,11 +120,12 @@ class Area:
                 for mx in range(mx0, mx1 + 1):
                     yield Meta(z, mx * n, my * n, n)
             return
+        import shapely
         lons = _x_edges(z, mx0 * n, mx1 - mx0 + 1, n)
         for my in range(my0, my1 + 1):
             north, south = _lat(z, my * n), _lat(z, (my + 1) * n)
             # narrow the row to the part of the area inside it, then test boxes
-            strip = self.geometry.intersection(box(-180.0, south, 180.0, north))
+            strip = self.geometry.intersection(shapely.box(-180.0, south, 180.0, north))
             if strip.is_empty or strip.area == 0:
                 continue
             sw, _, se, _ = strip.bounds
@@ -134,8 +146,9 @@ class Area:
             xmin, ymin, xmax, ymax = tile_range(self.bbox, m.z)
             return [xmin <= m.x0 + i // m.n <= xmax and ymin <= m.y0 + i % m.n <= ymax
                     for i in range(count)]
+        import shapely
         w, s, e, n = _meta_box(m)
-        mbox = box(w, s, e, n)
+        mbox = shapely.box(w, s, e, n)
         if self.geometry.contains(mbox):
             return [True] * count
         lons = _x_edges(m.z, m.x0, m.n, 1)
@@ -157,9 +170,11 @@ class Area:
         return total
 
     def _interiors_meet(self, boxes: np.ndarray) -> np.ndarray:
+        import shapely
         return shapely.intersects(self.geometry, boxes) & ~shapely.touches(self.geometry, boxes)
 
     def geojson(self) -> dict:
+        from shapely.geometry import mapping
         return mapping(self.geometry)
 
     def center(self) -> tuple[float, float]:
@@ -231,6 +246,9 @@ def _geometry_polygons(g: Any, where: str) -> list[Any]:
         return out
     if kind not in ("Polygon", "MultiPolygon"):
         raise UsageError(f"{where} is a {kind}, not a Polygon or MultiPolygon")
+    import shapely
+    from shapely.geometry import shape
+    from shapely.validation import explain_validity
     try:
         geom = shape(g)
     except Exception as e:  # shapely raises several kinds for bad coordinates

@@ -39,7 +39,7 @@ from ..config import LayerConfig
 from ..errors import IngestError, RenderdError
 from ..store.base import Store
 from ..tilemath import BBox, Meta, metatile_size, tile_range
-from ..tilesets import layer_tileset
+from ..tilesets import layer_tileset, with_scale
 
 #: metatiles over a bounding box at one zoom above which the store is scanned
 SCAN_LIMIT = 200_000
@@ -111,7 +111,8 @@ class Restale:
             for ds in (old, new):
                 name = None if ds is None else layer_tileset(lyr, ds.keys)
                 if name is not None:
-                    areas.setdefault(name, []).extend(merc_boxes(ds.wgs84_bounds))
+                    for n in lyr.scales:     # (a HiDPI tile set is fed by the same datasets)
+                        areas.setdefault(with_scale(name, n), []).extend(merc_boxes(ds.wgs84_bounds))
             for name, boxes in areas.items():
                 done += self._mark(lyr, name, boxes)
         return done

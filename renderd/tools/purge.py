@@ -29,33 +29,114 @@ from ..tilemath import Meta
 
 #: metatiles per request
 BATCH = 5000
+#: the header carrying ``[http] purge_token`` (required by a front from other hosts)
+TOKEN_HEADER = "X-Purge-Token"
 MODES = ("dirty", "delete")
 
 
-def purge_url(cfg: Config) -> str | None:
-    """Where to POST, or None (``[http] purge_url = "off"``)."""
-    if cfg.http.purge_url == "off":
-        return None
-    if cfg.http.purge_url:
-        return cfg.http.purge_url
-    from ..nginx import metrics_listen
+def purge_urls(cfg: Config) -> list[str]:
+    """Where to POST: every front's purge URL (``[http] purge_url``; none for ``off``)."""
+    urls = cfg.http.purge_url
+    if urls == ("off",):
+        return []
+    if urls:
+        return list(urls)
     from ..errors import UsageError
+    from ..nginx import metrics_listen
     try:
-        return f"http://{metrics_listen(cfg)}/purge"
+        return [f"http://{metrics_listen(cfg)}/purge"]
     except UsageError:   # a metrics address nginx-conf would refuse: no nginx of ours
-        return None
+        return []
+
+
+def front_purge(cfg: Config, layer: str, mode: str, announce: bool = False) -> "FrontPurge":
+    """A ``FrontPurge`` to every front of ``cfg``, with its token."""
+    return FrontPurge(purge_urls(cfg), layer, mode, token=cfg.http.purge_token, announce=announce)
 
 
 class FrontPurge:
-    """Collects metatiles of one layer (``add``) and sends them in batches;
-    ``close`` sends the rest. After the first failure nothing more is sent:
-    ``error`` says why and ``unsent`` how many metatiles nginx was not told of."""
+    """Tells one front or several (``urls``, each its own batches and
+    failure) of the metatiles of one layer: ``add`` each, ``close`` at the end.
+    ``purged`` is the metatiles every front acknowledged, ``tiles`` the
+    hot-cache entries all of them marked or dropped; ``error`` and
+    ``unsent`` come from the fronts that failed."""
 
-    def __init__(self, url: str | None, layer: str, mode: str, batch: int = BATCH, timeout: float = 10.0,
-                 announce: bool = False):
+    def __init__(self, urls: str | list[str] | None, layer: str, mode: str, batch: int = BATCH,
+                 timeout: float = 10.0, announce: bool = False, token: str = ""):
         if mode not in MODES:
             raise ValueError(f"purge mode {mode!r}")
+        if isinstance(urls, str):
+            urls = [urls]
+        self.layer, self.mode = layer, mode
+        self.nodes = [_Node(url, layer, mode, batch, timeout, announce, token) for url in urls or ()]
+
+    def add(self, meta: Meta) -> None:
+        for node in self.nodes:
+            node.add(meta)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    @property
+    def purged(self) -> int:
+        return min((n.purged for n in self.nodes), default=0)
+
+    @property
+    def tiles(self) -> int:
+        return sum(n.tiles for n in self.nodes)
+
+    @property
+    def unsent(self) -> int:
+        return max((n.unsent for n in self.nodes), default=0)
+
+    @property
+    def error(self) -> str | None:
+        failed = [n for n in self.nodes if n.error is not None]
+        if not failed:
+            return None
+        return failed[0].error if len(self.nodes) == 1 else "; ".join(f"{n.url}: {n.error}" for n in failed)
+
+    def report(self) -> dict:
+        """For a JSON summary (with several fronts, each one's under ``fronts``)."""
+        if len(self.nodes) == 1:
+            return self.nodes[0].report()
+        return {"url": [n.url for n in self.nodes] or None, "mode": self.mode, "metatiles": self.purged,
+                "tiles": self.tiles, "unsent": self.unsent, "error": self.error,
+                "fronts": [n.report() for n in self.nodes]}
+
+    def line(self) -> str:
+        """For a text summary."""
+        what = "marked stale" if self.mode == "dirty" else "dropped"
+        where = "nginx:    " if len(self.nodes) <= 1 else f"nginx ({len(self.nodes)} fronts):"
+        return f"  {where} {self.tiles} hot tiles of {self.purged} metatiles {what}"
+
+    def warning(self) -> str | None:
+        """One line for stderr if a front was not told of every metatile (none
+        when there were none to tell of: an ingest's empty announcement to a
+        front that is not running, which asks the catalog afresh when it starts)."""
+        failed = [n for n in self.nodes if n.error is not None and n.unsent]
+        if not failed:
+            return None
+        what = "mark stale" if self.mode == "dirty" else "drop"
+        at = ", ".join(n.url for n in failed)
+        why = "; ".join(n.error for n in failed)
+        return (f"warning: could not tell nginx at {at} to {what} the hot copies of "
+                f"{max(n.unsent for n in failed)} metatiles ({why}); nginx serves them until they "
+                f"expire (5 minutes)")
+
+
+class _Node:
+    """One front: collects metatiles and sends them in batches; ``close``
+    sends the rest. After the first failure nothing more is sent to it:
+    ``error`` says why and ``unsent`` how many metatiles it was not told of."""
+
+    def __init__(self, url: str, layer: str, mode: str, batch: int, timeout: float, announce: bool,
+                 token: str):
         self.url, self.layer, self.mode = url, layer, mode
+        self.headers = {"Content-Type": "text/plain"}
+        if token:
+            self.headers[TOKEN_HEADER] = token
         # (announce: close() sends even an empty list, so that nginx asks the
         # catalog again for the layer's key combinations: what ingest needs)
         self.announce = announce
@@ -68,8 +149,6 @@ class FrontPurge:
         self.error: str | None = None
 
     def add(self, meta: Meta) -> None:
-        if self.url is None:
-            return
         if self.error is not None:
             self.unsent += 1
             return
@@ -78,7 +157,7 @@ class FrontPurge:
             self._send()
 
     def close(self) -> None:
-        if self.error is None and self.url is not None and (self.pending or (self.announce and not self.sent_any)):
+        if self.error is None and (self.pending or (self.announce and not self.sent_any)):
             self._send()
 
     def _send(self) -> None:
@@ -87,7 +166,7 @@ class FrontPurge:
         query = urllib.parse.urlencode({"layer": self.layer, "mode": self.mode})
         sep = "&" if "?" in self.url else "?"
         req = urllib.request.Request(f"{self.url}{sep}{query}", data="".join(f"{ln}\n" for ln in lines).encode(),
-                                     method="POST", headers={"Content-Type": "text/plain"})
+                                     method="POST", headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 answer = json.loads(r.read() or b"{}")
@@ -109,19 +188,3 @@ class FrontPurge:
         """For a JSON summary."""
         return {"url": self.url, "mode": self.mode, "metatiles": self.purged, "tiles": self.tiles,
                 "unsent": self.unsent, "error": self.error}
-
-    def line(self) -> str:
-        """For a text summary."""
-        what = "marked stale" if self.mode == "dirty" else "dropped"
-        return f"  nginx:     {self.tiles} hot tiles of {self.purged} metatiles {what}"
-
-    def warning(self) -> str | None:
-        """One line for stderr if nginx was not told of every metatile (none
-        when there were none to tell of: an ingest's empty announcement to a
-        front that is not running, which asks the catalog afresh when it starts)."""
-        if self.error is None or self.unsent == 0:
-            return None
-        what = "mark stale" if self.mode == "dirty" else "drop"
-        return (f"warning: could not tell nginx at {self.url} to {what} the hot copies of "
-                f"{self.unsent} metatiles ({self.error}); nginx serves them until they expire "
-                f"(5 minutes)")

@@ -56,13 +56,13 @@ local function absent(err)
     return err and find(err, "No such file", 1, true)
 end
 
--- the directory of a tile set: tiles/{layer}, then /@{value} per key value
+-- the directory of a tile set: tiles/{layer}[@{scale}x], then /@{value} per key value
 local function tileset_dir(t)
     local values = t.values
     if #values == 0 then
         return root .. "/tiles/" .. t.tileset
     end
-    return root .. "/tiles/" .. t.layer.name .. "/@" .. concat(values, "/@")
+    return root .. "/tiles/" .. t.part .. "/@" .. concat(values, "/@")
 end
 
 -- {z}/{block x}/{block y}/{mx}_{my}.pack, blocks of 32 x 32 metatiles

@@ -1,19 +1,27 @@
 -- renderd.store.redis: the Redis store's backend of renderd.store
 -- (docs/storage.md, renderd/store/redis.py).
 --
--- Keys: {prefix}:idx:{layer}:{z}:{mx}:{my} (the metatile index,
--- renderd.index), {prefix}:blob:{hash} (a tile's bytes), {prefix}:ref:{hash}
--- (how many indexes name the blob). The commands go over two pipelined
--- connections per nginx worker (renderd.pipeline): one for the requests'
--- reads, one for the hot-cache fills, whose replies (a whole metatile)
--- would otherwise hold up the small replies queued behind them:
+-- Keys: {prefix}:pk:{layer}:{z}:{mx}:{my} (the metatile's pack, the disk
+-- store's format with a copy of each tile's record before its bytes, read
+-- by renderd.pack; or the pack's first bytes),
+-- {prefix}:pt:{layer}:{z}:{mx}:{my} (the rest of the pack, when it is cut in
+-- two), {prefix}:pool:{hash} (a tile that packs share: a 4-byte count, then
+-- its bytes). The commands go over two pipelined connections per nginx
+-- worker (renderd.pipeline): one for the requests' reads, one for the
+-- hot-cache fills, whose replies (a whole metatile) would otherwise hold up
+-- the small replies queued behind them:
 --
---   read_tile      GETRANGE of the index up to the tile's entry (its header
---                  and hash), then GET of the blob and its reference count,
---                  unless the worker keeps that blob: blobs two or more
---                  indexes name (sea, empty land) are what most requests
---                  ask for, and a hash's bytes never change
---   read_metatile  the index and every distinct blob in one round trip: the
+--   read_tile      GETRANGE of the pack's first bytes (its header, entries
+--                  and records up to the tile's) and STRLEN; then, unless the
+--                  tile was in those bytes, GETRANGE of a pool tile (unless
+--                  the worker keeps it: pool tiles are the repeated ones,
+--                  sea and empty land, what most requests ask for, and a
+--                  hash's bytes never change), or GETRANGE of the tile's
+--                  range of the pack with the copy of its record the writer
+--                  put before it, so that a pack replaced in between is
+--                  noticed (MULTI/EXEC with both keys where the cut between
+--                  them lies inside it)
+--   read_metatile  the pack and its pool tiles in one round trip: the
 --                  script the runtime config holds (store "meta_script",
 --                  renderd/store/redis_scripts.py's META_SCRIPT), by EVALSHA, EVAL
 --                  when Redis does not know it yet
@@ -21,9 +29,11 @@
 -- Concurrent reads of one tile or metatile in a worker share one round
 -- trip. After a failure (connect, timeout, closed) Redis is skipped for
 -- `retry` seconds in every worker (renderd.conn's breaker), so an outage
--- costs one timeout, not one per request.
+-- costs one timeout, not one per request. Keys of the earlier layout
+-- (idx:, blob:, ref:) are not read: such metatiles count as absent.
 
 local pipeline = require "renderd.pipeline"
+local pack = require "renderd.pack"
 local index = require "renderd.index"
 local conn = require "renderd.conn"
 local coalesce = require "renderd.coalesce"
@@ -34,9 +44,9 @@ local byte = string.byte
 local format = string.format
 local gsub = string.gsub
 local find = string.find
+local min = math.min
 local type = type
 local tostring = tostring
-local tonumber = tonumber
 local sha1_bin = ngx.sha1_bin
 
 local _M = { _VERSION = "0.1.0" }
@@ -45,25 +55,29 @@ local _M = { _VERSION = "0.1.0" }
 -- broker's reply carries the asked tile only.
 _M.META_IN_REPLY = false
 
--- blobs kept per worker (see above)
-local BLOB_CACHE_ITEMS = 2048
-local BLOB_CACHE_MAX_BYTES = 16384   -- a larger blob is not kept
-local blob_cache = lrucache.new(BLOB_CACHE_ITEMS)
+-- pool tiles kept per worker (see above)
+local POOL_CACHE_ITEMS = 2048
+local POOL_CACHE_MAX_BYTES = 16384   -- a larger tile is not kept
+local pool_cache = lrucache.new(POOL_CACHE_ITEMS)
 
--- parsed index headers by their 64 bytes, per worker (the tiles of a
+-- parsed pack headers by their 64 bytes, per worker (the tiles of a
 -- metatile share theirs; the stale flag and times are part of the bytes)
 local HEADERS_MAX = 4096
 local headers, nheaders = {}, 0
 
-local HEADER_SIZE, ENTRY_SIZE, EMPTY = index.HEADER_SIZE, index.ENTRY_SIZE, index.EMPTY
-local HASH_HEX = #EMPTY
+local HEADER_SIZE, EMPTY = index.HEADER_SIZE, index.EMPTY
+local RECORD_SIZE = 24
+local COUNT_BYTES = 4       -- a pool entry's count, before the tile's bytes
+local UNKNOWN_SIZE = 2 ^ 52 -- the pack's size as far as the first read knows
 local GETRANGE = pipeline.command({ "GETRANGE" }, 4)
-local GET = pipeline.command({ "GET" }, 2)
-local EVALSHA = pipeline.command({ "EVALSHA" }, 5)
-local EVAL = pipeline.command({ "EVAL" }, 5)
+local STRLEN = pipeline.command({ "STRLEN" }, 2)
+local MULTI = pipeline.command({ "MULTI" })
+local EXEC = pipeline.command({ "EXEC" })
+local EVALSHA = pipeline.command({ "EVALSHA" }, 6)
+local EVAL = pipeline.command({ "EVAL" }, 6)
 local arg = pipeline.arg
 
-local prefix, idx_prefix, blob_prefix, ref_prefix
+local prefix, pk_prefix, pt_prefix, pool_prefix
 local wait_seconds      -- how long a request waits for a concurrent read
 local down              -- the breaker
 local reads, fills      -- the two connections
@@ -90,7 +104,7 @@ function _M.configure(c, timeout, retry, shm)
         return nil, "store.db missing for a Redis store"
     end
     prefix = c.prefix
-    idx_prefix, blob_prefix, ref_prefix = prefix .. ":idx:", prefix .. ":blob:", prefix .. ":ref:"
+    pk_prefix, pt_prefix, pool_prefix = prefix .. ":pk:", prefix .. ":pt:", prefix .. ":pool:"
     _M.META_SCRIPT = c.meta_script
     _M.META_SHA = hex(sha1_bin(c.meta_script))
     wait_seconds = 2 * timeout + 0.5
@@ -127,79 +141,148 @@ local function once(key, fn, ...)
     return a, b, c
 end
 
-local function index_key(t)
-    return idx_prefix .. t.tileset .. ":" .. t.z .. ":" .. t.mx .. ":" .. t.my
+-- the metatile's two keys
+local function pack_keys(t)
+    local where = t.tileset .. ":" .. t.z .. ":" .. t.mx .. ":" .. t.my
+    return pk_prefix .. where, pt_prefix .. where
 end
 
-local function header(head, t)
+local function pack_error(t, err)
+    return "redis pack " .. t.tileset .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+end
+
+-- the pack header of raw (a pack's first `want` bytes, or all of it if it
+-- is shorter) for t; nil, err. (A tile's location beyond the pack's end
+-- shows when its bytes are read.)
+local function header(raw, t, want)
+    local head = sub(raw, 1, HEADER_SIZE)
     local h = headers[head]
-    if h and h.z == t.z and h.x0 == t.x0 and h.y0 == t.y0 and h.n == t.n then
-        return h
+    if not (h and h.z == t.z and h.x0 == t.x0 and h.y0 == t.y0 and h.n == t.n) then
+        local err
+        h, err = pack.header(raw, t.z, t.x0, t.y0, t.n, UNKNOWN_SIZE)
+        if not h then
+            return nil, pack_error(t, err)
+        end
+        if nheaders >= HEADERS_MAX then
+            headers, nheaders = {}, 0
+        end
+        headers[head] = h
+        nheaders = nheaders + 1
     end
-    local err
-    h, err = index.check(head, t.z, t.x0, t.y0, t.n, true)
-    if not h then
-        return nil, "redis index " .. t.tileset .. "/" .. t.z .. "/" .. t.mx .. "/" .. t.my .. ": " .. err
+    if #raw < min(h.head, want) then
+        return nil, pack_error(t, "truncated pack")
     end
-    if nheaders >= HEADERS_MAX then
-        headers, nheaders = {}, 0
-    end
-    headers[head] = h
-    nheaders = nheaders + 1
     return h
 end
 
--- the tile's blob: its bytes, false if it is gone, or nil, err
-local function blob_of(hash)
-    local blob = blob_cache:get(hash)
+-- a pool tile's bytes, false if it is gone, or nil, err
+local function pool_tile(hash)
+    local blob = pool_cache:get(hash)
     if blob then
         return blob
     end
-    local pair, err = call(reads, GET .. arg(blob_prefix .. hash) .. GET .. arg(ref_prefix .. hash), 2)
-    if not pair then
+    local err
+    blob, err = call(reads, GETRANGE .. arg(pool_prefix .. hash) .. arg(COUNT_BYTES) .. arg(-1))
+    if not blob then
         return nil, err
     end
-    blob = pair[1]
-    if type(blob) ~= "string" then
+    if type(blob) ~= "string" or blob == "" then
         return false
     end
-    if (tonumber(pair[2]) or 0) >= 2 and #blob <= BLOB_CACHE_MAX_BYTES then
-        blob_cache:set(hash, blob)
+    if #blob <= POOL_CACHE_MAX_BYTES then
+        pool_cache:set(hash, blob)
     end
     return blob
 end
 
+-- bytes [off, off + len) of the pack whose first key holds c bytes (as
+-- step 1 read it), which the writer put right after a copy of their record
+-- rec: one GETRANGE of the copy and the bytes, or, where the cut between
+-- the two keys lies inside them, both keys' parts and the first one's
+-- length in one transaction. The bytes; false if the copy is not the
+-- record (the pack was replaced since rec was read, or the range is not
+-- in it); nil, err
+local function pack_range(pk, pt, rec, c, off, len)
+    local from, to = off - RECORD_SIZE, off + len - 1
+    local got, err
+    if to < c then
+        got, err = call(reads, GETRANGE .. arg(pk) .. arg(from) .. arg(to))
+    elseif from >= c then
+        got, err = call(reads, GETRANGE .. arg(pt) .. arg(from - c) .. arg(to - c))
+    else
+        local res
+        res, err = call(reads, MULTI .. STRLEN .. arg(pk) .. GETRANGE .. arg(pk) .. arg(from) .. arg(c - 1)
+            .. GETRANGE .. arg(pt) .. arg(0) .. arg(to - c) .. EXEC, 5)
+        local x = res and res[5]
+        if type(x) == "table" then
+            if x[1] ~= c or type(x[2]) ~= "string" or type(x[3]) ~= "string" then
+                return false
+            end
+            got = x[2] .. x[3]
+        else
+            got = res and false
+        end
+    end
+    if got == nil then
+        return nil, err
+    end
+    if type(got) ~= "string" or #got ~= RECORD_SIZE + len or sub(got, 1, RECORD_SIZE) ~= rec then
+        return false
+    end
+    return sub(got, RECORD_SIZE + 1)
+end
+
 -- (the shape once() passes on: a table {hash, blob, header}, false, or nil, err)
-local function read_entry(key, i, t)
-    local last = HEADER_SIZE + ENTRY_SIZE * i + HASH_HEX - 1
-    local range = GETRANGE .. arg(key) .. arg(0) .. arg(last)
-    local hash, h
-    -- a blob gone between the two reads (the metatile was just replaced)
-    -- makes the index be read once more
+local function read_entry(t)
+    local pk, pt = pack_keys(t)
+    -- the header, the entries and the records up to entry i's: records are
+    -- numbered in order of first appearance, so entry i names one of 1..i+1
+    local want = HEADER_SIZE + 2 * t.n * t.n + RECORD_SIZE * (t.i + 1)
+    local first = GETRANGE .. arg(pk) .. arg(0) .. arg(want - 1) .. STRLEN .. arg(pk)
+    local hash
+    -- a pool tile gone or a pack replaced between the two reads makes the
+    -- pack be read once more
     for _ = 1, 2 do
-        local res, err = call(reads, range)
+        local res, err = call(reads, first, 2)
         if not res then
             return nil, err
         end
-        if res == "" then
+        local raw, c = res[1], res[2]
+        if raw == "" then
             return false
         end
-        if type(res) ~= "string" or #res ~= last + 1 then
-            return nil, "redis: index " .. key .. " is too short for entry " .. i
+        if type(raw) ~= "string" or type(c) ~= "number" then
+            return nil, pack_error(t, "not a string")
         end
-        h, err = header(sub(res, 1, HEADER_SIZE), t)
+        local h
+        h, err = header(raw, t, want)
         if not h then
             return nil, err
         end
-        hash = index.entry(res, i)
+        -- (records are numbered in order of first appearance: entry i's is
+        -- one of 1..i+1, in the bytes read)
+        local k = byte(raw, HEADER_SIZE + 2 * t.i + 1) + 256 * byte(raw, HEADER_SIZE + 2 * t.i + 2)
+        if k > t.i + 1 then
+            return nil, pack_error(t, "entry " .. t.i .. " names record " .. k .. " before record "
+                .. t.i + 1)
+        end
+        local off, len
+        hash, off, len = pack.locate(raw, h, t.i)
+        if hash == nil then
+            return nil, pack_error(t, off)
+        end
         if not hash then
-            if sub(res, -HASH_HEX) == EMPTY then
-                return { hash = EMPTY, blob = "", header = h }
-            end
-            return nil, "redis: index " .. key .. " has a corrupt entry " .. i
+            return { hash = EMPTY, blob = "", header = h }
         end
         local blob
-        blob, err = blob_of(hash)
+        if not off then
+            blob, err = pool_tile(hash)
+        elseif off + len <= #raw then
+            blob = sub(raw, off + 1, off + len)
+        else
+            local p = h.head - RECORD_SIZE * (h.count - k + 1)
+            blob, err = pack_range(pk, pt, sub(raw, p + 1, p + RECORD_SIZE), c, off, len)
+        end
         if blob then
             return { hash = hash, blob = blob, header = h }
         end
@@ -207,14 +290,13 @@ local function read_entry(key, i, t)
             return nil, err
         end
     end
-    return nil, "redis: blob " .. hash .. " of " .. t.tileset .. "/" .. t.z .. "/" .. t.x .. "/" .. t.y
-        .. " is missing"
+    return nil, "redis: tile " .. hash .. " of " .. t.tileset .. "/" .. t.z .. "/" .. t.x .. "/" .. t.y
+        .. " changed or went while being read"
 end
 
 --- See renderd.store.read_tile.
 function _M.read_tile(t)
-    local key = index_key(t)
-    local r, err = once(key .. "#" .. t.i, read_entry, key, t.i, t)
+    local r, err = once(pk_prefix .. t.tileset .. ":" .. t.z .. ":" .. t.x .. ":" .. t.y, read_entry, t)
     if not r then
         return r, err
     end
@@ -222,9 +304,10 @@ function _M.read_tile(t)
     return r.hash, r.blob, h.rendered, h.stale
 end
 
--- (the shape once() passes on: raw index, header, blobs; false; or nil, err)
-local function read_meta(key, t)
-    local tail = arg(1) .. arg(key) .. arg(prefix)
+-- (the shape once() passes on: the index, header, blobs; false; or nil, err)
+local function read_meta(t)
+    local pk, pt = pack_keys(t)
+    local tail = arg(2) .. arg(pk) .. arg(pt) .. arg(prefix)
     local res, err = call(fills, EVALSHA .. arg(_M.META_SHA) .. tail)
     if not res and find(tostring(err), "NOSCRIPT", 1, true) then
         res, err = call(fills, EVAL .. arg(_M.META_SCRIPT) .. tail)
@@ -237,25 +320,27 @@ local function read_meta(key, t)
     end
     local raw = res[1]
     local h
-    h, err = index.check(raw, t.z, t.x0, t.y0, t.n)
+    h, err = pack.header(raw, t.z, t.x0, t.y0, t.n)
     if not h then
-        return nil, "redis: index " .. key .. ": " .. err
+        return nil, pack_error(t, err)
     end
-    local blobs = {}
-    local hashes = index.unique(raw, h.n)
-    for i = 1, #hashes do
+    local idx, blobs, pooled = pack.decode(raw, h)
+    if not idx then
+        return nil, pack_error(t, blobs)
+    end
+    for i = 1, #pooled do
         local b = res[i + 1]
         if type(b) == "string" and b ~= "" then
-            blobs[hashes[i]] = b
+            blobs[pooled[i]] = b
         end
     end
-    return raw, h, blobs
+    return idx, h, blobs
 end
 
 --- See renderd.store.read_metatile.
 function _M.read_metatile(t)
-    local key = index_key(t)
-    return once("m|" .. key, read_meta, key, t)
+    local pk = pack_keys(t)
+    return once("m|" .. pk, read_meta, t)
 end
 
 return _M

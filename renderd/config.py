@@ -253,7 +253,8 @@ CATALOG = {
 STORE = {
     "kind": Option("disk", _str(choices=("disk", "redis")), "where tiles are kept"),
     "path": Option("/var/cache/renderd-py", _str(), "disk store directory"),
-    "url": Option("redis://127.0.0.1:6379/0", _str(r"(redis|unix)://.+"), "redis store URL"),
+    "url": Option("redis://127.0.0.1:6379/0", _str(r"(redis|redis\+cluster|unix)://.+"),
+                  "redis store URL: redis://, unix:// or redis+cluster://HOST:PORT,HOST:PORT,..."),
     "prefix": Option("rpy", _str(r"[A-Za-z0-9_.\-]{1,32}"), "redis key prefix"),
     "fsync": Option(False, _bool, "fsync pack files and pool blobs before they become visible"),
 }

@@ -11,6 +11,9 @@ def open_store(cfg: StoreConfig) -> Store:
     if cfg.kind == "disk":
         from .disk import DiskStore
         return DiskStore(cfg.path, fsync=cfg.fsync)
+    if cfg.kind == "redis" and cfg.url.startswith("redis+cluster://"):
+        from .redis_cluster import RedisClusterStore
+        return RedisClusterStore(cfg.url, prefix=cfg.prefix)
     if cfg.kind == "redis":
         from .redis import RedisStore
         return RedisStore(cfg.url, prefix=cfg.prefix)

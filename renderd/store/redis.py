@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -61,6 +61,10 @@ GC_LEASE_MS = 60_000
 COUNT_BYTES = 4
 #: Packs shorter than this are never cut in two.
 SPLIT_MIN = 4096
+#: The store's scripts by the attribute that holds each, registered with the client.
+SCRIPTS = {"_put": PUT_SCRIPT, "_delete": DELETE_SCRIPT, "_stale": STALE_SCRIPT, "_tile": TILE_SCRIPT,
+           "_meta": META_SCRIPT, "_heads": HEADS_SCRIPT, "_gc_begin": GC_BEGIN_SCRIPT,
+           "_gc_count": GC_COUNT_SCRIPT, "_gc_fix": GC_FIX_SCRIPT, "_gc_end": GC_END_SCRIPT}
 #: What one more key costs the server, about (its dict entry, object and name).
 KEY_COST = 96
 
@@ -128,11 +132,8 @@ class RedisStore(Store):
         self.where = _describe(self._pool)
         self._r = redis.Redis(connection_pool=self._pool,
                               retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
-        script = self._r.register_script
-        self._put, self._delete, self._stale = script(PUT_SCRIPT), script(DELETE_SCRIPT), script(STALE_SCRIPT)
-        self._tile, self._meta, self._heads = script(TILE_SCRIPT), script(META_SCRIPT), script(HEADS_SCRIPT)
-        self._gc_begin, self._gc_count = script(GC_BEGIN_SCRIPT), script(GC_COUNT_SCRIPT)
-        self._gc_fix, self._gc_end = script(GC_FIX_SCRIPT), script(GC_END_SCRIPT)
+        for attr, text in SCRIPTS.items():
+            setattr(self, attr, self._r.register_script(text))
 
     def __repr__(self) -> str:
         return f"RedisStore({self.where!r}, prefix={self.prefix!r})"
@@ -156,13 +157,23 @@ class RedisStore(Store):
             raise StoreError(f"redis at {self.where}: {msg}") from None
 
     # --- keys ------------------------------------------------------------
+    def namespace(self, layer: str, meta: Meta) -> str:
+        """What the metatile's keys and the pool its pack draws on begin
+        with (the scripts' ``ARGV[1]``): the prefix, here; a cluster's
+        block of metatiles (renderd/store/redis_cluster.py)."""
+        return self.prefix
+
     def pack_keys(self, layer: str, meta: Meta) -> list[str]:
         """The metatile's two keys: its pack (or the pack's first bytes), the rest."""
-        where = f"{check_layer(layer)}:{meta.z}:{meta.mx}:{meta.my}"
-        return [f"{self.prefix}:pk:{where}", f"{self.prefix}:pt:{where}"]
+        ns, where = self.namespace(layer, meta), f"{check_layer(layer)}:{meta.z}:{meta.mx}:{meta.my}"
+        return [f"{ns}:pk:{where}", f"{ns}:pt:{where}"]
 
-    def pool_key(self, digest: str) -> str:
-        return f"{self.prefix}:pool:{digest}"
+    def pool_key(self, digest: str, ns: str | None = None) -> str:
+        return f"{ns or self.prefix}:pool:{digest}"
+
+    def pack_pattern(self, layer: str, zoom: int | None) -> str:
+        """A SCAN pattern of the pack keys of ``layer`` (at ``zoom``)."""
+        return f"{self.prefix}:pk:{check_layer(layer)}:" + ("*" if zoom is None else f"{int(zoom)}:*")
 
     def ping(self) -> None:
         """Raise ``StoreError`` unless the server answers."""
@@ -180,7 +191,7 @@ class RedisStore(Store):
         m = metatile_of(tile.z, tile.x, tile.y, meta)
         keys = self.pack_keys(layer, m)
         with self._errors():
-            got = self._tile(keys=keys, args=[self.prefix, tile_index(m, tile.x, tile.y)])
+            got = self._tile(keys=keys, args=[self.namespace(layer, m), tile_index(m, tile.x, tile.y)])
         if got is None:
             return None
         try:
@@ -197,7 +208,7 @@ class RedisStore(Store):
         """A metatile's index and its distinct tiles' bytes in one round trip (``META_SCRIPT``)."""
         keys = self.pack_keys(layer, meta)
         with self._errors():
-            got = self._meta(keys=keys, args=[self.prefix])
+            got = self._meta(keys=keys, args=[self.namespace(layer, meta)])
         if got is None:
             return None
         raw = got[0]
@@ -215,13 +226,18 @@ class RedisStore(Store):
 
     def _packs(self, layer: str, zoom: int | None) -> Iterator[Pack]:
         """The decoded heads of every readable pack of ``layer``, a SCAN batch at a time."""
-        head = f"{self.prefix}:pk:{check_layer(layer)}:"
-        pattern = head + ("*" if zoom is None else f"{int(zoom)}:*")
-        for keys in self._scan(pattern):
-            pairs = [[k, f"{self.prefix}:pt:{k[len(self.prefix) + 4:]}"] for k in keys]
+        for keys in self._scan(self.pack_pattern(layer, zoom)):
+            pairs = [[k, k.replace(":pk:", ":pt:", 1)] for k in keys]
             for key, pack in zip(keys, self._pack_heads(pairs, [None] * len(keys))):
-                if pack is not None and _key_matches(key, head, pack.index.meta):
+                if pack is not None and self._key_matches(key, layer, pack.index.meta):
                     yield pack
+
+    def _key_matches(self, key: str, layer: str, meta: Meta) -> bool:
+        """True if ``key`` is where ``meta``'s pack belongs (logged if not)."""
+        if key == self.pack_keys(layer, meta)[0]:
+            return True
+        log.warning("skipping %s: it holds metatile %s", key, meta)
+        return False
 
     def _pack_heads(self, pairs: list[list[str]], metas: list[Meta | None]) -> list[Pack | None]:
         """The decoded heads of the packs at ``pairs`` of keys (``HEADS_SCRIPT``);
@@ -234,7 +250,7 @@ class RedisStore(Store):
     def metatile_sizes(self, layer: str, meta: Meta) -> tuple[MetaIndex, dict[str, int]] | None:
         """The index and each distinct tile's stored size (pool entries: STRLEN, pipelined)."""
         pack = self._pack_heads([self.pack_keys(layer, meta)], [meta])[0]
-        return None if pack is None else (pack.index, self._sizes([pack], {})[0])
+        return None if pack is None else (pack.index, self._sizes(layer, [pack], {})[0])
 
     def iter_sizes(self, layer: str, zoom: int | None = None) -> Iterator[tuple[MetaIndex, dict[str, int]]]:
         """``metatile_sizes`` of every pack, a batch at a time; each pool
@@ -244,25 +260,27 @@ class RedisStore(Store):
         for pack in self._packs(layer, zoom):
             batch.append(pack)
             if len(batch) == BATCH:
-                yield from zip((p.index for p in batch), self._sizes(batch, known))
+                yield from zip((p.index for p in batch), self._sizes(layer, batch, known))
                 batch = []
         if batch:
-            yield from zip((p.index for p in batch), self._sizes(batch, known))
+            yield from zip((p.index for p in batch), self._sizes(layer, batch, known))
 
-    def _sizes(self, packs: list[Pack], known: dict[str, int]) -> list[dict[str, int]]:
-        """Each pack's {hash: stored size}; ``known`` caches pool sizes (0:
-        missing, left out) and gets the ones asked here."""
-        wanted = list(dict.fromkeys(h for p in packs for h in p.pooled() if h not in known))
+    def _sizes(self, layer: str, packs: list[Pack], known: dict[str, int]) -> list[dict[str, int]]:
+        """Each pack's {hash: stored size}; ``known`` caches pool sizes by
+        pool key (0: missing, left out) and gets the ones asked here."""
+        named = [[(h, self.pool_key(h, self.namespace(layer, p.index.meta))) for h in p.pooled()]
+                 for p in packs]
+        wanted = list(dict.fromkeys(k for pool in named for _, k in pool if k not in known))
         for i in range(0, len(wanted), BATCH):
             with self._errors():
                 pipe = self._r.pipeline(transaction=False)
-                for d in wanted[i:i + BATCH]:
-                    pipe.strlen(self.pool_key(d))
-                known.update((d, max(n - COUNT_BYTES, 0)) for d, n in zip(wanted[i:i + BATCH], pipe.execute()))
+                for k in wanted[i:i + BATCH]:
+                    pipe.strlen(k)
+                known.update((k, max(n - COUNT_BYTES, 0)) for k, n in zip(wanted[i:i + BATCH], pipe.execute()))
         out = []
-        for p in packs:
+        for p, pool in zip(packs, named):
             sizes = {h: size for h, (_, size) in p.inline().items()}
-            sizes.update((h, known[h]) for h in p.pooled() if known[h])
+            sizes.update((h, known[k]) for h, k in pool if known[k])
             out.append(sizes)
         return out
 
@@ -291,13 +309,13 @@ class RedisStore(Store):
         """Build the pack (the disk store's policy: repeated tiles and those
         the pool has go to the pool), then one script moves the pool's
         counts, adds missing pool entries and switches the pack."""
-        keys = self.pack_keys(layer, index.meta)
+        keys, ns = self.pack_keys(layer, index.meta), self.namespace(layer, index.meta)
         given = check_put(index, blobs)
         counts = Counter(h for h in index.hashes if h != EMPTY)
         with self._errors():
             pipe = self._r.pipeline(transaction=False)
             for h in counts:
-                pipe.exists(self.pool_key(h))
+                pipe.exists(self.pool_key(h, ns))
             in_pool = {h for h, there in zip(counts, pipe.execute()) if there}
         lacking = [h for h in counts if h not in given and h not in in_pool]
         if lacking:   # (tiles left out of the call that the pool lacks: from the current pack)
@@ -306,7 +324,7 @@ class RedisStore(Store):
         inline = {h: given[h] for h in counts if h not in pooled}
         pack = encode_pack(index, inline, marked=True)
         cut = split_point(len(pack), head_size(index.meta.n, len(counts)))
-        args: list[str | bytes] = [self.prefix, pack[:cut], pack[cut:]]
+        args: list[str | bytes] = [ns, pack[:cut], pack[cut:]]
         for h in pooled:
             if h in given:
                 args += [h, given[h]]
@@ -334,7 +352,7 @@ class RedisStore(Store):
 
     def delete_metatile(self, layer: str, meta: Meta) -> bool:
         with self._errors():
-            return bool(self._delete(keys=self.pack_keys(layer, meta), args=[self.prefix]))
+            return bool(self._delete(keys=self.pack_keys(layer, meta), args=[self.namespace(layer, meta)]))
 
     # --- consistency pass ------------------------------------------------
     def collect_garbage(self) -> GCStats:
@@ -347,52 +365,66 @@ class RedisStore(Store):
         stays exact, and each batch of hashes is settled in one script. See
         docs/storage.md.
         """
+        stats, fixed, missing = self._collect(
+            self.prefix, self._scan(f"{self.prefix}:pk:*", unique=False),
+            lambda: self._scan(f"{self.prefix}:pool:*", unique=False))
+        self._report(fixed, missing)
+        return stats
+
+    def _report(self, fixed: int, missing: int) -> None:
+        if fixed or missing:
+            log.warning("redis store %s: fixed %d reference counts, %d referenced pool tiles are missing",
+                        self.where, fixed, missing)
+
+    def _collect(self, ns: str, packs: Iterable[list[str]],
+                 pools: Callable[[], Iterable[list[str]]]) -> tuple[GCStats, int, int]:
+        """The pass over the packs and pool of namespace ``ns``: batches of
+        its pack keys, and (called once they are counted) batches of its
+        pool keys. Its stats, the counts fixed and the tiles missing."""
         token = secrets.token_hex(8)
-        lease = [self.prefix, token, GC_LEASE_MS]
+        lease = [ns, token, GC_LEASE_MS]
+        active = [f"{ns}:gc:active"]   # (the scripts read ARGV; the key routes a cluster's call)
         with self._errors():
-            if not self._gc_begin(args=lease):
+            if not self._gc_begin(keys=active, args=lease):
                 raise StoreError(f"redis at {self.where}: another garbage collection is running")
         try:
-            for keys in self._scan(f"{self.prefix}:pk:*", unique=False):
+            for keys in packs:
                 with self._errors():
                     self._gc_count(keys=keys, args=lease)
-            return self._settle(lease)
+            return self._settle(lease, pools())
         finally:
             with self._errors():
-                self._gc_end(args=lease)
+                self._gc_end(keys=active, args=lease)
 
-    def _settle(self, lease: list) -> GCStats:
+    def _settle(self, lease: list, pools: Iterable[list[str]]) -> tuple[GCStats, int, int]:
         """Settle every hash that has a pool entry or a reference."""
         stats, fixed, missing = GCStats(), 0, 0
-        head = f"{self.prefix}:pool:"
-        for keys in self._scan(head + "*", unique=False):
+        head = f"{lease[0]}:pool:"
+        for keys in pools:
             present, deleted, freed, fx, _ = self._fix(lease, [k[len(head):] for k in keys])
             stats.blobs_seen += present
             stats.blobs_deleted += deleted
             stats.bytes_freed += freed
             fixed += fx
-        for digests in self._counted():
+        for digests in self._counted(lease[0]):
             _, _, _, fx, miss = self._fix(lease, digests)
             fixed += fx
             missing += miss
-        if fixed or missing:
-            log.warning("redis store %s: fixed %d reference counts, %d referenced pool tiles are missing",
-                        self.where, fixed, missing)
-        return stats
+        return stats, fixed, missing
 
     def _fix(self, lease: list, digests: list[str]) -> list[int]:
         digests = [d for d in digests if HASH_RE.fullmatch(d)]
         if not digests:
             return [0, 0, 0, 0, 0]
         with self._errors():
-            return [int(v) for v in self._gc_fix(args=lease + digests)]
+            return [int(v) for v in self._gc_fix(keys=[f"{lease[0]}:gc:active"], args=lease + digests)]
 
-    def _counted(self) -> Iterator[list[str]]:
+    def _counted(self, ns: str) -> Iterator[list[str]]:
         """Batches of the hashes in the running collection's count."""
         cursor = 0
         while True:
             with self._errors():
-                cursor, fields = self._r.hscan(f"{self.prefix}:gc:count", cursor, count=BATCH)
+                cursor, fields = self._r.hscan(f"{ns}:gc:count", cursor, count=BATCH)
             if fields:
                 yield [f.decode() for f in fields]
             if cursor == 0:
@@ -411,14 +443,6 @@ def _decode(key: str, raw: bytes, size: int, meta: Meta | None) -> Pack | None:
         log.warning("skipping %s: it holds metatile %s of size %d", key, pack.index.meta, pack.index.meta.n)
         return None
     return pack
-
-
-def _key_matches(key: str, head: str, meta: Meta) -> bool:
-    """True if ``key`` is where ``meta``'s pack belongs (logged if not)."""
-    if key == f"{head}{meta.z}:{meta.mx}:{meta.my}":
-        return True
-    log.warning("skipping %s: it holds metatile %s", key, meta)
-    return False
 
 
 def _describe(pool: redis.ConnectionPool) -> str:

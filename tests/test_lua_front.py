@@ -250,6 +250,21 @@ def redis_store_cfg(url: str) -> dict:
 
 
 @pytest.fixture
+def cluster_store(redis_cluster_url):
+    from renderd.store.redis_cluster import RedisClusterStore
+    s = RedisClusterStore(redis_cluster_url, prefix="rpy")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cluster_front(nginx_factory, cluster_store, redis_cluster_url, broker):
+    from renderd.nginx.addresses import redis_settings
+    broker.store = cluster_store
+    return nginx_factory(runtime(redis_settings(redis_cluster_url, "rpy"), broker.endpoint))
+
+
+@pytest.fixture
 def disk_front(nginx_factory, disk_store, broker):
     broker.store = disk_store
     return nginx_factory(runtime({"kind": "disk", "path": disk_store.path}, broker.endpoint))
@@ -261,7 +276,7 @@ def redis_front(nginx_factory, redis_store, redis_url, broker):
     return nginx_factory(runtime(redis_store_cfg(redis_url), broker.endpoint))
 
 
-@pytest.fixture(params=["disk", "redis"])
+@pytest.fixture(params=["disk", "redis", "cluster"])
 def front(request):
     """(nginx, store, broker) for each store kind."""
     ng = request.getfixturevalue(f"{request.param}_front")
@@ -1218,3 +1233,17 @@ def test_catalog_documents(keyed_front):
     assert broker.renders() == []
     broker.catalog = b"FAIL catalog unavailable"
     assert request(ng.port, "/metadata/sst/2024/07.json").status == 503
+
+
+def test_cluster_reads_each_block_from_its_master(cluster_front, cluster_store):
+    """Metatiles of 16 blocks, spread over the masters: each tile comes from
+    the store, and no read was sent to a master that had to redirect it (the
+    front's slot of a block is the cluster's)."""
+    ng = cluster_front
+    metas = [Meta(8, bx * 64, by * 64, 8) for bx in range(4) for by in range(4)]
+    for m in metas:
+        cluster_store.put_metatile("world", *make_meta("world", m))
+    assert len({cluster_store._r.keyslot(cluster_store.pack_keys("world", m)[0]) for m in metas}) == 16
+    for m in metas:
+        assert_tile(request(ng.port, tile_path(8, m.x0 + 1, m.y0 + 2)), 8, m.x0 + 1, m.y0 + 2, "STORE")
+    assert "moved" not in ng.log_text()

@@ -49,6 +49,8 @@ def local_redis(cfg: Config) -> dict | None:
     if cfg.store.kind != "redis":
         return None
     r = nginx.redis_settings(cfg.store.url, cfg.store.prefix)
+    if "cluster" in r:   # (a cluster is run on its own, not by up)
+        return None
     if r["socket"] or nginx.is_loopback(r["host"]):
         return r
     return None

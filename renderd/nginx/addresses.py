@@ -78,6 +78,8 @@ def _is_ip(host: str) -> bool:
 def redis_settings(url: str, prefix: str) -> dict[str, Any]:
     """``redis://[:password@]host[:port][/db]`` or
     ``unix:///path/redis.sock[?db=N&password=...]`` for the Lua client."""
+    if url.startswith("redis+cluster://"):
+        return _cluster_settings(url, prefix)
     parts = urlsplit(url)
     db = 0
     if parts.scheme == "unix":
@@ -110,6 +112,21 @@ def redis_settings(url: str, prefix: str) -> dict[str, Any]:
         raise UsageError(f"store.url: database {db!r} is not a number") from None
     return {"kind": "redis", "host": host, "port": port, "db": db, "password": password,
             "prefix": prefix, "socket": sock}
+
+
+def _cluster_settings(url: str, prefix: str) -> dict[str, Any]:
+    """``redis+cluster://[:password@]host:port,...``: the seed nodes and the
+    metatiles per side of a block (renderd/store/redis_cluster.py); host
+    and port are the first seed's."""
+    from ..errors import StoreError
+    from ..store.redis_cluster import BLOCK, parse_cluster_url
+    try:
+        nodes, password = parse_cluster_url(url)
+    except StoreError as e:
+        raise UsageError(f"store.url: {e}") from None
+    seeds = [{"host": _ip_or_localhost(h), "port": p} for h, p in nodes]
+    return {"kind": "redis", "host": seeds[0]["host"], "port": seeds[0]["port"], "db": 0,
+            "password": password, "prefix": prefix, "socket": None, "cluster": seeds, "block": BLOCK}
 
 
 def broker_address(endpoint: str) -> str:

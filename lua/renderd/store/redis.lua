@@ -26,6 +26,12 @@
 --                  renderd/store/redis_scripts.py's META_SCRIPT), by EVALSHA, EVAL
 --                  when Redis does not know it yet
 --
+-- On a Redis Cluster (store "cluster": the seed nodes, "block": metatiles
+-- per side of a block) every key begins with its block's namespace,
+-- {prefix}:{{layer}:{z}:{bx}:{by}} (renderd/store/redis_cluster.py), whose
+-- hash tag is the slot of all the keys a read touches; renderd.cluster
+-- sends each read to the slot's master, with two connections per master.
+--
 -- Concurrent reads of one tile or metatile in a worker share one round
 -- trip. After a failure (connect, timeout, closed) Redis is skipped for
 -- `retry` seconds in every worker (renderd.conn's breaker), so an outage
@@ -37,6 +43,7 @@ local pack = require "renderd.pack"
 local index = require "renderd.index"
 local conn = require "renderd.conn"
 local coalesce = require "renderd.coalesce"
+local cluster = require "renderd.cluster"
 local lrucache = require "resty.lrucache"
 
 local sub = string.sub
@@ -45,6 +52,7 @@ local format = string.format
 local gsub = string.gsub
 local find = string.find
 local min = math.min
+local floor = math.floor
 local type = type
 local tostring = tostring
 local sha1_bin = ngx.sha1_bin
@@ -77,10 +85,11 @@ local EVALSHA = pipeline.command({ "EVALSHA" }, 6)
 local EVAL = pipeline.command({ "EVAL" }, 6)
 local arg = pipeline.arg
 
-local prefix, pk_prefix, pt_prefix, pool_prefix
+local prefix
 local wait_seconds      -- how long a request waits for a concurrent read
 local down              -- the breaker
-local reads, fills      -- the two connections
+local links             -- the two connections: reads, fills
+local clu, block        -- a cluster (renderd.cluster), metatiles per side of its blocks
 
 local function hex(s)
     return (gsub(s, ".", function(c) return format("%02x", byte(c)) end))
@@ -104,29 +113,52 @@ function _M.configure(c, timeout, retry, shm)
         return nil, "store.db missing for a Redis store"
     end
     prefix = c.prefix
-    pk_prefix, pt_prefix, pool_prefix = prefix .. ":pk:", prefix .. ":pt:", prefix .. ":pool:"
     _M.META_SCRIPT = c.meta_script
     _M.META_SHA = hex(sha1_bin(c.meta_script))
     wait_seconds = 2 * timeout + 0.5
+    local password = type(c.password) == "string" and c.password ~= "" and c.password or nil
+    if c.cluster ~= nil then
+        if type(c.cluster) ~= "table" or #c.cluster == 0 or type(c.block) ~= "number" or c.block < 1 then
+            return nil, "store.cluster (seed nodes) and store.block malformed for a Redis Cluster store"
+        end
+        for _, s in ipairs(c.cluster) do
+            if type(s) ~= "table" or type(s.host) ~= "string" or type(s.port) ~= "number" then
+                return nil, "store.cluster: each seed node needs a host and a port"
+            end
+        end
+        clu = cluster.new({ seeds = c.cluster, password = password, timeout_ms = timeout * 1000 }, shm, retry,
+                          { "reads", "fills" })
+        block = c.block
+        return true
+    end
+    clu = nil
     down = conn.breaker(shm, "redis", retry)
     local where = { host = c.host, port = c.port, socket = sock, db = c.db, timeout_ms = timeout * 1000,
-                    password = type(c.password) == "string" and c.password ~= "" and c.password or nil }
-    reads, fills = pipeline.new(where), pipeline.new(where)
+                    password = password }
+    links = { reads = pipeline.new(where), fills = pipeline.new(where) }
     return true
 end
 
--- commands over a pipelined connection: the reply (a list of n replies
--- with n), or nil, err; a failure that says Redis is down trips the breaker
-local function call(red, req, n)
-    if down:tripped() then
+-- commands over pipelined connection `use` (of the master of hash slot
+-- `slot` on a cluster): the reply (a list of n replies with n), or nil,
+-- err; a failure that says Redis is down trips the breaker
+local function call(use, slot, req, n)
+    local res, err
+    if clu then
+        res, err = clu:call(use, slot, req, n)
+    elseif down:tripped() then
         return nil, "redis marked down after a recent failure"
+    else
+        res, err = links[use]:call(req, nil, n)
+        if res == nil then
+            err = tostring(err)
+            if find(err, "redis connect", 1, true) or find(err, "timeout", 1, true) or conn.dropped(err) then
+                down:trip()
+            end
+        end
     end
-    local res, err = red:call(req, nil, n)
     if res == nil then
         err = tostring(err)
-        if find(err, "redis connect", 1, true) or find(err, "timeout", 1, true) or conn.dropped(err) then
-            down:trip()
-        end
         return nil, find(err, "^redis") and err or "redis: " .. err
     end
     return res
@@ -141,10 +173,16 @@ local function once(key, fn, ...)
     return a, b, c
 end
 
--- the metatile's two keys
+-- the metatile's two keys, the namespace of its keys and pool, and the
+-- hash slot of them all on a cluster (0 on one server)
 local function pack_keys(t)
     local where = t.tileset .. ":" .. t.z .. ":" .. t.mx .. ":" .. t.my
-    return pk_prefix .. where, pt_prefix .. where
+    local ns, slot = prefix, 0
+    if clu then
+        local tag = t.tileset .. ":" .. t.z .. ":" .. floor(t.mx / block) .. ":" .. floor(t.my / block)
+        ns, slot = prefix .. ":{" .. tag .. "}", cluster.slot(tag)
+    end
+    return ns .. ":pk:" .. where, ns .. ":pt:" .. where, ns, slot
 end
 
 local function pack_error(t, err)
@@ -175,14 +213,15 @@ local function header(raw, t, want)
     return h
 end
 
--- a pool tile's bytes, false if it is gone, or nil, err
-local function pool_tile(hash)
+-- a pool tile's bytes (of the pool of namespace ns, in hash slot slot),
+-- false if it is gone, or nil, err
+local function pool_tile(ns, slot, hash)
     local blob = pool_cache:get(hash)
     if blob then
         return blob
     end
     local err
-    blob, err = call(reads, GETRANGE .. arg(pool_prefix .. hash) .. arg(COUNT_BYTES) .. arg(-1))
+    blob, err = call("reads", slot, GETRANGE .. arg(ns .. ":pool:" .. hash) .. arg(COUNT_BYTES) .. arg(-1))
     if not blob then
         return nil, err
     end
@@ -202,17 +241,17 @@ end
 -- length in one transaction. The bytes; false if the copy is not the
 -- record (the pack was replaced since rec was read, or the range is not
 -- in it); nil, err
-local function pack_range(pk, pt, rec, c, off, len)
+local function pack_range(pk, pt, slot, rec, c, off, len)
     local from, to = off - RECORD_SIZE, off + len - 1
     local got, err
     if to < c then
-        got, err = call(reads, GETRANGE .. arg(pk) .. arg(from) .. arg(to))
+        got, err = call("reads", slot, GETRANGE .. arg(pk) .. arg(from) .. arg(to))
     elseif from >= c then
-        got, err = call(reads, GETRANGE .. arg(pt) .. arg(from - c) .. arg(to - c))
+        got, err = call("reads", slot, GETRANGE .. arg(pt) .. arg(from - c) .. arg(to - c))
     else
         local res
-        res, err = call(reads, MULTI .. STRLEN .. arg(pk) .. GETRANGE .. arg(pk) .. arg(from) .. arg(c - 1)
-            .. GETRANGE .. arg(pt) .. arg(0) .. arg(to - c) .. EXEC, 5)
+        res, err = call("reads", slot, MULTI .. STRLEN .. arg(pk) .. GETRANGE .. arg(pk) .. arg(from)
+            .. arg(c - 1) .. GETRANGE .. arg(pt) .. arg(0) .. arg(to - c) .. EXEC, 5)
         local x = res and res[5]
         if type(x) == "table" then
             if x[1] ~= c or type(x[2]) ~= "string" or type(x[3]) ~= "string" then
@@ -234,7 +273,7 @@ end
 
 -- (the shape once() passes on: a table {hash, blob, header}, false, or nil, err)
 local function read_entry(t)
-    local pk, pt = pack_keys(t)
+    local pk, pt, ns, slot = pack_keys(t)
     -- the header, the entries and the records up to entry i's: records are
     -- numbered in order of first appearance, so entry i names one of 1..i+1
     local want = HEADER_SIZE + 2 * t.n * t.n + RECORD_SIZE * (t.i + 1)
@@ -243,7 +282,7 @@ local function read_entry(t)
     -- a pool tile gone or a pack replaced between the two reads makes the
     -- pack be read once more
     for _ = 1, 2 do
-        local res, err = call(reads, first, 2)
+        local res, err = call("reads", slot, first, 2)
         if not res then
             return nil, err
         end
@@ -276,12 +315,12 @@ local function read_entry(t)
         end
         local blob
         if not off then
-            blob, err = pool_tile(hash)
+            blob, err = pool_tile(ns, slot, hash)
         elseif off + len <= #raw then
             blob = sub(raw, off + 1, off + len)
         else
             local p = h.head - RECORD_SIZE * (h.count - k + 1)
-            blob, err = pack_range(pk, pt, sub(raw, p + 1, p + RECORD_SIZE), c, off, len)
+            blob, err = pack_range(pk, pt, slot, sub(raw, p + 1, p + RECORD_SIZE), c, off, len)
         end
         if blob then
             return { hash = hash, blob = blob, header = h }
@@ -296,7 +335,7 @@ end
 
 --- See renderd.store.read_tile.
 function _M.read_tile(t)
-    local r, err = once(pk_prefix .. t.tileset .. ":" .. t.z .. ":" .. t.x .. ":" .. t.y, read_entry, t)
+    local r, err = once("t|" .. t.tileset .. ":" .. t.z .. ":" .. t.x .. ":" .. t.y, read_entry, t)
     if not r then
         return r, err
     end
@@ -306,11 +345,11 @@ end
 
 -- (the shape once() passes on: the index, header, blobs; false; or nil, err)
 local function read_meta(t)
-    local pk, pt = pack_keys(t)
-    local tail = arg(2) .. arg(pk) .. arg(pt) .. arg(prefix)
-    local res, err = call(fills, EVALSHA .. arg(_M.META_SHA) .. tail)
+    local pk, pt, ns, slot = pack_keys(t)
+    local tail = arg(2) .. arg(pk) .. arg(pt) .. arg(ns)
+    local res, err = call("fills", slot, EVALSHA .. arg(_M.META_SHA) .. tail)
     if not res and find(tostring(err), "NOSCRIPT", 1, true) then
-        res, err = call(fills, EVAL .. arg(_M.META_SCRIPT) .. tail)
+        res, err = call("fills", slot, EVAL .. arg(_M.META_SCRIPT) .. tail)
     end
     if not res then
         return nil, err

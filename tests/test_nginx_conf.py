@@ -105,6 +105,9 @@ def test_runtime_json_disk(tmp_path):
                                              "password": "s@cret", "socket": None}),
     ("unix:///run/redis/redis.sock?db=2", {"host": None, "port": None, "db": 2, "password": None,
                                            "socket": "/run/redis/redis.sock"}),
+    ("redis+cluster://:pw@10.0.0.5:7000,localhost:7001", {
+        "host": "10.0.0.5", "port": 7000, "db": 0, "password": "pw", "socket": None, "block": 8,
+        "cluster": [{"host": "10.0.0.5", "port": 7000}, {"host": "127.0.0.1", "port": 7001}]}),
 ])
 def test_runtime_json_redis(tmp_path, url, expect):
     _, cfg = make_cfg(tmp_path, store=f'kind = "redis"\nurl = "{url}"\nprefix = "tiles1"')
@@ -116,6 +119,20 @@ def test_runtime_json_redis(tmp_path, url, expect):
 def test_redis_url_with_user_is_refused():
     with pytest.raises(UsageError, match="user name"):
         nginx.redis_settings("redis://alice:pw@127.0.0.1:6379/0", "rpy")
+
+
+@pytest.mark.parametrize("url, why", [
+    ("redis+cluster://10.0.0.5:7000,", "is not HOST:PORT"),
+    ("redis+cluster://10.0.0.5", "is not HOST:PORT"),
+    ("redis+cluster://10.0.0.5:7000,10.0.0.6:99999", "is not HOST:PORT"),
+    ("redis+cluster://alice:pw@10.0.0.5:7000", "password only"),
+])
+def test_bad_cluster_urls_are_refused_in_one_line(tmp_path, url, why):
+    with pytest.raises(UsageError, match=why):
+        nginx.redis_settings(url, "rpy")
+    path, _ = make_cfg(tmp_path, store=f'kind = "redis"\nurl = "{url}"')
+    r = cli("nginx-conf", "-c", str(path), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and why in r.stderr, r.stderr
 
 
 def test_broker_bind_all_becomes_loopback():

@@ -47,9 +47,10 @@ def summary_of(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kind", ["disk", "redis"])
+@pytest.mark.parametrize("kind", ["disk", "redis", "cluster"])
 def test_seed_polygon_renders_exactly_the_intersecting_metatiles(renderd_daemon, request, kind):
-    store_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    urls = {"redis": "redis_url", "cluster": "redis_cluster_url"}
+    store_url = request.getfixturevalue(urls[kind]) if kind in urls else None
     d = renderd_daemon(store=store_url)
     expect = oracle_metatiles(AREA, range(0, 9))
     bbox_count = sum(1 for z in range(9) for _ in mercantile.tiles(*Area.from_geojson(AREA).bbox, zooms=[z]))

@@ -25,11 +25,14 @@ from renderd.tools.stats import report, stats, table
 LAYER = "t"
 
 
-@pytest.fixture(params=["disk", "redis"])
+@pytest.fixture(params=["disk", "redis", "cluster"])
 def store(request, tmp_path):
     if request.param == "disk":
         from renderd.store.disk import DiskStore
         s = DiskStore(str(tmp_path / "store"))
+    elif request.param == "cluster":
+        from renderd.store.redis_cluster import RedisClusterStore
+        s = RedisClusterStore(request.getfixturevalue("redis_cluster_url"), prefix="tt")
     else:
         from renderd.store.redis import RedisStore
         s = RedisStore(request.getfixturevalue("redis_url"), prefix="tt")

@@ -1247,3 +1247,31 @@ def test_cluster_reads_each_block_from_its_master(cluster_front, cluster_store):
     for m in metas:
         assert_tile(request(ng.port, tile_path(8, m.x0 + 1, m.y0 + 2)), 8, m.x0 + 1, m.y0 + 2, "STORE")
     assert "moved" not in ng.log_text()
+
+
+def test_cluster_reads_follow_a_slot_migrating_and_moved(nginx_factory, cluster_store, redis_cluster_url,
+                                                        redis_cluster, broker):
+    """A block's slot migrating to another master (its keys moved: the
+    source answers ASK), then given to it (MOVED): the tiles are still
+    served from the store, and the hot-cache fills after each read (one
+    script each, which would log an error if it failed) follow too."""
+    from renderd.nginx.addresses import redis_settings
+    cluster = redis_cluster()
+    broker.store = cluster_store
+    ng = nginx_factory(runtime(redis_settings(redis_cluster_url, "rpy"), broker.endpoint, hot_ttl=0.001))
+    meta = Meta(8, 64, 128, 8)
+    cluster_store.put_metatile("world", *make_meta("world", meta))
+    assert_tile(request(ng.port, tile_path(8, 65, 129)), 8, 65, 129, "STORE")   # (the slot map is read)
+    key = cluster_store.pack_keys("world", meta)[0]
+    slot = cluster_store._r.keyslot(key)
+    src = cluster_store._r.get_node_from_key(key).port
+    dst = next(p for p in cluster.masters() if p != src)
+    cluster.start_migration(slot, src, dst)
+    for x, y in ((66, 130), (71, 135)):    # ASK: the head and a tile beyond it
+        assert_tile(request(ng.port, tile_path(8, x, y)), 8, x, y, "STORE")
+    assert "moved" not in ng.log_text()
+    cluster.finish_migration(slot, dst)
+    for x, y in ((67, 131), (70, 129)):    # MOVED, then the new master directly
+        assert_tile(request(ng.port, tile_path(8, x, y)), 8, x, y, "STORE")
+    assert f"moved from 127.0.0.1:{src} to 127.0.0.1:{dst}" in ng.log_text()
+    assert broker.renders() == []

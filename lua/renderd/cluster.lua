@@ -42,6 +42,8 @@ local _M = { _VERSION = "0.1.0" }
 local SLOTS = 16384
 local REFRESH_SECONDS = 0.5
 local ASKING = pipeline.command({ "ASKING" })
+local MULTI = pipeline.command({ "MULTI" })
+local EXEC = pipeline.command({ "EXEC" })
 local CLUSTER_SLOTS = pipeline.command({ "CLUSTER", "SLOTS" })
 
 -- CRC16-CCITT (XMODEM), the cluster's key hash
@@ -195,6 +197,32 @@ local function redirect(res, err)
     return nil
 end
 
+-- req (n replies, or one if n is nil) sent after ASKING to the node that
+-- imports the slot; ASKING holds for one command, or for a whole
+-- MULTI ... EXEC, so several commands go inside one (the reply of each is
+-- EXEC's)
+local function ask(self, use, to, req, n)
+    local c = node(self, to)[use]
+    local got, err
+    if not n then
+        got, err = c:call(ASKING .. req, nil, 2)
+        got = type(got) == "table" and got[2]
+    elseif sub(req, 1, #MULTI) == MULTI then
+        got, err = c:call(ASKING .. req, nil, n + 1)
+        got = type(got) == "table" and { unpack(got, 2, n + 1) }
+    else
+        got, err = c:call(ASKING .. MULTI .. req .. EXEC, nil, n + 3)
+        got = type(got) == "table" and got[n + 3]
+    end
+    if type(got) == "table" and got[1] == false then
+        return nil, got[2]
+    end
+    if got == nil or got == false then
+        return nil, err or "redis " .. to .. ": bad reply after ASKING"
+    end
+    return got
+end
+
 -- whether err says the node itself failed (trip its breaker)
 local function node_failed(err)
     err = tostring(err)
@@ -232,19 +260,7 @@ function _M.call(self, use, slot, req, n)
             res, err = nd[use]:call(req, nil, n)
             local kind, to = redirect(res, err)
             if kind == "ASK" then
-                local got
-                got, err = node(self, to)[use]:call(ASKING .. req, nil, (n or 1) + 1)
-                if type(got) ~= "table" then
-                    return nil, err
-                end
-                if not n then
-                    local x = got[2]
-                    if type(x) == "table" and x[1] == false then
-                        return nil, x[2]
-                    end
-                    return x
-                end
-                return { unpack(got, 2, n + 1) }
+                return ask(self, use, to, req, n)
             elseif kind == "MOVED" then
                 log(WARN, "redis cluster: slot ", slot, " moved from ", addr, " to ", to)
                 self.map[slot] = to

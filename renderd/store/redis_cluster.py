@@ -16,7 +16,8 @@ counts exact; deduplication holds within a block (a tile repeated across
 blocks, the sea, is stored once per block: docs/storage.md has the
 measured cost). The scripts are those of the single server, given the
 block's namespace as their prefix (``namespace``). The collector works
-slot by slot (``CLUSTER GETKEYSINSLOT``), one pass per block.
+slot by slot (``CLUSTER GETKEYSINSLOT``), one pass per block; readers of
+every pack (``iter_indexes``, ``iter_sizes``) go a block at a time too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
 import redis
@@ -151,6 +153,19 @@ class RedisClusterStore(RedisStore):
             for i, pack in zip(members, got):
                 out[i] = pack
         return out
+
+    def _packs(self, layer: str, zoom: int | None) -> Iterator[Pack]:
+        """As on one server, a block at a time (one script call reads the
+        heads of a block's packs, where SCAN's batches mix every slot)."""
+        pattern = self.pack_pattern(layer, zoom)
+        for _, keys in self._blocks(f"{self.prefix}:{{"):
+            wanted = [k for k in keys if fnmatchcase(k, pattern)]
+            for i in range(0, len(wanted), BATCH):
+                chunk = wanted[i:i + BATCH]
+                pairs = [[k, k.replace(":pk:", ":pt:", 1)] for k in chunk]
+                for key, pack in zip(chunk, super()._pack_heads(pairs, [None] * len(chunk))):
+                    if pack is not None and self._key_matches(key, layer, pack.index.meta):
+                        yield pack
 
     def _scan(self, pattern: str, unique: bool = True) -> Iterator[list[str]]:
         """Batches of the keys matching ``pattern`` on every master."""

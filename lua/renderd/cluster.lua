@@ -223,12 +223,6 @@ local function ask(self, use, to, req, n)
     return got
 end
 
--- whether err says the node itself failed (trip its breaker)
-local function node_failed(err)
-    err = tostring(err)
-    return find(err, "redis connect", 1, true) or find(err, "timeout", 1, true) or conn.dropped(err)
-end
-
 --- Send req (n replies, or one if n is nil) on connection `use` of the
 -- master of hash slot `slot`; pipeline's call's results.
 function _M.call(self, use, slot, req, n)
@@ -265,7 +259,7 @@ function _M.call(self, use, slot, req, n)
                 log(WARN, "redis cluster: slot ", slot, " moved from ", addr, " to ", to)
                 self.map[slot] = to
                 refresh(self)
-            elseif res == nil and node_failed(err) then
+            elseif res == nil and conn.peer_failed(err) then
                 nd.down:trip()
                 refresh(self)
                 if self.map[slot] == addr then

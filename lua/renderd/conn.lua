@@ -17,6 +17,7 @@
 
 local find = string.find
 local type = type
+local tostring = tostring
 local setmetatable = setmetatable
 
 local _M = { _VERSION = "0.1.0" }
@@ -29,6 +30,15 @@ function _M.dropped(err)
     end
     return find(err, "closed", 1, true) ~= nil or find(err, "reset", 1, true) ~= nil
         or find(err, "broken pipe", 1, true) ~= nil
+end
+
+--- Whether err (of renderd.pipeline) says the peer itself failed: no
+-- connection could be made, or it did not answer in time. A connection
+-- dropped under a request is not that (the request was sent again on a
+-- new one, and a Redis that is really down then refuses the connect).
+function _M.peer_failed(err)
+    err = tostring(err)
+    return find(err, "redis connect", 1, true) ~= nil or find(err, "timeout", 1, true) ~= nil
 end
 
 local breaker = {}

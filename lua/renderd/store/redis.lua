@@ -141,7 +141,8 @@ end
 
 -- commands over pipelined connection `use` (of the master of hash slot
 -- `slot` on a cluster): the reply (a list of n replies with n), or nil,
--- err; a failure that says Redis is down trips the breaker
+-- err; a failure that says Redis is down (renderd.conn.peer_failed) trips
+-- the breaker
 local function call(use, slot, req, n)
     local res, err
     if clu then
@@ -150,11 +151,8 @@ local function call(use, slot, req, n)
         return nil, "redis marked down after a recent failure"
     else
         res, err = links[use]:call(req, nil, n)
-        if res == nil then
-            err = tostring(err)
-            if find(err, "redis connect", 1, true) or find(err, "timeout", 1, true) or conn.dropped(err) then
-                down:trip()
-            end
+        if res == nil and conn.peer_failed(err) then
+            down:trip()
         end
     end
     if res == nil then

@@ -33,7 +33,8 @@
 -- sends each read to the slot's master, with two connections per master.
 --
 -- Concurrent reads of one tile or metatile in a worker share one round
--- trip. After a failure (connect, timeout, closed) Redis is skipped for
+-- trip. After a failure of Redis itself (no connection, no answer in time;
+-- a connection dropped under a request is sent again instead) Redis is skipped for
 -- `retry` seconds in every worker (renderd.conn's breaker), so an outage
 -- costs one timeout, not one per request. Keys of the earlier layout
 -- (idx:, blob:, ref:) are not read: such metatiles count as absent.

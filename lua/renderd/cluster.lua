@@ -137,32 +137,28 @@ local function read_slots(self, addr)
     return map
 end
 
+-- ask the known masters, then the seeds, for the slot map until one answers
 local function refresh_now(self)
-    local tried, last = {}, nil
-    local function try(addr)
-        if tried[addr] then
-            return nil
-        end
-        tried[addr] = true
-        local map, err = read_slots(self, addr)
-        last = err or last
-        return map
-    end
+    local candidates, seen = {}, {}
     for addr in pairs(self.nodes) do
-        local map = try(addr)
-        if map then
-            self.map = map
-            return true
+        candidates[#candidates + 1] = addr
+    end
+    for _, sd in ipairs(self.cfg.seeds) do
+        candidates[#candidates + 1] = sd.host .. ":" .. sd.port
+    end
+    local err
+    for _, addr in ipairs(candidates) do
+        if not seen[addr] then
+            seen[addr] = true
+            local map
+            map, err = read_slots(self, addr)
+            if map then
+                self.map = map
+                return true
+            end
         end
     end
-    for _, s in ipairs(self.cfg.seeds) do
-        local map = try(s.host .. ":" .. s.port)
-        if map then
-            self.map = map
-            return true
-        end
-    end
-    return nil, last or "redis cluster: no node to ask for its slots"
+    return nil, err or "redis cluster: no node to ask for its slots"
 end
 
 -- read the slot map again unless it was read very recently (force: the
@@ -172,8 +168,7 @@ local function refresh(self, force)
         return self.map ~= nil
     end
     self.refreshed = now()
-    local ok, err = coalesce.run("cluster-slots", self.cfg.timeout_ms / 1000 * 4 + 0.5, refresh_now, self)
-    return ok, err
+    return coalesce.run("cluster-slots", self.cfg.timeout_ms / 1000 * 4 + 0.5, refresh_now, self)
 end
 
 -- a redirect in a reply: "MOVED"/"ASK", the slot's node

@@ -167,24 +167,6 @@ class RedisClusterStore(RedisStore):
                     if pack is not None and self._key_matches(key, layer, pack.index.meta):
                         yield pack
 
-    def _scan(self, pattern: str, unique: bool = True) -> Iterator[list[str]]:
-        """Batches of the keys matching ``pattern`` on every master."""
-        seen: set[str] = set()
-        batch: list[str] = []
-        with self._errors():
-            for raw in self._r.scan_iter(match=pattern, count=BATCH):
-                key = raw.decode()
-                if unique:
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                batch.append(key)
-                if len(batch) == BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-
     # --- consistency pass ------------------------------------------------
     def collect_garbage(self) -> GCStats:
         """The single server's pass, once per block, a hash slot at a time:
@@ -209,7 +191,7 @@ class RedisClusterStore(RedisStore):
         """(namespace, its keys) of every block with keys, slot by slot."""
         with self._errors():
             for node in self._r.get_primaries():
-                conn = node.redis_connection or self._r.get_redis_connection(node)
+                conn = self._r.get_redis_connection(node)
                 slots = _node_slots(self._r, node)
                 for i in range(0, len(slots), 1024):
                     pipe = conn.pipeline(transaction=False)

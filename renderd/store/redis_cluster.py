@@ -102,8 +102,8 @@ class RedisClusterStore(RedisStore):
                 startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], password=self._password,
                 socket_timeout=self._timeout, socket_connect_timeout=min(self._timeout, 2.0),
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
-        except RedisClusterException as e:
-            raise StoreError(f"redis cluster at {self.where} is not reachable: {e}") from None
+        except RedisClusterException:   # (no seed node answered)
+            raise StoreError(f"redis cluster at {self.where} is not reachable") from None
         except redis.exceptions.AuthenticationError:
             raise StoreError(f"redis cluster at {self.where} refused the credentials") from None
         except redis.exceptions.RedisError as e:
